@@ -1,0 +1,21 @@
+# Dependencies of the library itself: threads, and optionally a CBLAS for host GEMMs.
+include(GNUInstallDirs)
+find_package(Threads REQUIRED)
+
+set(MOE_HAVE_CBLAS OFF)
+if(MOE_USE_BLAS)
+  # Prefer OpenBLAS (multi-threaded); fall back to any BLAS that ships cblas.h.
+  set(BLA_VENDOR OpenBLAS)
+  find_package(BLAS QUIET)
+  if(NOT BLAS_FOUND)
+    unset(BLA_VENDOR)
+    find_package(BLAS QUIET)
+  endif()
+  find_path(MOE_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread x86_64-linux-gnu)
+  if(BLAS_FOUND AND MOE_CBLAS_INCLUDE_DIR)
+    set(MOE_HAVE_CBLAS ON)
+    message(STATUS "moe: host GEMM via CBLAS (${BLAS_LIBRARIES})")
+  else()
+    message(STATUS "moe: no CBLAS found; host GEMM uses the portable kernel")
+  endif()
+endif()

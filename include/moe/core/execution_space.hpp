@@ -1,0 +1,48 @@
+// moe/core/execution_space.hpp — what an execution space must provide.
+//
+// Policies are written against these primitives only, so the same policy code runs on every space
+// (Thrust/Kokkos style). `moe::host` (moe/host/space.hpp) is the reference; `moe::cuda`
+// (moe/cuda.cuh) runs the same calls on a CUDA stream.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+
+#include "moe/core/config.hpp"
+#include "moe/core/op.hpp"
+
+namespace moe {
+
+namespace detail {
+struct index_functor_archetype {
+  MOE_HOST_DEVICE void operator()(index_t) const {}
+};
+}  // namespace detail
+
+template <class S>
+concept execution_space =
+    std::copy_constructible<S> &&
+    requires(const S& s, void* p, const void* cp, std::size_t bytes, index_t n, const int* ci, int* i,
+             const std::uint64_t* ck, std::uint64_t* k, const float* cf, float* f) {
+      { S::name } -> std::convertible_to<const char*>;
+      { S::host_accessible } -> std::convertible_to<bool>;
+      { s.allocate(bytes) } -> std::same_as<void*>;
+      s.deallocate(p, bytes);
+      s.copy(p, cp, bytes);
+      s.copy_to_host(p, cp, bytes);
+      s.copy_from_host(p, cp, bytes);
+      s.fill_zero(p, bytes);
+      s.synchronize();
+      s.parallel_for(n, detail::index_functor_archetype{});
+      s.exclusive_scan(ci, i, n);
+      s.offsets_from_counts(ci, i, n);
+      s.histogram(ci, n, i, 1);
+      { S::radix_sort_scratch_bytes(n) } -> std::convertible_to<std::size_t>;
+      s.radix_sort_pairs(ck, k, ci, i, n, 64, p, bytes);
+      s.gemm(op::none, op::none, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);
+      s.grouped_gemm(op::none, 1, ci, n, n, 1.0f, cf, n, cf, n, n, 0.0f, f, n);
+      s.grouped_gemm_tn(1, ci, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n, n);
+    };
+
+}  // namespace moe

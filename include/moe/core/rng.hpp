@@ -1,0 +1,97 @@
+// moe/core/rng.hpp — counter-based random numbers, identical on the host and the device.
+//
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11; the generator
+// behind cuRAND's Philox and JAX's threefry-free paths). A draw is a pure function of
+// (seed, purpose, layer, step, index): no state is carried, so any thread on any device draws the
+// same number for the same token, and a run is reproducible bit for bit whatever the execution
+// space or the number of threads.
+//
+// Counter layout: c0,c1 = 64-bit element index; c2 = training step; c3 = (layer << 8) | purpose.
+// Key: the 64-bit seed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "moe/core/config.hpp"
+
+namespace moe {
+
+// What a stream of random numbers is for; streams with different purposes never overlap.
+enum class rng_purpose : std::uint32_t {
+  router_jitter = 1,   // multiplicative input jitter of the router (Switch)
+  router_noise = 2,    // Gaussian logit noise (noisy top-k, Shazeer et al. 2017)
+  second_expert = 3,   // the 'random' / 'sampling' second-expert policies (GShard)
+  expert_dropout = 4,  // dropout inside the expert FFN
+  init = 5,            // parameter initialisation
+  user = 128,          // first value free for callers (data order, model dropout, …)
+};
+
+struct philox4x32 {
+  std::uint32_t v[4];
+};
+
+MOE_HOST_DEVICE philox4x32 philox4x32_10(philox4x32 ctr, std::uint32_t k0, std::uint32_t k1) {
+  constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
+  constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    const std::uint64_t p0 = std::uint64_t(m0) * ctr.v[0];
+    const std::uint64_t p1 = std::uint64_t(m1) * ctr.v[2];
+    const std::uint32_t hi0 = std::uint32_t(p0 >> 32), lo0 = std::uint32_t(p0);
+    const std::uint32_t hi1 = std::uint32_t(p1 >> 32), lo1 = std::uint32_t(p1);
+    ctr = philox4x32{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += w0;
+    k1 += w1;
+  }
+  return ctr;
+}
+
+// The coordinates of one stream: everything but the element index.
+struct rng_stream {
+  std::uint64_t seed = 0;
+  rng_purpose purpose = rng_purpose::user;
+  std::uint32_t layer = 0;  // 24 bits are used
+  std::uint32_t step = 0;
+
+  // Four independent 32-bit words for element `index`.
+  MOE_HOST_DEVICE philox4x32 bits(std::uint64_t index) const {
+    philox4x32 ctr{{std::uint32_t(index), std::uint32_t(index >> 32), step,
+                    (layer << 8) | (std::uint32_t(purpose) & 0xffu)}};
+    return philox4x32_10(ctr, std::uint32_t(seed), std::uint32_t(seed >> 32));
+  }
+};
+
+// A word mapped to [0, 1) with 24 random bits (exactly representable in float).
+MOE_HOST_DEVICE float uniform01(std::uint32_t word) { return float(word >> 8) * (1.0f / 16777216.0f); }
+// A word mapped to (0, 1]: safe to take the logarithm of.
+MOE_HOST_DEVICE float uniform01_open_low(std::uint32_t word) {
+  return float((word >> 8) + 1u) * (1.0f / 16777216.0f);
+}
+
+// Uniform in [0, 1) for element `index` (lane 0 of its Philox block).
+MOE_HOST_DEVICE float uniform(const rng_stream& s, std::uint64_t index) { return uniform01(s.bits(index).v[0]); }
+
+// Standard normal for element `index` (Box–Muller on lanes 0 and 1). Computed in double and rounded
+// to float, so host and device agree unless the double results (each within an ulp or two of the
+// exact value) straddle a float rounding boundary: about one draw in 10^8.
+MOE_HOST_DEVICE float normal(const rng_stream& s, std::uint64_t index) {
+  const philox4x32 w = s.bits(index);
+  const double u1 = uniform01_open_low(w.v[0]);
+  const double u2 = uniform01(w.v[1]);
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  return float(r * std::cos(6.283185307179586 * u2));
+}
+
+// Normal with mean 0 and standard deviation `stddev`, redrawn until it lies within two standard
+// deviations (TensorFlow's truncated_normal_initializer, used by Mesh-TF and the Switch
+// Transformer; the standard deviation of the result is about 0.88·stddev, as there).
+// Redraws advance the step field of the stream, which initialisation does not otherwise use.
+MOE_HOST_DEVICE float truncated_normal(rng_stream s, std::uint64_t index, float stddev) {
+  for (std::uint32_t attempt = 0;; ++attempt) {
+    s.step = attempt;
+    const float z = normal(s, index);
+    if (z > -2.0f && z < 2.0f) return z * stddev;
+  }
+}
+
+}  // namespace moe

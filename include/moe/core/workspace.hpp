@@ -1,0 +1,56 @@
+// moe/core/workspace.hpp — CUB-style two-phase scratch memory.
+//
+// An operation that needs scratch describes it once, as a sequence of `take<T>(count)` calls on a
+// workspace_carver. Run against a null buffer the carver only adds up the bytes (phase one:
+// "how much do you need?"); run against a real buffer it hands out aligned pointers into it
+// (phase two). The same code path does both, so the size and the layout can never disagree.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "moe/core/config.hpp"
+#include "moe/core/error.hpp"
+
+namespace moe {
+
+// Every carved block starts on this boundary (enough for 16-byte vector access and for CUB).
+inline constexpr std::size_t workspace_alignment = 256;
+
+constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+class workspace_carver {
+ public:
+  // Measuring carver: hands out null pointers and counts bytes.
+  workspace_carver() = default;
+  // Carving carver over [base, base + capacity).
+  workspace_carver(void* base, std::size_t capacity) : base_(static_cast<std::byte*>(base)), capacity_(capacity) {}
+
+  template <class T>
+  T* take(index_t count) {
+    if (count < 0) fail("workspace", "negative block size ", count);
+    const std::size_t offset = align_up(used_, workspace_alignment);
+    used_ = offset + std::size_t(count) * sizeof(T);
+    if (!base_) return nullptr;
+    if (used_ > capacity_)
+      fail("workspace", capacity_, " bytes given, at least ", used_, " needed (ask workspace_bytes() first)");
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+
+  bool measuring() const { return base_ == nullptr; }
+  // Bytes used so far, rounded up so that consecutive carvers can be laid end to end.
+  std::size_t bytes() const { return align_up(used_, workspace_alignment); }
+
+ private:
+  std::byte* base_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+};
+
+// A span of caller-provided scratch memory (device memory for device spaces).
+struct workspace_span {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+}  // namespace moe

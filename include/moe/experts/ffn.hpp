@@ -1,0 +1,263 @@
+// moe/experts/ffn.hpp — the expert feed-forward network, E experts at once.
+//
+//   plain:  h = act(x·W_in + b_in)                        out = (h ⊙ m_e ⊙ drop)·W_out + b_out
+//   gated:  h = act(x·W_in + b_in) ⊙ (x·W_up + b_up)      (GLU variants, Shazeer 2020: GEGLU =
+//           gelu, SwiGLU = silu; W_in is the activated branch, W_up the linear one — LLaMA's
+//           gate_proj and up_proj)
+// with options
+//   bias                 additive biases b_in, b_up, b_out (T5/Switch/GLaM/ST-MoE use none)
+//   multiplicative_bias  a learned per-expert scale m_e ∈ R^{d_ff} on the hidden activation,
+//                        initialised to 1 — our reading of ST-MoE's "multiplicative bias" option,
+//                        which the paper reports as a small quality gain
+//   dropout              expert dropout on the hidden activation during training (Switch §4: 0.4 in
+//                        experts while 0.1 elsewhere at fine-tuning; ST-MoE studies it too); the mask
+//                        is keyed by (token, expert, unit), so it is the same in every dispatcher
+//   init_scale           W ~ truncated normal with std sqrt(init_scale / fan_in) (Switch: 0.1)
+//
+// Weights of all experts are contiguous: W_in, W_up [E, d_model, d_ff], W_out [E, d_ff, d_model].
+// Rows are expert-contiguous (rows.expert_offsets), so each projection is one grouped GEMM.
+#pragma once
+
+#include <cmath>
+
+#include "moe/core/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/numeric.hpp"
+#include "moe/core/op.hpp"
+#include "moe/core/policy.hpp"
+#include "moe/core/rng.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/experts/activations.hpp"
+
+namespace moe {
+
+// Which expert row r holds, and whose token: produced by the dispatcher.
+struct row_map {
+  index_t rows_bound = 0;         // rows the buffers are sized for
+  int* expert_offsets = nullptr;  // [E+1] rows of expert e: [offsets[e], offsets[e+1])
+  int* row_pair = nullptr;        // [rows_bound] the (token, choice) pair in row r, -1 if empty
+  int* row_token = nullptr;       // [rows_bound] its token, -1 if empty
+  int* row_expert = nullptr;      // [rows_bound] its expert, -1 past the last used row
+};
+
+struct expert_shape {
+  int experts = 0;
+  index_t d_model = 0;
+  index_t d_ff = 0;
+};
+
+// Parameters (or gradients) of the expert FFNs of one layer; null where an option is off.
+template <class T>
+struct ffn_tensors {
+  T* w_in = nullptr;   // [E, d_model, d_ff]
+  T* w_up = nullptr;   // [E, d_model, d_ff] (gated only)
+  T* w_out = nullptr;  // [E, d_ff, d_model]
+  T* b_in = nullptr;   // [E, d_ff]
+  T* b_up = nullptr;   // [E, d_ff]
+  T* b_out = nullptr;  // [E, d_model]
+  T* scale = nullptr;  // [E, d_ff] multiplicative bias
+};
+
+// Saved activations of one forward call (workspace).
+template <class T>
+struct ffn_activations {
+  T* pre = nullptr;     // [rows, d_ff] x·W_in + b_in
+  T* lin = nullptr;     // [rows, d_ff] x·W_up + b_up (gated)
+  T* hidden = nullptr;  // [rows, d_ff] the input of W_out
+  T* out = nullptr;     // [rows, d_model]
+  // backward scratch
+  T* dhidden = nullptr;  // [rows, d_ff] ∂L/∂hidden, then ∂L/∂pre in place
+  T* dlin = nullptr;     // [rows, d_ff] (gated)
+};
+
+namespace detail {
+
+// out[e, j] += Σ_{rows r of e} in[r, j]  (rows in order: deterministic)
+template <class Space, class T, class R>
+void expert_column_sums(const Space& sp, int E, const int* off, index_t cols, const T* in, R* out) {
+  sp.parallel_for(index_t(E) * cols, [=] MOE_LAMBDA(index_t i) {
+    const int e = int(i / cols);
+    const index_t j = i - index_t(e) * cols;
+    R sum = 0;
+    for (index_t r = off[e]; r < off[e + 1]; ++r) sum += widen(in[r * cols + j]);
+    out[i] += sum;
+  });
+}
+
+}  // namespace detail
+
+template <class Activation, bool Gated = false>
+struct ffn {
+  using policy_kind = expert_kind;
+  using activation = Activation;
+  static constexpr bool gated = Gated;
+  static constexpr const char* name = Gated ? "gated_ffn" : "ffn";
+
+  struct config {
+    bool bias = false;
+    bool multiplicative_bias = false;
+    float dropout = 0.0f;
+    float init_scale = 1.0f;
+  };
+
+  static void check(const config& c) {
+    require(c.dropout >= 0.0f && c.dropout < 1.0f, "expert.dropout", "rate=", c.dropout, " must be in [0, 1)");
+    require(c.init_scale > 0.0f && std::isfinite(c.init_scale), "expert.init_scale", "scale=", c.init_scale,
+            " must be finite and > 0");
+  }
+
+  template <class T>
+  static void carve(workspace_carver& w, const expert_shape& s, index_t rows, ffn_activations<T>& a) {
+    a.pre = w.take<T>(rows * s.d_ff);
+    a.lin = Gated ? w.take<T>(rows * s.d_ff) : nullptr;
+    a.hidden = w.take<T>(rows * s.d_ff);
+    a.out = w.take<T>(rows * s.d_model);
+    a.dhidden = w.take<T>(rows * s.d_ff);
+    a.dlin = Gated ? w.take<T>(rows * s.d_ff) : nullptr;
+  }
+
+  // Dropout keep-mask scale of hidden unit j of (token, expert): 0 or 1/(1−rate).
+  template <class R>
+  MOE_HOST_DEVICE static R dropout_scale(const rng_stream& rng, float rate, int token, int expert, int experts,
+                                         index_t d_ff, index_t j) {
+    const std::uint64_t idx = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
+                                  std::uint64_t(d_ff) + std::uint64_t(j);
+    return uniform(rng, idx) >= rate ? R(1) / R(1.0f - rate) : R(0);
+  }
+
+  // out[rows] = FFN_e(xp[rows]) for every expert e.
+  template <class Space, class T>
+  static void forward(const Space& sp, const config& c, const expert_shape& s, const ffn_tensors<const T>& w,
+                      const row_map& rows, const T* xp, const ffn_activations<T>& a, bool training,
+                      const rng_stream& dropout_rng) {
+    using R = acc_t<T>;
+    const index_t d = s.d_model, f = s.d_ff;
+    const int E = s.experts;
+    sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_in, d * f, f, R(0), a.pre, f);
+    if constexpr (Gated)
+      sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_up, d * f, f, R(0), a.lin, f);
+
+    const bool drop = training && c.dropout > 0.0f;
+    const float rate = c.dropout;
+    const int* row_expert = rows.row_expert;
+    const int* row_token = rows.row_token;
+    const T *b_in = c.bias ? w.b_in : nullptr, *b_up = c.bias ? w.b_up : nullptr;
+    const T* scale = c.multiplicative_bias ? w.scale : nullptr;
+    T *pre = a.pre, *lin = a.lin, *hidden = a.hidden;
+    const rng_stream rng = dropout_rng;
+    sp.parallel_for(rows.rows_bound * f, [=] MOE_LAMBDA(index_t i) {
+      const index_t r = i / f, j = i - r * f;
+      const int e = row_expert[r];
+      if (e < 0) return;
+      R p = widen(pre[i]);
+      if (b_in) {
+        p += widen(b_in[e * f + j]);
+        pre[i] = convert<T>(p);
+        p = widen(pre[i]);  // backward sees exactly the stored value
+      }
+      R h = Activation::f(p);
+      if constexpr (Gated) {
+        R l = widen(lin[i]);
+        if (b_up) {
+          l += widen(b_up[e * f + j]);
+          lin[i] = convert<T>(l);
+          l = widen(lin[i]);
+        }
+        h *= l;
+      }
+      if (scale) h *= widen(scale[e * f + j]);
+      if (drop && row_token[r] >= 0) h *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
+      hidden[i] = convert<T>(h);
+    });
+
+    sp.grouped_gemm(op::none, E, rows.expert_offsets, d, f, R(1), a.hidden, f, w.w_out, f * d, d, R(0), a.out, d);
+    if (c.bias) {
+      const T* b_out = w.b_out;
+      T* out = a.out;
+      sp.parallel_for(rows.rows_bound * d, [=] MOE_LAMBDA(index_t i) {
+        const index_t r = i / d, j = i - r * d;
+        const int e = row_expert[r];
+        if (e >= 0) out[i] = convert<T>(widen(out[i]) + widen(b_out[e * d + j]));
+      });
+    }
+  }
+
+  // From dout (∂L/∂out per row): accumulates the parameter gradients into g and writes dxp.
+  template <class Space, class T>
+  static void backward(const Space& sp, const config& c, const expert_shape& s, const ffn_tensors<const T>& w,
+                       const ffn_tensors<acc_t<T>>& g, const row_map& rows, const T* xp,
+                       const ffn_activations<T>& a, const T* dout, T* dxp, bool training,
+                       const rng_stream& dropout_rng) {
+    using R = acc_t<T>;
+    const index_t d = s.d_model, f = s.d_ff;
+    const int E = s.experts;
+    const int* off = rows.expert_offsets;
+    // ∂L/∂hidden = dout · W_outᵀ;  ∂L/∂W_out += hiddenᵀ · dout
+    sp.grouped_gemm(op::transpose, E, off, f, d, R(1), dout, d, w.w_out, f * d, d, R(0), a.dhidden, f);
+    sp.grouped_gemm_tn(E, off, f, d, R(1), a.hidden, f, dout, d, R(1), g.w_out, f * d, d);
+    if (c.bias) detail::expert_column_sums(sp, E, off, d, dout, g.b_out);
+
+    const bool drop = training && c.dropout > 0.0f;
+    const float rate = c.dropout;
+    const int* row_expert = rows.row_expert;
+    const int* row_token = rows.row_token;
+    const T* scale = c.multiplicative_bias ? w.scale : nullptr;
+    const T *pre = a.pre, *lin = a.lin;
+    T *dh = a.dhidden, *dlin = a.dlin;
+    const rng_stream rng = dropout_rng;
+
+    if (scale) {
+      // ∂L/∂m_e[j] = Σ_{rows r of e} ∂L/∂hidden[r, j] · core[r, j] · drop[r, j]
+      R* dscale = g.scale;
+      sp.parallel_for(index_t(E) * f, [=] MOE_LAMBDA(index_t i) {
+        const int e = int(i / f);
+        const index_t j = i - index_t(e) * f;
+        R sum = 0;
+        for (index_t r = off[e]; r < off[e + 1]; ++r) {
+          R core = Activation::f(widen(pre[r * f + j]));
+          if constexpr (Gated) core *= widen(lin[r * f + j]);
+          if (drop && row_token[r] >= 0) core *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
+          sum += widen(dh[r * f + j]) * core;
+        }
+        dscale[i] += sum;
+      });
+    }
+
+    // ∂L/∂pre (in place over dhidden) and ∂L/∂lin.
+    sp.parallel_for(rows.rows_bound * f, [=] MOE_LAMBDA(index_t i) {
+      const index_t r = i / f, j = i - r * f;
+      const int e = row_expert[r];
+      if (e < 0) return;
+      R dcore = widen(dh[i]);
+      if (scale) dcore *= widen(scale[e * f + j]);
+      if (drop && row_token[r] >= 0) dcore *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
+      const R p = widen(pre[i]);
+      if constexpr (Gated) {
+        const R l = widen(lin[i]);
+        dlin[i] = convert<T>(dcore * Activation::f(p));
+        dh[i] = convert<T>(dcore * l * Activation::df(p));
+      } else {
+        dh[i] = convert<T>(dcore * Activation::df(p));
+      }
+    });
+    if (c.bias) {
+      detail::expert_column_sums(sp, E, off, f, a.dhidden, g.b_in);
+      if constexpr (Gated) detail::expert_column_sums(sp, E, off, f, a.dlin, g.b_up);
+    }
+    // ∂L/∂W_in += xpᵀ · ∂pre;  ∂L/∂xp = ∂pre · W_inᵀ (+ ∂lin · W_upᵀ)
+    sp.grouped_gemm_tn(E, off, d, f, R(1), xp, d, a.dhidden, f, R(1), g.w_in, d * f, f);
+    if constexpr (Gated) sp.grouped_gemm_tn(E, off, d, f, R(1), xp, d, a.dlin, f, R(1), g.w_up, d * f, f);
+    sp.grouped_gemm(op::transpose, E, off, d, f, R(1), a.dhidden, f, w.w_in, d * f, f, R(0), dxp, d);
+    if constexpr (Gated)
+      sp.grouped_gemm(op::transpose, E, off, d, f, R(1), a.dlin, f, w.w_up, d * f, f, R(1), dxp, d);
+  }
+};
+
+using relu_ffn = ffn<activation::relu>;
+using gelu_ffn = ffn<activation::gelu>;
+using silu_ffn = ffn<activation::silu>;
+using reglu_ffn = ffn<activation::relu, true>;
+using geglu_ffn = ffn<activation::gelu, true>;
+using swiglu_ffn = ffn<activation::silu, true>;
+
+}  // namespace moe

@@ -1,0 +1,205 @@
+// moe/host/space.hpp — the host (CPU) execution space: the reference every other space is
+// tested against.
+//
+// An execution space is a cheap handle (copyable) that supplies the primitives policies are written
+// against: memory, parallel_for, scans, a stable radix sort of pairs, histograms, and GEMMs.
+// Every primitive here is deterministic: results do not depend on the number of threads.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "moe/core/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/numeric.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/host/blas.hpp"
+#include "moe/host/thread_pool.hpp"
+
+namespace moe {
+
+class host {
+ public:
+  static constexpr const char* name = "host";
+  // Memory of this space can be read and written by host code directly.
+  static constexpr bool host_accessible = true;
+
+  // The shared pool with one thread per hardware thread (or $MOE_NUM_THREADS).
+  host() : pool_(shared_pool()) {}
+  // A private pool of `threads` threads (1 = serial).
+  explicit host(int threads) : pool_(std::make_shared<detail::thread_pool>(threads)) {
+    require(threads >= 1, "host", "threads=", threads, " must be at least 1");
+  }
+
+  int threads() const { return pool_->size(); }
+
+  // ---- memory -------------------------------------------------------------------------------
+  void* allocate(std::size_t bytes) const {
+    if (bytes == 0) return nullptr;
+    return ::operator new(bytes, std::align_val_t(workspace_alignment));
+  }
+  void deallocate(void* p, std::size_t) const {
+    if (p) ::operator delete(p, std::align_val_t(workspace_alignment));
+  }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (bytes) std::memmove(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, std::size_t bytes) const { copy(dst, src, bytes); }
+  void copy_from_host(void* dst, const void* src, std::size_t bytes) const { copy(dst, src, bytes); }
+  void fill_zero(void* dst, std::size_t bytes) const {
+    if (bytes) std::memset(dst, 0, bytes);
+  }
+  void synchronize() const {}
+
+  // ---- parallel loops -----------------------------------------------------------------------
+  // f(i) for every i in [0, n), in parallel; f must not write what another index reads.
+  template <class F>
+  void parallel_for(index_t n, F&& f) const {
+    if (n <= 0) return;
+    if (n < 64 || pool_->size() == 1) {
+      for (index_t i = 0; i < n; ++i) f(i);
+      return;
+    }
+    pool_->run_chunks(n, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) f(i);
+    });
+  }
+
+  // ---- scans, sorts, histograms -------------------------------------------------------------
+  // out[i] = in[0] + … + in[i-1]; out may alias in.
+  template <class T>
+  void exclusive_scan(const T* in, T* out, index_t n) const {
+    T running = T(0);
+    for (index_t i = 0; i < n; ++i) {
+      const T v = in[i];
+      out[i] = running;
+      running += v;
+    }
+  }
+
+  // offsets[0..n]: offsets[i] = counts[0] + … + counts[i-1], offsets[n] = the total.
+  template <class T>
+  void offsets_from_counts(const T* counts, T* offsets, index_t n) const {
+    T running = T(0);
+    for (index_t i = 0; i < n; ++i) {
+      offsets[i] = running;
+      running += counts[i];
+    }
+    offsets[n] = running;
+  }
+
+  // counts[b] = number of i with keys[i] == b, for b in [0, bins); other keys are ignored.
+  void histogram(const int* keys, index_t n, int* counts, int bins) const {
+    std::fill(counts, counts + bins, 0);
+    for (index_t i = 0; i < n; ++i)
+      if (keys[i] >= 0 && keys[i] < bins) ++counts[keys[i]];
+  }
+
+  // Scratch bytes radix_sort_pairs needs for n pairs.
+  static std::size_t radix_sort_scratch_bytes(index_t n) {
+    return align_up(std::size_t(n) * sizeof(std::uint64_t), workspace_alignment) +
+           align_up(std::size_t(n) * sizeof(int), workspace_alignment);
+  }
+
+  // Stable sort of (key, value) pairs by the low `key_bits` bits of the keys, ascending.
+  // Inputs are left untouched; the sorted pairs land in keys_out/values_out.
+  void radix_sort_pairs(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
+                        int* values_out, index_t n, int key_bits, void* scratch, std::size_t scratch_bytes) const {
+    if (scratch_bytes < radix_sort_scratch_bytes(n))
+      fail("radix_sort_pairs", "scratch of ", scratch_bytes, " bytes, ", radix_sort_scratch_bytes(n), " needed");
+    auto* tmp_keys = static_cast<std::uint64_t*>(scratch);
+    auto* tmp_vals = reinterpret_cast<int*>(static_cast<std::byte*>(scratch) +
+                                            align_up(std::size_t(n) * sizeof(std::uint64_t), workspace_alignment));
+    constexpr int digit_bits = 8;
+    const int passes = std::max(1, (key_bits + digit_bits - 1) / digit_bits);
+    // Ping-pong so that the last pass writes into the output buffers.
+    const std::uint64_t* src_k = keys_in;
+    const int* src_v = values_in;
+    for (int pass = 0; pass < passes; ++pass) {
+      const bool to_out = ((passes - 1 - pass) % 2) == 0;
+      std::uint64_t* dst_k = to_out ? keys_out : tmp_keys;
+      int* dst_v = to_out ? values_out : tmp_vals;
+      const int shift = pass * digit_bits;
+      index_t count[257] = {};
+      for (index_t i = 0; i < n; ++i) ++count[((src_k[i] >> shift) & 0xffu) + 1];
+      for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+      for (index_t i = 0; i < n; ++i) {
+        const index_t pos = count[(src_k[i] >> shift) & 0xffu]++;
+        dst_k[pos] = src_k[i];
+        dst_v[pos] = src_v[i];
+      }
+      src_k = dst_k;
+      src_v = dst_v;
+    }
+  }
+
+  // Raises moe::numeric_error naming the first non-finite element of the [rows, cols] matrix, e.g.
+  // "router logits: non-finite value nan at token 3, expert 1".
+  template <class V>
+  void check_finite(const V* data, index_t rows, index_t cols, const char* what, const char* row_name,
+                    const char* col_name) const {
+    for (index_t i = 0; i < rows * cols; ++i)
+      if (!is_finite(widen(data[i])))
+        throw numeric_error(detail::concat(what, ": non-finite value ", widen(data[i]), " at ", row_name, " ",
+                                           i / cols, ", ", col_name, " ", i % cols));
+  }
+
+  // ---- dense linear algebra -----------------------------------------------------------------
+  // C = alpha · op(A) · op(B) + beta · C, row-major; float accumulation (double for double).
+  template <class TA, class TB, class TC>
+  void gemm(op opa, op opb, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a, index_t lda,
+            const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t ldc) const {
+    host_gemm(pool_.get(), opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  // Expert-contiguous grouped GEMM: for each group g with rows [offsets[g], offsets[g+1]),
+  //   C[rows] = alpha · A[rows] · op(B_g) + beta · C[rows],  B_g = b + g·b_stride,
+  // A is [rows, k] with row stride lda, C is [rows, n] with row stride ldc,
+  // op(B_g) is [k, n]: B_g stored [k, n] (op::none) or [n, k] (op::transpose) with row stride ldb.
+  // `offsets` lives in this space's memory (the CUDA space never copies it to the host).
+  template <class TA, class TB, class TC>
+  void grouped_gemm(op opb, int groups, const int* offsets, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
+                    index_t lda, const TB* b, index_t b_stride, index_t ldb, acc_t<TC> beta, TC* c,
+                    index_t ldc) const {
+    for (int g = 0; g < groups; ++g) {
+      const index_t r0 = offsets[g], rows = offsets[g + 1] - offsets[g];
+      if (rows == 0) continue;
+      gemm(op::none, opb, rows, n, k, alpha, a + r0 * lda, lda, b + g * b_stride, ldb, beta, c + r0 * ldc, ldc);
+    }
+  }
+
+  // Grouped weight-gradient GEMM: for each group g,
+  //   C_g = alpha · A[rows]ᵀ · B[rows] + beta · C_g,  C_g = c + g·c_stride, [m, n] with row stride ldc,
+  // A[rows] is [rows, m] (row stride lda), B[rows] is [rows, n] (row stride ldb). Groups with no rows
+  // still get C_g = beta · C_g.
+  template <class TA, class TB, class TC>
+  void grouped_gemm_tn(int groups, const int* offsets, index_t m, index_t n, acc_t<TC> alpha, const TA* a,
+                       index_t lda, const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t c_stride,
+                       index_t ldc) const {
+    for (int g = 0; g < groups; ++g) {
+      const index_t r0 = offsets[g], rows = offsets[g + 1] - offsets[g];
+      gemm(op::transpose, op::none, m, n, rows, alpha, a + r0 * lda, lda, b + r0 * ldb, ldb, beta,
+           c + g * c_stride, ldc);
+    }
+  }
+
+ private:
+  static std::shared_ptr<detail::thread_pool> shared_pool() {
+    static const std::shared_ptr<detail::thread_pool> pool = [] {
+      int n = int(std::thread::hardware_concurrency());
+      if (const char* env = std::getenv("MOE_NUM_THREADS")) n = std::atoi(env);
+      return std::make_shared<detail::thread_pool>(std::max(1, n));
+    }();
+    return pool;
+  }
+
+  std::shared_ptr<detail::thread_pool> pool_;
+};
+
+}  // namespace moe

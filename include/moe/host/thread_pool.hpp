@@ -1,0 +1,125 @@
+// moe/host/thread_pool.hpp — a small fork-join pool for the host execution space.
+//
+// parallel_for splits [0, n) into one contiguous chunk per thread. Every index is processed by
+// exactly one call of the body and bodies never reduce across indices, so results do not depend on
+// the number of threads: the host space is deterministic at any thread count.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "moe/core/config.hpp"
+
+namespace moe::detail {
+
+class thread_pool {
+ public:
+  explicit thread_pool(int threads) : threads_(std::max(1, threads)) {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  }
+  ~thread_pool() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  thread_pool(const thread_pool&) = delete;
+  thread_pool& operator=(const thread_pool&) = delete;
+
+  int size() const { return threads_; }
+
+  // Runs body(begin, end) over `parts` contiguous chunks of [0, n) and waits for all of them.
+  // The first exception thrown by any chunk is rethrown here.
+  void run_chunks(index_t n, const std::function<void(index_t, index_t)>& body) {
+    if (n <= 0) return;
+    const int parts = int(std::min<index_t>(threads_, n));
+    if (parts == 1 || inside_pool()) {
+      body(0, n);
+      return;
+    }
+    std::unique_lock submit(submit_mutex_);  // one fork-join at a time per pool
+    {
+      std::lock_guard lock(mutex_);
+      job_ = &body;
+      job_n_ = n;
+      job_parts_ = parts;
+      pending_ = parts - 1;
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    run_part(0, parts, n, body);
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  static bool& inside_flag() {
+    thread_local bool inside = false;
+    return inside;
+  }
+  static bool inside_pool() { return inside_flag(); }
+
+  void run_part(int part, int parts, index_t n, const std::function<void(index_t, index_t)>& body) {
+    const index_t begin = n * part / parts, end = n * (part + 1) / parts;
+    bool& inside = inside_flag();
+    const bool was_inside = inside;
+    inside = true;  // nested parallel_for calls run serially instead of deadlocking
+    try {
+      body(begin, end);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+    inside = was_inside;
+  }
+
+  void worker(int id) {
+    std::size_t seen = 0;
+    for (;;) {
+      const std::function<void(index_t, index_t)>* job;
+      index_t n;
+      int parts;
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+        job = job_;
+        n = job_n_;
+        parts = job_parts_;
+      }
+      if (id < parts) {
+        run_part(id, parts, n, *job);
+        std::lock_guard lock(mutex_);
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex submit_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(index_t, index_t)>* job_ = nullptr;
+  index_t job_n_ = 0;
+  int job_parts_ = 0;
+  int pending_ = 0;
+  std::size_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace moe::detail

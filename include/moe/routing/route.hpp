@@ -1,0 +1,288 @@
+// moe/routing/route.hpp — the routing stages of a layer call, written once against the
+// execution-space primitives:
+//   router_forward     x → x̃ → logits → probabilities → proposals (router policy)
+//   routing_summary    per-group sums the auxiliary losses read, and the loss values
+//   assign_slots       fill order and capacity: which proposals are kept, in which slot
+//   router_backward    ∂L/∂gates (+ auxiliary losses) → ∂L/∂logits → ∂L/∂W_r, ∂L/∂x
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "moe/capacity/capacity_factor.hpp"
+#include "moe/core/config.hpp"
+#include "moe/core/numeric.hpp"
+#include "moe/core/op.hpp"
+#include "moe/losses/loss_inputs.hpp"
+#include "moe/routing/plan.hpp"
+#include "moe/routing/router_logits.hpp"
+
+namespace moe::detail {
+
+// Keys that sort larger values first: the complement of a non-negative float's bits.
+MOE_HOST_DEVICE std::uint32_t descending_key(float v) { return ~float_bits(v < 0.0f ? 0.0f : v); }
+
+inline int bits_for(std::uint64_t values) { return int(std::bit_width(values)); }
+
+template <class R>
+loss_inputs<R> make_loss_inputs(const routing_plan<R>& p) {
+  loss_inputs<R> in;
+  in.tokens = p.shape.tokens;
+  in.experts = p.shape.experts;
+  in.groups = p.shape.groups;
+  in.group_tokens = p.shape.group_tokens;
+  in.probs = p.probs;
+  in.lse = p.lse;
+  in.prob_sum = p.prob_sum;
+  in.first_count = p.first_count;
+  in.choice_count = p.choice_count;
+  in.gate_sum = p.gate_sum;
+  in.lse_sq_sum = p.lse_sq_sum;
+  return in;
+}
+
+template <class Router, class Space, class T, class R>
+void router_forward(const Space& sp, const typename Router::config& cfg, const routing_plan<R>& plan, const T* x,
+                    const R* w_router, const R* w_noise, bool training, const router_streams& rng) {
+  const routing_shape s = plan.shape;
+  const index_t T_ = s.tokens, d = s.d_model;
+  const int E = s.experts, K = s.pairs_per_token, G = s.groups, S = s.group_tokens;
+
+  // x̃ = x ⊙ jitter, widened to the router's precision (selective precision).
+  R* xr = plan.router_input;
+  const bool jitter = training && cfg.jitter > 0.0f;
+  const float eps = cfg.jitter;
+  const rng_stream jitter_rng = rng.jitter;
+  sp.parallel_for(T_ * d, [=] MOE_LAMBDA(index_t i) {
+    R v = convert<R>(x[i]);
+    if (jitter) {
+      const index_t t = i / d;
+      v *= R(jitter_factor(jitter_rng, eps, t, i - t * d, d));
+    }
+    xr[i] = v;
+  });
+
+  sp.gemm(op::none, op::none, T_, E, d, R(1), xr, d, w_router, E, R(0), plan.raw, E);
+  sp.check_finite(plan.raw, T_, E, "router logits", "token", "expert");
+  if (cfg.learned_noise) {
+    sp.gemm(op::none, op::none, T_, E, d, R(1), xr, d, w_noise, E, R(0), plan.noise_pre, E);
+    sp.check_finite(plan.noise_pre, T_, E, "router noise logits", "token", "expert");
+  }
+
+  const auto c = cfg;
+  const rng_stream noise_rng = rng.noise, second_rng = rng.second_expert;
+  const R *raw = plan.raw, *noise_pre = plan.noise_pre;
+  R *logits = plan.logits, *probs = plan.probs, *lse = plan.lse, *top1 = plan.top1;
+  R *entropy = plan.entropy, *absmax = plan.logit_absmax, *sumsq = plan.logit_sumsq;
+  int* pair_expert = plan.pair_expert;
+  R* pair_gate = plan.pair_gate;
+  std::uint8_t* pair_active = plan.pair_active;
+  int* pair_segment = plan.pair_segment;
+  sp.parallel_for(T_, [=] MOE_LAMBDA(index_t t) {
+    const index_t row = t * E;
+    token_logits_forward(c, training, noise_rng, t, E, raw + row, noise_pre ? noise_pre + row : nullptr,
+                         logits + row, probs + row, lse + t);
+    R ent = 0, amax = 0, sq = 0;
+    for (int e = 0; e < E; ++e) {
+      const R pe = probs[row + e], h = logits[row + e];
+      if (pe > R(0)) ent -= pe * std::log(pe);
+      const R a = h < R(0) ? -h : h;
+      amax = a > amax ? a : amax;
+      sq += h * h;
+    }
+    entropy[t] = ent;
+    absmax[t] = amax;
+    sumsq[t] = sq;
+    const index_t p0 = t * K;
+    top1[t] = Router::template select<R>(c, training, second_rng, t, E, probs + row, pair_expert + p0,
+                                         pair_gate + p0, pair_active + p0);
+    const int g = int(t / S);
+    for (int j = 0; j < K; ++j)
+      pair_segment[p0 + j] = pair_active[p0 + j] ? pair_expert[p0 + j] * G + g : -1;
+  });
+}
+
+// Per-group sums for the auxiliary losses, then the loss values (loss_values[i], total at [n]).
+template <class Router, class LossSet, class Space, class R>
+void routing_summary(const Space& sp, const typename LossSet::config& loss_cfg, const routing_plan<R>& plan) {
+  const routing_shape s = plan.shape;
+  const int E = s.experts, K = s.pairs_per_token, S = s.group_tokens;
+  const R* probs = plan.probs;
+  const int* pair_expert = plan.pair_expert;
+  const R* pair_gate = plan.pair_gate;
+  const std::uint8_t* pair_active = plan.pair_active;
+  R *prob_sum = plan.prob_sum, *first = plan.first_count, *choice = plan.choice_count, *gate_sum = plan.gate_sum;
+  sp.parallel_for(index_t(s.groups) * E, [=] MOE_LAMBDA(index_t i) {
+    const int g = int(i / E), e = int(i - index_t(g) * E);
+    R ps = 0, fc = 0, cc = 0, gs = 0;
+    for (index_t t = index_t(g) * S; t < index_t(g + 1) * S; ++t) {
+      ps += probs[t * E + e];
+      if constexpr (Router::token_choice) {
+        fc += pair_expert[t * K] == e ? R(1) : R(0);
+        for (int j = 0; j < K; ++j) {
+          const index_t p = t * K + j;
+          if (pair_active[p] && pair_expert[p] == e) {
+            cc += R(1);
+            gs += pair_gate[p];
+          }
+        }
+      } else {  // every token proposes to every expert: pair t·E + e
+        const index_t p = t * E + e;
+        cc += pair_active[p] ? R(1) : R(0);
+        gs += pair_active[p] ? pair_gate[p] : R(0);
+      }
+    }
+    prob_sum[i] = ps;
+    first[i] = fc;
+    choice[i] = cc;
+    gate_sum[i] = gs;
+  });
+  const R* lse = plan.lse;
+  R* lse_sq = plan.lse_sq_sum;
+  sp.parallel_for(s.groups, [=] MOE_LAMBDA(index_t g) {
+    R acc = 0;
+    for (index_t t = g * S; t < (g + 1) * S; ++t) acc += lse[t] * lse[t];
+    lse_sq[g] = acc;
+  });
+  const loss_inputs<R> in = make_loss_inputs(plan);
+  const auto lc = loss_cfg;
+  R* values = plan.loss_values;
+  sp.parallel_for(1, [=] MOE_LAMBDA(index_t) { values[LossSet::count] = LossSet::template values<R>(lc, in, values); });
+}
+
+// Fill order and capacity. Proposals are sorted by (segment, priority); the slot of a proposal is
+// its position within its segment, and it is kept when the slot is below the capacity C.
+//   token choice, position order: priority = j·S + (position in group)   (all first choices first)
+//   token choice, bpr:            priority = j·S + (rank by top-1 probability in the group)
+//   expert choice:                priority = the proposal's probability, highest first
+// Ties keep the lower pair index (the radix sort is stable).
+template <class Router, class Space, class R>
+void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order) {
+  const routing_shape s = plan.shape;
+  const int K = s.pairs_per_token, G = s.groups, S = s.group_tokens, C = s.capacity, SEG = s.segments();
+  const index_t P = s.pairs();
+  const bool bpr = Router::token_choice && order == drop_order::bpr;
+  std::uint64_t *keys_in = plan.keys_in, *keys_out = plan.keys_out;
+  int *vals_in = plan.values_in, *vals_out = plan.values_out;
+
+  int* bpr_rank = plan.bpr_rank;
+  if (bpr) {
+    const R* top1 = plan.top1;
+    sp.parallel_for(s.tokens, [=] MOE_LAMBDA(index_t t) {
+      keys_in[t] = (std::uint64_t(t / S) << 32) | descending_key(float(top1[t]));
+      vals_in[t] = int(t);
+    });
+    sp.radix_sort_pairs(keys_in, keys_out, vals_in, vals_out, s.tokens, 32 + bits_for(std::uint64_t(G)),
+                        plan.sort_scratch, plan.sort_scratch_bytes);
+    sp.parallel_for(s.tokens, [=] MOE_LAMBDA(index_t i) { bpr_rank[vals_out[i]] = int(i % S); });
+  }
+
+  const int* pair_segment = plan.pair_segment;
+  const R* pair_gate = plan.pair_gate;
+  sp.parallel_for(P, [=] MOE_LAMBDA(index_t p) {
+    const int seg = pair_segment[p];
+    std::uint64_t key;
+    if (seg < 0) {
+      key = std::uint64_t(SEG) << 32;  // inactive: a segment of its own, past the real ones
+    } else {
+      std::uint32_t priority;
+      if constexpr (Router::token_choice) {
+        const index_t t = p / K;
+        const int j = int(p - t * K);
+        const int within = bpr ? bpr_rank[t] : int(t % S);
+        priority = std::uint32_t(j) * std::uint32_t(S) + std::uint32_t(within);
+      } else {
+        priority = descending_key(float(pair_gate[p]));
+      }
+      key = (std::uint64_t(seg) << 32) | priority;
+    }
+    keys_in[p] = key;
+    vals_in[p] = int(p);
+  });
+  sp.radix_sort_pairs(keys_in, keys_out, vals_in, vals_out, P, 32 + bits_for(std::uint64_t(SEG)), plan.sort_scratch,
+                      plan.sort_scratch_bytes);
+  sp.histogram(pair_segment, P, plan.segment_count, SEG);
+  sp.offsets_from_counts(plan.segment_count, plan.segment_offsets, SEG);
+  const int* seg_offsets = plan.segment_offsets;
+  int* pair_slot = plan.pair_slot;
+  sp.parallel_for(P, [=] MOE_LAMBDA(index_t i) {
+    const int p = vals_out[i];
+    const std::uint64_t seg = keys_out[i] >> 32;
+    if (seg >= std::uint64_t(SEG)) {
+      pair_slot[p] = -1;
+      return;
+    }
+    const index_t slot = i - seg_offsets[seg];
+    pair_slot[p] = slot < C ? int(slot) : -1;
+  });
+}
+
+// From ∂L/∂gate (plan.dgate, the task part; overwritten with the total) to ∂L/∂W_r, ∂L/∂W_noise
+// (accumulated) and ∂L/∂x (written, adding plan.dx_acc, the experts' part).
+template <class Router, class LossSet, class Space, class T, class R>
+void router_backward(const Space& sp, const typename Router::config& cfg, const typename LossSet::config& loss_cfg,
+                     const routing_plan<R>& plan, const R* w_router, const R* w_noise, R* g_router, R* g_noise,
+                     T* dx, bool training, const router_streams& rng, R aux_scale) {
+  const routing_shape s = plan.shape;
+  const index_t T_ = s.tokens, d = s.d_model;
+  const int E = s.experts, K = s.pairs_per_token, S = s.group_tokens;
+  const loss_inputs<R> in = make_loss_inputs(plan);
+  const auto lc = loss_cfg;
+  const auto c = cfg;
+  R* dgate = plan.dgate;
+  const std::uint8_t* pair_active = plan.pair_active;
+  const int* pair_expert = plan.pair_expert;
+
+  if constexpr (LossSet::has_gate_grad) {
+    sp.parallel_for(s.pairs(), [=] MOE_LAMBDA(index_t p) {
+      if (pair_active[p]) dgate[p] += aux_scale * LossSet::gate_grad(lc, in, int((p / K) / S), pair_expert[p]);
+    });
+  }
+
+  const R *probs = plan.probs, *logits = plan.logits, *noise_pre = plan.noise_pre, *pair_gate = plan.pair_gate;
+  R *dprobs = plan.dprobs, *draw = plan.draw, *dnoise = plan.dnoise;
+  const rng_stream noise_rng = rng.noise;
+  sp.parallel_for(T_, [=] MOE_LAMBDA(index_t t) {
+    const index_t row = t * E, p0 = t * K;
+    const int g = int(t / S);
+    R* dp = dprobs + row;
+    R* dh = draw + row;
+    for (int e = 0; e < E; ++e) {
+      dp[e] = 0;
+      dh[e] = 0;
+    }
+    Router::template select_backward<R>(c, E, probs + row, pair_expert + p0, pair_gate + p0, dgate + p0, dp);
+    if constexpr (LossSet::has_prob_grad)
+      for (int e = 0; e < E; ++e) dp[e] += aux_scale * LossSet::prob_grad(lc, in, g, e);
+    if constexpr (LossSet::has_logit_grad)
+      for (int e = 0; e < E; ++e) dh[e] = aux_scale * LossSet::logit_grad(lc, in, t, e);
+    // dh holds ∂L/∂h from the logit losses on entry and ∂L/∂raw on exit (element-wise in place).
+    token_logits_backward(c, training, noise_rng, t, E, logits + row, probs + row,
+                          noise_pre ? noise_pre + row : nullptr, dp, dh, dh, dnoise ? dnoise + row : nullptr);
+  });
+
+  // ∂L/∂W_r += x̃ᵀ · ∂raw;  ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ)
+  sp.gemm(op::transpose, op::none, d, E, T_, R(1), plan.router_input, d, plan.draw, E, R(1), g_router, E);
+  sp.gemm(op::none, op::transpose, T_, d, E, R(1), plan.draw, E, w_router, E, R(0), plan.dxr, d);
+  if (cfg.learned_noise) {
+    sp.gemm(op::transpose, op::none, d, E, T_, R(1), plan.router_input, d, plan.dnoise, E, R(1), g_noise, E);
+    sp.gemm(op::none, op::transpose, T_, d, E, R(1), plan.dnoise, E, w_noise, E, R(1), plan.dxr, d);
+  }
+
+  // ∂L/∂x = experts' part + jitter ⊙ ∂L/∂x̃
+  const R *dxr = plan.dxr, *dx_acc = plan.dx_acc;
+  const bool jitter = training && cfg.jitter > 0.0f;
+  const float eps = cfg.jitter;
+  const rng_stream jitter_rng = rng.jitter;
+  sp.parallel_for(T_ * d, [=] MOE_LAMBDA(index_t i) {
+    R v = dxr[i];
+    if (jitter) {
+      const index_t t = i / d;
+      v *= R(jitter_factor(jitter_rng, eps, t, i - t * d, d));
+    }
+    dx[i] = convert<T>(dx_acc[i] + v);
+  });
+}
+
+}  // namespace moe::detail

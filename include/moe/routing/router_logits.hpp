@@ -1,0 +1,138 @@
+// moe/routing/router_logits.hpp — what every router does to one token's logits before it chooses:
+// multiplicative input jitter, Gaussian logit noise, the tanh soft cap, and the softmax; and the
+// backward of each. Single-source (MOE_HOST_DEVICE): the host and CUDA spaces run this code.
+//
+// Order of operations for token t (training; at evaluation jitter and noise are off):
+//   x̃     = x ⊙ u,  u ~ U[1−ε, 1+ε] per element            (Switch Transformer §2.4; Mesh-TF)
+//   raw   = x̃ · W_r                                        (float32: selective precision)
+//   h₀    = raw + σ ⊙ n,  n ~ N(0, 1)                       (noisy top-k, Shazeer et al. 2017:
+//           σ = softplus(x̃ · W_noise) when learned, else the fixed noise_stddev)
+//   h     = c · tanh(h₀ / c)                                (logit soft cap; off when c = 0)
+//   p     = softmax(h),  lse = log Σ exp(h)
+// Auxiliary losses and statistics see the final logits h and probabilities p.
+#pragma once
+
+#include <cmath>
+
+#include "moe/core/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/rng.hpp"
+
+namespace moe {
+
+// The logit options shared by every router; a router's config carries these fields.
+//   jitter         ε of the multiplicative input jitter (Switch: 1e-2; ST-MoE: 0, it hurt quality)
+//   noise_stddev   standard deviation of fixed Gaussian logit noise; 0 = off
+//   learned_noise  Shazeer et al. 2017: noise standard deviation softplus(x̃·W_noise), W_noise learned
+//                  (initialised to zero, as in the paper: softplus(0) = ln 2)
+//   logit_soft_cap c of c·tanh(h/c); 0 = off
+//   init_scale     W_r ~ truncated normal with std sqrt(init_scale / d_model) (Switch: 0.1)
+
+namespace detail {
+
+template <class R>
+MOE_HOST_DEVICE R softplus(R v) {
+  // log(1 + e^v) without overflow.
+  return v > R(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v));
+}
+template <class R>
+MOE_HOST_DEVICE R sigmoid(R v) {
+  return v >= R(0) ? R(1) / (R(1) + std::exp(-v)) : std::exp(v) / (R(1) + std::exp(v));
+}
+
+}  // namespace detail
+
+// The random streams a router draws from, for one layer and one step.
+struct router_streams {
+  rng_stream jitter;
+  rng_stream noise;
+  rng_stream second_expert;
+
+  static router_streams make(std::uint64_t seed, std::uint32_t layer, std::uint32_t step) {
+    return {rng_stream{seed, rng_purpose::router_jitter, layer, step},
+            rng_stream{seed, rng_purpose::router_noise, layer, step},
+            rng_stream{seed, rng_purpose::second_expert, layer, step}};
+  }
+};
+
+// Multiplier of router-input element (t, j): U[1−ε, 1+ε].
+MOE_HOST_DEVICE float jitter_factor(const rng_stream& s, float epsilon, index_t t, index_t j, index_t d_model) {
+  const float u = uniform(s, std::uint64_t(t * d_model + j));
+  return 1.0f - epsilon + 2.0f * epsilon * u;
+}
+
+// Forward of one token: raw logits (and learned-noise pre-activations) to final logits h,
+// probabilities p and log-sum-exp. Noise is drawn only when `noisy` (training).
+template <class R, class Config>
+MOE_HOST_DEVICE void token_logits_forward(const Config& cfg, bool noisy, const rng_stream& noise_rng, index_t t,
+                                          int num_experts, const R* raw, const R* noise_pre, R* logits, R* probs,
+                                          R* lse) {
+  const int E = num_experts;
+  R m = -INFINITY;
+  for (int e = 0; e < E; ++e) {
+    R h = raw[e];
+    if (noisy && (cfg.learned_noise || cfg.noise_stddev > 0.0f)) {
+      const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(E) + std::uint64_t(e)));
+      const R sigma = cfg.learned_noise ? detail::softplus(noise_pre[e]) : R(cfg.noise_stddev);
+      h += sigma * n;
+    }
+    if (cfg.logit_soft_cap > 0.0f) {
+      const R c = R(cfg.logit_soft_cap);
+      h = c * std::tanh(h / c);
+    }
+    logits[e] = h;
+    m = h > m ? h : m;
+  }
+  R sum = 0;
+  for (int e = 0; e < E; ++e) {
+    const R v = std::exp(logits[e] - m);
+    probs[e] = v;
+    sum += v;
+  }
+  const R inv = R(1) / sum;
+  for (int e = 0; e < E; ++e) probs[e] *= inv;
+  *lse = m + std::log(sum);
+}
+
+// Backward of one token. In: dprobs (∂L/∂p) and dlogits (∂L/∂h from losses on the logits, e.g. the
+// z-loss), both length E. Out: draw = ∂L/∂raw and, with learned noise, dnoise_pre = ∂L/∂(x̃·W_noise).
+template <class R, class Config>
+MOE_HOST_DEVICE void token_logits_backward(const Config& cfg, bool noisy, const rng_stream& noise_rng, index_t t,
+                                           int num_experts, const R* logits, const R* probs, const R* noise_pre,
+                                           const R* dprobs, const R* dlogits, R* draw, R* dnoise_pre) {
+  const int E = num_experts;
+  R dot = 0;
+  for (int e = 0; e < E; ++e) dot += probs[e] * dprobs[e];
+  for (int e = 0; e < E; ++e) {
+    R dh = probs[e] * (dprobs[e] - dot) + dlogits[e];  // softmax backward, plus direct logit terms
+    if (cfg.logit_soft_cap > 0.0f) {
+      const R tanh_v = logits[e] / R(cfg.logit_soft_cap);  // h = c·tanh(h₀/c)
+      dh *= R(1) - tanh_v * tanh_v;
+    }
+    draw[e] = dh;
+    if (dnoise_pre) {
+      R dn = 0;
+      if (noisy && cfg.learned_noise) {
+        const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(E) + std::uint64_t(e)));
+        dn = dh * n * detail::sigmoid(noise_pre[e]);
+      }
+      dnoise_pre[e] = dn;
+    }
+  }
+}
+
+// The shared validation of the logit options.
+template <class Config>
+void check_router_logit_options(const Config& cfg) {
+  require(cfg.jitter >= 0.0f && cfg.jitter < 1.0f, "router.jitter", "epsilon=", cfg.jitter, " must be in [0, 1)");
+  require(cfg.noise_stddev >= 0.0f && std::isfinite(cfg.noise_stddev), "router.noise_stddev",
+          "stddev=", cfg.noise_stddev, " must be finite and >= 0");
+  require(!(cfg.learned_noise && cfg.noise_stddev > 0.0f), "router.noise_stddev", "stddev=", cfg.noise_stddev,
+          " conflicts with learned_noise=true (the learned noise sets its own stddev); use one of them");
+  require(cfg.logit_soft_cap >= 0.0f && std::isfinite(cfg.logit_soft_cap), "router.logit_soft_cap",
+          "cap=", cfg.logit_soft_cap, " must be finite and >= 0 (0 = off)");
+  require(cfg.init_scale > 0.0f && std::isfinite(cfg.init_scale), "router.init_scale", "scale=", cfg.init_scale,
+          " must be finite and > 0");
+}
+
+}  // namespace moe
