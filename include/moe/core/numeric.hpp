@@ -42,6 +42,26 @@ MOE_HOST_DEVICE float bits_float(std::uint32_t u) {
 #endif
 }
 
+// double -> float rounded to odd (inexact results get their last bit set). Rounding that float again
+// to a 16-bit type gives the correctly rounded result of the double, which a plain double -> float ->
+// 16-bit chain does not (it rounds twice: a double just above a 16-bit midpoint can round to the
+// midpoint in float and then to even, the wrong way). Float keeps more than two extra bits, enough.
+MOE_HOST_DEVICE float narrow_round_to_odd(double d) {
+  constexpr double float_max = 3.4028234663852886e38;
+  const double mag = d < 0 ? -d : d;
+  if (!(mag <= float_max)) {
+    if (d != d || mag - mag != 0.0) return static_cast<float>(d);  // NaN, inf: nothing to round
+    // Finite beyond FLT_MAX (a cast would be undefined): the odd FLT_MAX, which rounds on to inf.
+    return d < 0 ? -3.4028234663852886e38f : 3.4028234663852886e38f;
+  }
+  const float f = static_cast<float>(d);
+  if (static_cast<double>(f) == d) return f;
+  std::uint32_t u = float_bits(f);
+  const float fmag = f < 0 ? -f : f;
+  if (static_cast<double>(fmag) > mag) --u;  // rounded away from zero: step back to the truncation
+  return bits_float(u | 1u);
+}
+
 }  // namespace detail
 
 // Brain floating point: the top 16 bits of an IEEE float (8-bit exponent, 7-bit mantissa).
@@ -50,7 +70,7 @@ struct bfloat16 {
 
   bfloat16() = default;
   MOE_HOST_DEVICE explicit bfloat16(float f) : bits(from_float(f)) {}
-  MOE_HOST_DEVICE explicit bfloat16(double f) : bits(from_float(static_cast<float>(f))) {}
+  MOE_HOST_DEVICE explicit bfloat16(double f) : bits(from_float(detail::narrow_round_to_odd(f))) {}
   MOE_HOST_DEVICE explicit operator float() const { return detail::bits_float(std::uint32_t(bits) << 16); }
   MOE_HOST_DEVICE explicit operator double() const { return double(float(*this)); }
 
@@ -75,7 +95,7 @@ struct float16 {
 
   float16() = default;
   MOE_HOST_DEVICE explicit float16(float f) : bits(from_float(f)) {}
-  MOE_HOST_DEVICE explicit float16(double f) : bits(from_float(static_cast<float>(f))) {}
+  MOE_HOST_DEVICE explicit float16(double f) : bits(from_float(detail::narrow_round_to_odd(f))) {}
   MOE_HOST_DEVICE explicit operator float() const { return to_float(bits); }
   MOE_HOST_DEVICE explicit operator double() const { return double(to_float(bits)); }
 

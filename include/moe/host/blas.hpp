@@ -76,9 +76,10 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
   if (m < 0 || n < 0 || k < 0) fail("gemm", "negative size m=", m, " n=", n, " k=", k);
   if (m == 0 || n == 0) return;
   if (k == 0) {
+    // Through convert: TC(0) is ambiguous for the 16-bit types (no constructor from int).
     for (index_t i = 0; i < m; ++i)
       for (index_t j = 0; j < n; ++j)
-        c[i * ldc + j] = beta == acc_t<TC>(0) ? TC(0) : convert<TC>(beta * widen(c[i * ldc + j]));
+        c[i * ldc + j] = convert<TC>(beta == acc_t<TC>(0) ? acc_t<TC>(0) : beta * widen(c[i * ldc + j]));
     return;
   }
 #if defined(MOE_HAVE_CBLAS)

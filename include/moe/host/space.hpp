@@ -111,6 +111,7 @@ class host {
   // Inputs are left untouched; the sorted pairs land in keys_out/values_out.
   void radix_sort_pairs(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
                         int* values_out, index_t n, int key_bits, void* scratch, std::size_t scratch_bytes) const {
+    require(key_bits >= 0 && key_bits <= 64, "radix_sort_pairs", "key_bits=", key_bits, " must be in [0, 64]");
     if (scratch_bytes < radix_sort_scratch_bytes(n))
       fail("radix_sort_pairs", "scratch of ", scratch_bytes, " bytes, ", radix_sort_scratch_bytes(n), " needed");
     auto* tmp_keys = static_cast<std::uint64_t*>(scratch);
@@ -126,11 +127,14 @@ class host {
       std::uint64_t* dst_k = to_out ? keys_out : tmp_keys;
       int* dst_v = to_out ? values_out : tmp_vals;
       const int shift = pass * digit_bits;
+      // The last digit may be narrower than 8 bits: bits at or above key_bits must not take part.
+      const int width = std::min(digit_bits, key_bits - shift);
+      const std::uint64_t mask = width > 0 ? (std::uint64_t(1) << width) - 1u : 0u;
       index_t count[257] = {};
-      for (index_t i = 0; i < n; ++i) ++count[((src_k[i] >> shift) & 0xffu) + 1];
+      for (index_t i = 0; i < n; ++i) ++count[((src_k[i] >> shift) & mask) + 1];
       for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
       for (index_t i = 0; i < n; ++i) {
-        const index_t pos = count[(src_k[i] >> shift) & 0xffu]++;
+        const index_t pos = count[(src_k[i] >> shift) & mask]++;
         dst_k[pos] = src_k[i];
         dst_v[pos] = src_v[i];
       }

@@ -243,12 +243,8 @@ class layer {
   // y = MoE(x). x and y are [tokens, d_model] in the space's memory; ws holds at least
   // workspace_bytes(tokens) and must stay untouched until backward().
   void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y, workspace_span ws) {
+    check_io(x, y);
     const index_t tokens = x.extent[0];
-    require(tokens >= 1, "forward", "x has ", tokens, " rows (tokens); at least 1 is needed");
-    require(x.extent[1] == cfg_.d_model, "forward", "x has ", x.extent[1], " columns, expected d_model=", cfg_.d_model);
-    require(y.extent[0] == tokens && y.extent[1] == cfg_.d_model, "forward", "y is [", y.extent[0], ", ",
-            y.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "] like x");
-    require(x.data != nullptr && y.data != nullptr, "forward", "x and y must not be null");
     const routing_shape shape = shape_for(tokens, ctx.training);
     call_state st;
     workspace_carver w(ws.data, ws.bytes);
@@ -298,6 +294,7 @@ class layer {
 
   // The same, with a workspace the layer owns and grows as needed.
   void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
+    check_io(x, y);
     own_ws_.reserve(workspace_bytes(x.extent[0]));
     forward(ctx, x, y, {own_ws_.data(), own_ws_.bytes()});
   }
@@ -451,6 +448,15 @@ class layer {
     require(s.pairs() < (index_t(1) << 31), "forward", "tokens x pairs per token = ", s.pairs(),
             " exceeds 2^31; split the call");
     return s;
+  }
+
+  void check_io(matrix_view<const T> x, matrix_view<T> y) const {
+    const index_t tokens = x.extent[0];
+    require(tokens >= 1, "forward", "x has ", tokens, " rows (tokens); at least 1 is needed");
+    require(x.extent[1] == cfg_.d_model, "forward", "x has ", x.extent[1], " columns, expected d_model=", cfg_.d_model);
+    require(y.extent[0] == tokens && y.extent[1] == cfg_.d_model, "forward", "y is [", y.extent[0], ", ",
+            y.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "] like x");
+    require(x.data != nullptr && y.data != nullptr, "forward", "x and y must not be null");
   }
 
   expert_shape expert_shape_() const { return {cfg_.num_experts, cfg_.d_model, cfg_.d_ff}; }

@@ -58,6 +58,7 @@ struct losses {
   // values[i] = L_i (unweighted); returns Σ weight_i · L_i.
   template <class R>
   MOE_HOST_DEVICE static R values(const config& c, const loss_inputs<R>& in, R* values) {
+    (void)values;  // unused when the set is empty
     R total = 0;
     int i = 0;
     (((values[i] = Ls::template value<R>(Ls::from(c), in)), total += R(Ls::from(c).weight) * values[i], ++i), ...);

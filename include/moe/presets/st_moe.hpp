@@ -9,6 +9,12 @@ namespace moe::presets {
 
 // Top-2 routing, gated-GELU experts, capacity factor 1.25 (train) / 2.0 (eval), load-balancing
 // loss c_B = 1e-2 plus router z-loss c_z = 1e-3, float32 router without jitter.
+//
+// ST-MoE was trained with Mesh-TF's top-2 gating, which these defaults follow: gates renormalised
+// over the two choices, f of the load-balancing loss from first choices, capacity CF·S/E (not
+// multiplied by k: at CF 1.25 some second choices are dropped by design). flaxformer's later port
+// differs in two places: it combines with the raw probabilities (router.renormalize = false) and
+// counts every choice in f (losses.load_balancing.count = any_choice).
 template <class T = float, class Space = host, class Dispatch = sorted_dispatch>
 struct st_moe {
   using layer =

@@ -1,0 +1,849 @@
+// Tests of the host execution space (moe/host/space.hpp, blas.hpp, thread_pool.hpp) and of the core
+// pieces it builds on: workspace_carver, tensor_view, the execution_space concept. Every primitive
+// is compared with a plain serial reference (the standard library, or a naive double loop).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include <moe/core/execution_space.hpp>
+#include <moe/core/tensor.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/host/space.hpp>
+
+static_assert(moe::execution_space<moe::host>);
+static_assert(!moe::execution_space<int>);
+// A type with most but not all of the members is rejected.
+struct not_a_space {
+  static constexpr const char* name = "x";
+  static constexpr bool host_accessible = true;
+  void* allocate(std::size_t) const { return nullptr; }
+};
+static_assert(!moe::execution_space<not_a_space>);
+
+namespace {
+
+constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
+
+// ---- GEMM helpers ------------------------------------------------------------------------------
+
+// A row-major matrix stored with a row stride larger than its width; the padding holds NaN so a
+// kernel that reads outside the logical matrix poisons its result.
+template <class T>
+struct padded_matrix {
+  moe::index_t rows, cols, ld;
+  std::vector<T> data;
+  padded_matrix(moe::index_t r, moe::index_t c, moe::index_t pad, std::mt19937_64& gen)
+      : rows(r), cols(c), ld(c + pad), data(std::size_t(std::max<moe::index_t>(r * (c + pad), 1)),
+                                             moe::convert<T>(nan_d)) {
+    std::uniform_real_distribution<double> dist(-1.0, 1.0);
+    for (moe::index_t i = 0; i < r; ++i)
+      for (moe::index_t j = 0; j < c; ++j) data[std::size_t(i * ld + j)] = moe::convert<T>(dist(gen));
+  }
+  double at(moe::index_t i, moe::index_t j) const { return double(moe::widen(data[std::size_t(i * ld + j)])); }
+};
+
+// op(X)[i][j] of a stored matrix.
+template <class T>
+double op_at(const padded_matrix<T>& x, moe::op o, moe::index_t i, moe::index_t j) {
+  return o == moe::op::none ? x.at(i, j) : x.at(j, i);
+}
+
+// Naive C = alpha·op(A)·op(B) + beta·C in double on the widened inputs; also returns the scale
+// alpha·Σ|a||b| + |beta·c| of every element, which bounds the rounding error.
+template <class TA, class TB, class TC>
+void naive_gemm(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::index_t k, double alpha,
+                const padded_matrix<TA>& a, const padded_matrix<TB>& b, double beta, const padded_matrix<TC>& c,
+                std::vector<double>& out, std::vector<double>& scale) {
+  out.assign(std::size_t(m * n), 0.0);
+  scale.assign(std::size_t(m * n), 0.0);
+  for (moe::index_t i = 0; i < m; ++i)
+    for (moe::index_t j = 0; j < n; ++j) {
+      double s = 0, sa = 0;
+      for (moe::index_t p = 0; p < k; ++p) {
+        const double prod = op_at(a, opa, i, p) * op_at(b, opb, p, j);
+        s += prod;
+        sa += std::fabs(prod);
+      }
+      const double prior = beta == 0 ? 0.0 : beta * c.at(i, j);
+      out[std::size_t(i * n + j)] = alpha * s + prior;
+      scale[std::size_t(i * n + j)] = std::fabs(alpha) * sa + std::fabs(prior);
+    }
+}
+
+// Relative error bound for accumulating k products in type Acc, with a rounding of the result to TC.
+template <class Acc, class TC>
+double gemm_tolerance(moe::index_t k) {
+  const double eps = std::numeric_limits<Acc>::epsilon();
+  double tol = 2.0 * double(k + 2) * eps;
+  if constexpr (std::is_same_v<TC, moe::bfloat16>) tol += 0x1p-8;
+  if constexpr (std::is_same_v<TC, moe::float16>) tol += 0x1p-11;
+  return tol;
+}
+
+// Runs `call` (which computes into c) on one shape/op/alpha/beta case and checks it against the
+// naive loop; the padding of C must be left untouched.
+template <class TA, class TB, class TC, class Call>
+void check_gemm_case(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::index_t k, double alpha,
+                     double beta, bool nan_c, std::uint64_t seed, Call&& call) {
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(alpha);
+  CAPTURE(beta);
+  CAPTURE(int(opa));
+  CAPTURE(int(opb));
+  std::mt19937_64 gen(seed);
+  // Stored shapes: A is [m,k] or [k,m]; B is [k,n] or [n,k]; strides exceed the width.
+  const padded_matrix<TA> a = opa == moe::op::none ? padded_matrix<TA>(m, k, 3, gen) : padded_matrix<TA>(k, m, 5, gen);
+  const padded_matrix<TB> b = opb == moe::op::none ? padded_matrix<TB>(k, n, 2, gen) : padded_matrix<TB>(n, k, 7, gen);
+  padded_matrix<TC> c(m, n, 4, gen);
+  if (nan_c)
+    for (auto& v : c.data) v = moe::convert<TC>(nan_d);
+  const std::vector<TC> c_before = c.data;
+  std::vector<double> want, scale;
+  naive_gemm(opa, opb, m, n, k, alpha, a, b, beta, c, want, scale);
+
+  call(opa, opb, m, n, k, moe::acc_t<TC>(alpha), a.data.data(), a.ld, b.data.data(), b.ld, moe::acc_t<TC>(beta),
+       c.data.data(), c.ld);
+
+  using acc = std::conditional_t<std::is_same_v<moe::acc_t<TC>, double>, double, float>;
+  const double tol = gemm_tolerance<acc, TC>(k);
+  for (moe::index_t i = 0; i < m; ++i) {
+    for (moe::index_t j = 0; j < n; ++j) {
+      const double got = c.at(i, j), w = want[std::size_t(i * n + j)];
+      INFO("C(" << i << ", " << j << ") = " << got << ", want " << w);
+      REQUIRE(std::isfinite(got));
+      REQUIRE(std::fabs(got - w) <= tol * scale[std::size_t(i * n + j)] + 1e-30);
+    }
+    for (moe::index_t j = n; j < c.ld; ++j) {  // padding: bit-identical (NaN included)
+      const std::size_t at = std::size_t(i * c.ld + j);
+      REQUIRE(std::memcmp(&c.data[at], &c_before[at], sizeof(TC)) == 0);
+    }
+  }
+}
+
+struct gemm_shape {
+  moe::index_t m, n, k;
+};
+// Non-square shapes, k both below and above the portable kernel's 256-deep block, and sizes large
+// enough for its thread split (m·n·k > 2^15).
+constexpr gemm_shape gemm_shapes[] = {{1, 1, 1}, {7, 5, 3}, {5, 9, 17}, {33, 17, 65}, {40, 24, 300}, {3, 70, 520}};
+struct alpha_beta {
+  double alpha, beta;
+};
+constexpr alpha_beta gemm_scalars[] = {{1.0, 0.0}, {-0.75, 0.5}, {2.0, 1.0}};
+constexpr moe::op ops[] = {moe::op::none, moe::op::transpose};
+
+// Every op combination, shape and alpha/beta, plus beta = 0 over a NaN-filled C.
+template <class TA, class TB, class TC, class Call>
+void check_gemm_all(Call&& call) {
+  std::uint64_t seed = 1;
+  for (moe::op opa : ops)
+    for (moe::op opb : ops)
+      for (const gemm_shape& s : gemm_shapes) {
+        for (const alpha_beta& ab : gemm_scalars)
+          check_gemm_case<TA, TB, TC>(opa, opb, s.m, s.n, s.k, ab.alpha, ab.beta, false, ++seed, call);
+        check_gemm_case<TA, TB, TC>(opa, opb, s.m, s.n, s.k, 1.5, 0.0, true, ++seed, call);
+      }
+}
+
+// k == 0: C = beta·C (and beta == 0 clears even NaN); m == 0 or n == 0: nothing is written.
+template <class TA, class TB, class TC, class Call>
+void check_gemm_degenerate(Call&& call) {
+  for (moe::op opa : ops)
+    for (moe::op opb : ops) {
+      check_gemm_case<TA, TB, TC>(opa, opb, 4, 6, 0, 1.0, 0.5, false, 11, call);
+      check_gemm_case<TA, TB, TC>(opa, opb, 4, 6, 0, 1.0, 0.0, true, 12, call);
+      check_gemm_case<TA, TB, TC>(opa, opb, 0, 6, 5, 1.0, 0.5, false, 13, call);
+      check_gemm_case<TA, TB, TC>(opa, opb, 4, 0, 5, 1.0, 0.5, false, 14, call);
+    }
+}
+
+// Calls through the host space's gemm (CBLAS when available).
+struct via_host {
+  moe::host space;
+  template <class TA, class TB, class TC>
+  void operator()(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::index_t k, moe::acc_t<TC> alpha,
+                  const TA* a, moe::index_t lda, const TB* b, moe::index_t ldb, moe::acc_t<TC> beta, TC* c,
+                  moe::index_t ldc) const {
+    space.gemm(opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
+// Calls the portable kernel directly, with or without a pool.
+struct via_portable {
+  moe::detail::thread_pool* pool;
+  template <class TA, class TB, class TC>
+  void operator()(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::index_t k, moe::acc_t<TC> alpha,
+                  const TA* a, moe::index_t lda, const TB* b, moe::index_t ldb, moe::acc_t<TC> beta, TC* c,
+                  moe::index_t ldc) const {
+    moe::detail::gemm_portable(pool, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = moe::convert<T>(dist(gen));
+  return v;
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+}  // namespace
+
+// ---- memory ------------------------------------------------------------------------------------
+
+TEST_CASE("host: allocate is 256-byte aligned; copy and fill_zero move the bytes") {
+  const moe::host h(1);
+  CHECK(h.allocate(0) == nullptr);
+  h.deallocate(nullptr, 0);
+  for (std::size_t bytes : {1u, 100u, 4096u, 100000u}) {
+    void* p = h.allocate(bytes);
+    REQUIRE(p != nullptr);
+    CHECK(reinterpret_cast<std::uintptr_t>(p) % moe::workspace_alignment == 0);
+    h.deallocate(p, bytes);
+  }
+  std::vector<int> src(1000), dst(1000, -1), back(1000, -1);
+  std::iota(src.begin(), src.end(), 7);
+  h.copy_from_host(dst.data(), src.data(), src.size() * sizeof(int));
+  CHECK(dst == src);
+  h.copy_to_host(back.data(), dst.data(), dst.size() * sizeof(int));
+  CHECK(back == src);
+  h.copy(dst.data() + 1, dst.data(), 10 * sizeof(int));  // overlapping: memmove semantics
+  CHECK(dst[1] == 7);
+  CHECK(dst[10] == 16);
+  CHECK(dst[11] == 18);
+  h.fill_zero(dst.data() + 5, 3 * sizeof(int));
+  CHECK(dst[4] == src[3]);
+  CHECK((dst[5] == 0 && dst[6] == 0 && dst[7] == 0));
+  CHECK(dst[8] != 0);
+  h.copy(nullptr, nullptr, 0);
+  h.fill_zero(nullptr, 0);
+  h.synchronize();
+  CHECK(std::string(moe::host::name) == "host");
+  CHECK(moe::host::host_accessible);
+}
+
+TEST_CASE("host: thread counts, and threads < 1 is rejected") {
+  CHECK(moe::host(1).threads() == 1);
+  CHECK(moe::host(3).threads() == 3);
+  CHECK(moe::host().threads() >= 1);
+  CHECK_THROWS_AS(moe::host(0), moe::invalid_argument);
+  CHECK_THROWS_AS(moe::host(-2), moe::invalid_argument);
+  // Copies share the pool.
+  const moe::host a(2);
+  const moe::host b = a;
+  CHECK(b.threads() == 2);
+}
+
+// ---- scans and histograms ----------------------------------------------------------------------
+
+TEST_CASE("host: exclusive_scan and offsets_from_counts match std::exclusive_scan") {
+  const moe::host h(2);
+  std::mt19937 gen(3);
+  for (int n : {0, 1, 2, 17, 1000, 65537}) {
+    CAPTURE(n);
+    std::vector<int> in(static_cast<std::size_t>(n));
+    for (auto& v : in) v = int(gen() % 100);
+    std::vector<int> want(static_cast<std::size_t>(n));
+    std::exclusive_scan(in.begin(), in.end(), want.begin(), 0);
+
+    std::vector<int> out(std::size_t(n), -1);
+    h.exclusive_scan(in.data(), out.data(), n);
+    CHECK(out == want);
+    std::vector<int> inplace = in;  // out may alias in
+    h.exclusive_scan(inplace.data(), inplace.data(), n);
+    CHECK(inplace == want);
+
+    std::vector<int> offsets(std::size_t(n) + 1, -1);
+    h.offsets_from_counts(in.data(), offsets.data(), n);
+    CHECK(std::equal(want.begin(), want.end(), offsets.begin()));
+    CHECK(offsets[std::size_t(n)] == std::accumulate(in.begin(), in.end(), 0));
+
+    // 64-bit element type too.
+    std::vector<std::int64_t> in64(in.begin(), in.end()), out64(static_cast<std::size_t>(n));
+    for (auto& v : in64) v *= 1'000'000'007;
+    std::vector<std::int64_t> want64(static_cast<std::size_t>(n));
+    std::exclusive_scan(in64.begin(), in64.end(), want64.begin(), std::int64_t(0));
+    h.exclusive_scan(in64.data(), out64.data(), n);
+    CHECK(out64 == want64);
+  }
+}
+
+TEST_CASE("host: histogram counts keys in [0, bins) and ignores the rest") {
+  const moe::host h(2);
+  std::mt19937 gen(5);
+  const int bins = 13;
+  std::vector<int> keys(20000);
+  std::vector<int> want(bins, 0);
+  for (auto& k : keys) {
+    k = int(gen() % 40) - 10;  // -10 .. 29: about two thirds out of range
+    if (k >= 0 && k < bins) ++want[std::size_t(k)];
+  }
+  keys[0] = std::numeric_limits<int>::min();
+  keys[1] = std::numeric_limits<int>::max();
+  keys[2] = bins;
+  keys[3] = -1;
+  want.assign(bins, 0);
+  for (int k : keys)
+    if (k >= 0 && k < bins) ++want[std::size_t(k)];
+  std::vector<int> counts(bins, 12345);  // stale values must be overwritten
+  h.histogram(keys.data(), moe::index_t(keys.size()), counts.data(), bins);
+  CHECK(counts == want);
+  CHECK(std::accumulate(counts.begin(), counts.end(), 0) > 0);
+  h.histogram(keys.data(), 0, counts.data(), bins);
+  CHECK(counts == std::vector<int>(bins, 0));
+}
+
+// ---- radix sort --------------------------------------------------------------------------------
+
+TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on the low key_bits") {
+  const moe::host h(2);
+  std::mt19937_64 gen(99);
+  for (int key_bits : {0, 1, 8, 20, 33, 40, 64}) {
+    const std::uint64_t mask = key_bits == 64 ? ~0ull : (1ull << key_bits) - 1;
+    for (moe::index_t n : {0, 1, 1000, 100003}) {
+      for (bool garbage_above : {false, true}) {
+        if (garbage_above && key_bits == 64) continue;
+        CAPTURE(key_bits);
+        CAPTURE(n);
+        CAPTURE(garbage_above);
+        // Many duplicates: most keys come from a pool of 37 values; the rest are arbitrary.
+        std::vector<std::uint64_t> pool(37);
+        for (auto& p : pool) p = gen() & mask;
+        std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+        for (auto& k : keys) {
+          k = (gen() % 4 != 0) ? pool[gen() % pool.size()] : (gen() & mask);
+          if (garbage_above) k |= gen() & ~mask;  // bits the sort must ignore
+        }
+        std::vector<int> values(static_cast<std::size_t>(n));
+        std::iota(values.begin(), values.end(), 0);
+        const auto keys_copy = keys;
+        const auto values_copy = values;
+
+        std::vector<int> order(values);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int x, int y) { return (keys[std::size_t(x)] & mask) < (keys[std::size_t(y)] & mask); });
+        std::vector<std::uint64_t> want_keys(static_cast<std::size_t>(n));
+        for (std::size_t i = 0; i < order.size(); ++i) want_keys[i] = keys[std::size_t(order[i])];
+
+        std::vector<std::uint64_t> keys_out(std::size_t(n), 0xdeadull);
+        std::vector<int> values_out(std::size_t(n), -1);
+        const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
+        void* scratch = h.allocate(scratch_bytes);
+        h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits, scratch,
+                           scratch_bytes);
+        h.deallocate(scratch, scratch_bytes);
+        CHECK(values_out == order);       // stability: equal keys keep their input order
+        CHECK(keys_out == want_keys);     // keys travel whole, high bits included
+        CHECK(keys == keys_copy);         // inputs untouched
+        CHECK(values == values_copy);
+      }
+    }
+  }
+}
+
+TEST_CASE("host: radix_sort_pairs rejects too little scratch and bad key_bits") {
+  const moe::host h(1);
+  const moe::index_t n = 1000;
+  std::vector<std::uint64_t> keys(std::size_t(n), 1), keys_out(static_cast<std::size_t>(n));
+  std::vector<int> values(std::size_t(n), 0), values_out(static_cast<std::size_t>(n));
+  const std::size_t need = moe::host::radix_sort_scratch_bytes(n);
+  CHECK(need >= std::size_t(n) * (sizeof(std::uint64_t) + sizeof(int)));
+  std::vector<std::byte> scratch(need + moe::workspace_alignment);
+  void* aligned = scratch.data() + (moe::workspace_alignment -
+                                    reinterpret_cast<std::uintptr_t>(scratch.data()) % moe::workspace_alignment);
+  CHECK_THROWS_AS(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, 64, aligned,
+                                     need - 1),
+                  moe::invalid_argument);
+  CHECK_THROWS_WITH_AS(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, 64,
+                                          nullptr, 0),
+                       doctest::Contains("radix_sort_pairs"), moe::invalid_argument);
+  CHECK_THROWS_AS(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, 65, aligned,
+                                     need),
+                  moe::invalid_argument);
+  CHECK_THROWS_AS(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, -1, aligned,
+                                     need),
+                  moe::invalid_argument);
+  CHECK_NOTHROW(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, 64, aligned,
+                                   need));
+  // n = 0 needs no scratch at all.
+  CHECK(moe::host::radix_sort_scratch_bytes(0) == 0);
+  CHECK_NOTHROW(h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), 0, 64, nullptr, 0));
+}
+
+// ---- check_finite --------------------------------------------------------------------------------
+
+TEST_CASE("host: check_finite names the first non-finite element") {
+  const moe::host h(1);
+  std::vector<float> x(12, 1.0f);
+  CHECK_NOTHROW(h.check_finite(x.data(), 3, 4, "router logits", "token", "expert"));
+  x[7] = std::numeric_limits<float>::infinity();
+  x[9] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(h.check_finite(x.data(), 3, 4, "router logits", "token", "expert"),
+                       "router logits: non-finite value inf at token 1, expert 3", moe::numeric_error);
+  std::vector<moe::bfloat16> b(6, moe::bfloat16(2.0f));
+  b[4] = moe::bfloat16(std::numeric_limits<float>::quiet_NaN());
+  CHECK_THROWS_AS(h.check_finite(b.data(), 2, 3, "x", "row", "col"), moe::numeric_error);
+}
+
+// ---- parallel_for --------------------------------------------------------------------------------
+
+TEST_CASE("host: parallel_for runs every index exactly once at any thread count") {
+  for (int threads : {1, 2, 3, 7}) {
+    const moe::host h(threads);
+    for (moe::index_t n : {0, 1, 63, 64, 65, 10007}) {
+      CAPTURE(threads);
+      CAPTURE(n);
+      std::vector<std::atomic<int>> hits(std::size_t(n) + 1);
+      h.parallel_for(n, [&](moe::index_t i) { hits[std::size_t(i)].fetch_add(1, std::memory_order_relaxed); });
+      bool all_once = true;
+      for (moe::index_t i = 0; i < n; ++i) all_once = all_once && hits[std::size_t(i)].load() == 1;
+      CHECK(all_once);
+      CHECK(hits[std::size_t(n)].load() == 0);  // nothing past the end
+    }
+    // Negative n is an empty range.
+    int calls = 0;
+    h.parallel_for(-5, [&](moe::index_t) { ++calls; });
+    CHECK(calls == 0);
+  }
+}
+
+TEST_CASE("host: parallel_for spreads large loops over several threads") {
+  const moe::host h(3);
+  // One contiguous chunk per thread, each run by its own thread (the caller takes the first).
+  std::vector<std::thread::id> who(3000);
+  h.parallel_for(3000, [&](moe::index_t i) { who[std::size_t(i)] = std::this_thread::get_id(); });
+  CHECK(who[0] == std::this_thread::get_id());
+  CHECK(std::is_sorted(who.begin(), who.begin() + 1000, [](auto, auto) { return false; }));
+  for (int part = 0; part < 3; ++part)
+    CHECK(std::all_of(who.begin() + part * 1000, who.begin() + (part + 1) * 1000,
+                      [&](std::thread::id t) { return t == who[std::size_t(part) * 1000]; }));
+  std::sort(who.begin(), who.end());
+  CHECK(std::unique(who.begin(), who.end()) - who.begin() == 3);
+}
+
+TEST_CASE("host: nested parallel_for completes and covers the product space") {
+  for (int threads : {2, 7}) {
+    const moe::host h(threads);
+    const moe::host other(3);  // a different pool inside a worker of the first
+    const moe::index_t outer = 100, inner = 150;
+    std::vector<std::atomic<int>> hits(std::size_t(outer * inner));
+    h.parallel_for(outer, [&](moe::index_t i) {
+      const moe::host& inner_space = i % 2 ? h : other;
+      inner_space.parallel_for(inner, [&](moe::index_t j) { hits[std::size_t(i * inner + j)].fetch_add(1); });
+    });
+    bool all_once = true;
+    for (auto& x : hits) all_once = all_once && x.load() == 1;
+    CHECK(all_once);
+  }
+}
+
+TEST_CASE("host: an exception thrown in a parallel_for body reaches the caller, and the pool survives") {
+  for (int threads : {1, 2, 7}) {
+    CAPTURE(threads);
+    const moe::host h(threads);
+    for (moe::index_t n : {10, 1000}) {
+      // Thrown in the first chunk (the calling thread) and in the last (a worker).
+      for (moe::index_t bad : {moe::index_t(0), n - 1}) {
+        CAPTURE(n);
+        CAPTURE(bad);
+        const std::string message = "body failed at " + std::to_string(bad);
+        auto body = [&](moe::index_t i) {
+          if (i == bad) throw std::runtime_error("body failed at " + std::to_string(i));
+        };
+        CHECK_THROWS_WITH_AS(h.parallel_for(n, body), message.c_str(), std::runtime_error);
+      }
+      // Every chunk throws: exactly one exception comes out.
+      CHECK_THROWS_AS(h.parallel_for(n, [](moe::index_t) { throw moe::invalid_argument("all"); }), moe::invalid_argument);
+    }
+    std::atomic<moe::index_t> sum{0};
+    h.parallel_for(5000, [&](moe::index_t i) { sum += i; });
+    CHECK(sum.load() == 5000 * 4999 / 2);
+  }
+}
+
+TEST_CASE("host: concurrent callers of one pool are serialised correctly") {
+  const moe::host h(3);
+  std::vector<std::atomic<int>> hits(4 * 5000);
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 4; ++t)
+    callers.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep)
+        h.parallel_for(1000, [&](moe::index_t i) { hits[std::size_t(t * 5000 + rep * 1000 + i)].fetch_add(1); });
+    });
+  for (auto& c : callers) c.join();
+  bool all_once = true;
+  for (auto& x : hits) all_once = all_once && x.load() == 1;
+  CHECK(all_once);
+}
+
+// ---- GEMM ----------------------------------------------------------------------------------------
+
+TEST_CASE("gemm: host space, float, all op combinations and strides") {
+  check_gemm_all<float, float, float>(via_host{moe::host(2)});
+  check_gemm_degenerate<float, float, float>(via_host{moe::host(2)});
+}
+
+TEST_CASE("gemm: host space, double") {
+  check_gemm_all<double, double, double>(via_host{moe::host(2)});
+  check_gemm_degenerate<double, double, double>(via_host{moe::host(2)});
+}
+
+TEST_CASE("gemm: host space, bfloat16 and float16 inputs with float output") {
+  check_gemm_all<moe::bfloat16, moe::bfloat16, float>(via_host{moe::host(2)});
+  check_gemm_all<moe::float16, moe::float16, float>(via_host{moe::host(2)});
+  check_gemm_all<float, moe::bfloat16, float>(via_host{moe::host(2)});
+  check_gemm_degenerate<moe::bfloat16, moe::bfloat16, float>(via_host{moe::host(2)});
+}
+
+TEST_CASE("gemm: host space, 16-bit output is rounded from the float result") {
+  check_gemm_all<moe::bfloat16, moe::bfloat16, moe::bfloat16>(via_host{moe::host(2)});
+  check_gemm_all<moe::float16, moe::float16, moe::float16>(via_host{moe::host(2)});
+  check_gemm_degenerate<moe::float16, moe::float16, moe::float16>(via_host{moe::host(2)});
+}
+
+TEST_CASE("gemm: the portable kernel matches the naive loop, serial and threaded") {
+  moe::detail::thread_pool pool(3);
+  for (moe::detail::thread_pool* p : {static_cast<moe::detail::thread_pool*>(nullptr), &pool}) {
+    CAPTURE(p != nullptr);
+    check_gemm_all<float, float, float>(via_portable{p});
+    check_gemm_all<double, double, double>(via_portable{p});
+    check_gemm_all<moe::bfloat16, moe::bfloat16, float>(via_portable{p});
+    check_gemm_all<moe::float16, moe::float16, float>(via_portable{p});
+    check_gemm_all<moe::bfloat16, moe::bfloat16, moe::bfloat16>(via_portable{p});
+    check_gemm_degenerate<float, float, float>(via_portable{p});
+  }
+}
+
+TEST_CASE("gemm: results are bit-identical whatever the thread count") {
+  const moe::index_t m = 97, n = 61, k = 300;  // m·n·k well above the threading threshold
+  const auto a = random_values<float>(std::size_t(m * k), 1), b = random_values<float>(std::size_t(k * n), 2);
+  const auto c0 = random_values<float>(std::size_t(m * n), 3);
+  const auto ah = random_values<moe::bfloat16>(std::size_t(m * k), 4);
+  const auto bh = random_values<moe::bfloat16>(std::size_t(k * n), 5);
+  auto run_host = [&](int threads) {
+    std::vector<float> c = c0;
+    moe::host(threads).gemm(moe::op::none, moe::op::transpose, m, n, k, 0.5f, a.data(), k, b.data(), k, 0.25f,
+                            c.data(), n);
+    return c;
+  };
+  auto run_host_half = [&](int threads) {
+    std::vector<float> c = c0;
+    moe::host(threads).gemm(moe::op::transpose, moe::op::none, m, n, k, 1.0f, ah.data(), m, bh.data(), n, 1.0f,
+                            c.data(), n);
+    return c;
+  };
+  auto run_portable = [&](int threads) {
+    moe::detail::thread_pool pool(threads);
+    std::vector<float> c = c0;
+    moe::detail::gemm_portable(&pool, moe::op::transpose, moe::op::transpose, m, n, k, 0.5f, a.data(), m, b.data(), k,
+                               0.25f, c.data(), n);
+    return c;
+  };
+  CHECK(same_bits(run_host(1), run_host(4)));
+  CHECK(same_bits(run_host(1), run_host(3)));
+  CHECK(same_bits(run_host_half(1), run_host_half(4)));
+  CHECK(same_bits(run_portable(1), run_portable(4)));
+  CHECK(same_bits(run_portable(1), run_portable(7)));
+  CHECK_FALSE(same_bits(run_portable(1), c0));  // the comparison is not vacuous
+}
+
+TEST_CASE("gemm: negative sizes are rejected") {
+  const moe::host h(1);
+  float x = 0;
+  CHECK_THROWS_AS(h.gemm(moe::op::none, moe::op::none, -1, 1, 1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
+  CHECK_THROWS_AS(h.gemm(moe::op::none, moe::op::none, 1, 1, -1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
+}
+
+// ---- grouped GEMM --------------------------------------------------------------------------------
+
+namespace {
+
+// Group sizes with empty groups at the start, in the middle and at the end.
+const std::vector<int> group_sizes = {0, 5, 1, 0, 0, 17, 3, 0};
+
+std::vector<int> offsets_of(const std::vector<int>& sizes) {
+  std::vector<int> off(sizes.size() + 1, 0);
+  std::inclusive_scan(sizes.begin(), sizes.end(), off.begin() + 1);
+  return off;
+}
+
+template <class TA, class TB, class TC>
+void check_grouped_gemm(moe::op opb, const moe::host& h) {
+  CAPTURE(int(opb));
+  const auto off = offsets_of(group_sizes);
+  const int groups = int(group_sizes.size());
+  const moe::index_t rows = off.back(), n = 11, k = 9;
+  const moe::index_t lda = k + 2, ldc = n + 3;
+  const moe::index_t b_rows = opb == moe::op::none ? k : n, b_cols = opb == moe::op::none ? n : k;
+  const moe::index_t ldb = b_cols + 1, b_stride = b_rows * ldb + 5;
+  const auto a = random_values<TA>(std::size_t(rows * lda), 21);
+  const auto b = random_values<TB>(std::size_t(groups * b_stride), 22);
+  const auto c0 = random_values<TC>(std::size_t(rows * ldc), 23);
+  for (double beta : {0.0, 0.5}) {
+    CAPTURE(beta);
+    const double alpha = -1.25;
+    std::vector<TC> c = c0;
+    h.grouped_gemm(opb, groups, off.data(), n, k, moe::acc_t<TC>(alpha), a.data(), lda, b.data(), b_stride, ldb,
+                   moe::acc_t<TC>(beta), c.data(), ldc);
+    for (int g = 0; g < groups; ++g)
+      for (moe::index_t r = off[std::size_t(g)]; r < off[std::size_t(g) + 1]; ++r)
+        for (moe::index_t j = 0; j < ldc; ++j) {
+          const double got = double(moe::widen(c[std::size_t(r * ldc + j)]));
+          if (j >= n) {  // padding untouched
+            REQUIRE(got == double(moe::widen(c0[std::size_t(r * ldc + j)])));
+            continue;
+          }
+          double s = 0, sa = 0;
+          for (moe::index_t p = 0; p < k; ++p) {
+            const std::size_t bi = std::size_t(g * b_stride + (opb == moe::op::none ? p * ldb + j : j * ldb + p));
+            const double prod = double(moe::widen(a[std::size_t(r * lda + p)])) * double(moe::widen(b[bi]));
+            s += prod;
+            sa += std::fabs(prod);
+          }
+          const double prior = beta * double(moe::widen(c0[std::size_t(r * ldc + j)]));
+          const double want = alpha * s + prior;
+          const double tol = 1e-5 * (std::fabs(alpha) * sa + std::fabs(prior)) + 1e-30;
+          INFO("group " << g << " row " << r << " col " << j);
+          REQUIRE(std::fabs(got - want) <= tol);
+        }
+  }
+}
+
+template <class TA, class TB, class TC>
+void check_grouped_gemm_tn(const moe::host& h) {
+  const auto off = offsets_of(group_sizes);
+  const int groups = int(group_sizes.size());
+  const moe::index_t rows = off.back(), m = 6, n = 10;
+  const moe::index_t lda = m + 1, ldb = n + 2, ldc = n + 3, c_stride = m * ldc + 7;
+  const auto a = random_values<TA>(std::size_t(rows * lda), 31);
+  const auto b = random_values<TB>(std::size_t(rows * ldb), 32);
+  const auto c0 = random_values<TC>(std::size_t(groups * c_stride), 33);
+  for (double beta : {0.0, 0.5}) {
+    CAPTURE(beta);
+    const double alpha = 0.75;
+    std::vector<TC> c = c0;
+    h.grouped_gemm_tn(groups, off.data(), m, n, moe::acc_t<TC>(alpha), a.data(), lda, b.data(), ldb,
+                      moe::acc_t<TC>(beta), c.data(), c_stride, ldc);
+    for (int g = 0; g < groups; ++g)
+      for (moe::index_t i = 0; i < m; ++i)
+        for (moe::index_t j = 0; j < ldc; ++j) {
+          const std::size_t at = std::size_t(g * c_stride + i * ldc + j);
+          const double got = double(moe::widen(c[at]));
+          if (j >= n) {
+            REQUIRE(got == double(moe::widen(c0[at])));
+            continue;
+          }
+          double s = 0, sa = 0;
+          for (moe::index_t r = off[std::size_t(g)]; r < off[std::size_t(g) + 1]; ++r) {
+            const double prod =
+                double(moe::widen(a[std::size_t(r * lda + i)])) * double(moe::widen(b[std::size_t(r * ldb + j)]));
+            s += prod;
+            sa += std::fabs(prod);
+          }
+          // Empty groups still get C_g = beta·C_g.
+          const double prior = beta * double(moe::widen(c0[at]));
+          const double want = alpha * s + prior;
+          INFO("group " << g << " C(" << i << ", " << j << ")");
+          REQUIRE(std::fabs(got - want) <= 1e-5 * (std::fabs(alpha) * sa + std::fabs(prior)) + 1e-30);
+        }
+    // Elements between groups' blocks (c_stride padding) untouched.
+    for (int g = 0; g < groups; ++g)
+      for (moe::index_t x = m * ldc; x < c_stride; ++x) {
+        const std::size_t at = std::size_t(g * c_stride + x);
+        REQUIRE(double(moe::widen(c[at])) == double(moe::widen(c0[at])));
+      }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("grouped_gemm matches per-group naive loops, empty groups included") {
+  const moe::host h(2);
+  for (moe::op opb : ops) {
+    check_grouped_gemm<float, float, float>(opb, h);
+    check_grouped_gemm<double, double, double>(opb, h);
+    check_grouped_gemm<moe::bfloat16, moe::bfloat16, float>(opb, h);
+  }
+  // Rows outside every group are never written.
+  const std::vector<int> off = {2, 4, 4, 6};  // rows 0, 1 and 6, 7 belong to no group
+  const moe::index_t n = 3, k = 2;
+  const auto a = random_values<float>(8 * k, 41), b = random_values<float>(3 * k * n, 42);
+  std::vector<float> c(8 * n, std::numeric_limits<float>::quiet_NaN());
+  h.grouped_gemm(moe::op::none, 3, off.data(), n, k, 1.0f, a.data(), k, b.data(), k * n, n, 0.0f, c.data(), n);
+  for (moe::index_t r = 0; r < 8; ++r)
+    for (moe::index_t j = 0; j < n; ++j) CHECK(std::isnan(c[std::size_t(r * n + j)]) == (r < 2 || r >= 6));
+}
+
+TEST_CASE("grouped_gemm_tn matches per-group naive loops, empty groups scaled by beta") {
+  const moe::host h(2);
+  check_grouped_gemm_tn<float, float, float>(h);
+  check_grouped_gemm_tn<double, double, double>(h);
+  check_grouped_gemm_tn<moe::bfloat16, moe::bfloat16, float>(h);
+  check_grouped_gemm_tn<moe::float16, moe::float16, float>(h);
+}
+
+// ---- workspace -----------------------------------------------------------------------------------
+
+namespace {
+
+struct carved {
+  float* a;
+  double* b;
+  int* c;
+  std::uint8_t* d;
+  int* empty;
+};
+
+// One description of the scratch, used for both phases.
+carved carve(moe::workspace_carver& w) {
+  carved r{};
+  r.a = w.take<float>(10);          // 40 bytes
+  r.b = w.take<double>(100);        // 800 bytes
+  r.c = w.take<int>(1);             // 4 bytes
+  r.d = w.take<std::uint8_t>(257);  // 257 bytes
+  r.empty = w.take<int>(0);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("workspace_carver: measuring counts aligned bytes and hands out null") {
+  moe::workspace_carver w;
+  CHECK(w.measuring());
+  CHECK(w.bytes() == 0);
+  const carved r = carve(w);
+  CHECK(r.a == nullptr);
+  CHECK(r.b == nullptr);
+  CHECK(r.c == nullptr);
+  CHECK(r.d == nullptr);
+  CHECK(r.empty == nullptr);
+  // Blocks at 0, 256, 1280, 1536; the last one (257 bytes) ends at 1793; the empty block starts
+  // at 2048; rounded up: 2048.
+  CHECK(w.bytes() == 2048);
+  CHECK(w.bytes() % moe::workspace_alignment == 0);
+  CHECK(moe::align_up(0, 256) == 0);
+  CHECK(moe::align_up(1, 256) == 256);
+  CHECK(moe::align_up(256, 256) == 256);
+  CHECK(moe::align_up(257, 256) == 512);
+}
+
+TEST_CASE("workspace_carver: carving hands out aligned, ordered, disjoint blocks") {
+  moe::workspace_carver measure;
+  carve(measure);
+  const moe::host h(1);
+  const std::size_t bytes = measure.bytes();
+  auto* base = static_cast<std::byte*>(h.allocate(bytes));
+  moe::workspace_carver w(base, bytes);
+  CHECK_FALSE(w.measuring());
+  const carved r = carve(w);
+  CHECK(reinterpret_cast<std::byte*>(r.a) == base);
+  CHECK(reinterpret_cast<std::byte*>(r.b) == base + 256);
+  CHECK(reinterpret_cast<std::byte*>(r.c) == base + 1280);
+  CHECK(reinterpret_cast<std::byte*>(r.d) == base + 1536);
+  CHECK(reinterpret_cast<std::byte*>(r.empty) == base + 2048);  // zero-size: one past, never written
+  for (const void* p : {static_cast<const void*>(r.a), static_cast<const void*>(r.b),
+                        static_cast<const void*>(r.c), static_cast<const void*>(r.d)})
+    CHECK(reinterpret_cast<std::uintptr_t>(p) % moe::workspace_alignment == 0);
+  CHECK(w.bytes() == bytes);  // both phases agree
+  // The blocks are usable memory (ASan checks the bounds).
+  std::fill(r.a, r.a + 10, 1.0f);
+  std::fill(r.b, r.b + 100, 2.0);
+  std::fill(r.d, r.d + 257, std::uint8_t(3));
+  CHECK(r.a[9] == 1.0f);
+  CHECK(r.b[0] == 2.0);
+  h.deallocate(base, bytes);
+}
+
+TEST_CASE("workspace_carver: too small a buffer and negative sizes throw, naming the workspace") {
+  moe::workspace_carver measure;
+  carve(measure);
+  std::vector<std::byte> small(1600);  // enough for the first three blocks only
+  moe::workspace_carver w(small.data(), small.size());
+  CHECK_THROWS_WITH_AS(carve(w), doctest::Contains("workspace"), moe::invalid_argument);
+  moe::workspace_carver w2(small.data(), 0);
+  CHECK_THROWS_AS(w2.take<float>(1), moe::invalid_argument);
+  moe::workspace_carver w3(small.data(), small.size());
+  CHECK_NOTHROW(w3.take<std::byte>(1600));  // exactly the capacity fits
+  CHECK_THROWS_AS(w3.take<std::byte>(1), moe::invalid_argument);
+  moe::workspace_carver m;
+  CHECK_THROWS_WITH_AS(m.take<int>(-1), doctest::Contains("workspace"), moe::invalid_argument);
+}
+
+// ---- tensor_view ---------------------------------------------------------------------------------
+
+TEST_CASE("tensor_view: extents, sizes and row-major indexing") {
+  std::vector<int> data(2 * 3 * 4);
+  std::iota(data.begin(), data.end(), 0);
+
+  const moe::vector_view<int> v(data.data(), 24);
+  static_assert(decltype(v)::rank == 1);
+  static_assert(std::is_same_v<moe::vector_view<int>::element_type, int>);
+  CHECK(v.size() == 24);
+  CHECK(v.rows() == 24);
+  CHECK(v(5) == 5);
+  CHECK(v[23] == 23);
+
+  const moe::matrix_view<int> m(data.data(), 6, 4);
+  CHECK(m.rows() == 6);
+  CHECK(m.cols() == 4);
+  CHECK(m.size() == 24);
+  CHECK(m(0, 0) == 0);
+  CHECK(m(2, 3) == 11);
+  CHECK(m(5, 1) == 21);
+  CHECK(m.row(3) == data.data() + 12);
+  m(1, 2) = -7;  // views write through
+  CHECK(data[6] == -7);
+  data[6] = 6;
+
+  const moe::tensor_view<int, 3> t(data.data(), 2, 3, 4);
+  CHECK(t.size() == 24);
+  CHECK(t.cols() == 4);
+  CHECK(t(1, 2, 3) == 23);
+  CHECK(t(1, 0, 2) == 14);
+  CHECK(t(0, 2, 1) == 9);
+  CHECK(t.row(1) == data.data() + 12);  // slab 1 of [2, 3, 4]
+
+  const moe::tensor_view<int, 4> q(data.data(), 2, 1, 3, 4);
+  CHECK(q.size() == 24);
+  CHECK(q.row(1) == data.data() + 12);
+  CHECK(q.extent[2] == 3);
+
+  // Mixed integer types for extents.
+  const moe::matrix_view<int> mixed(data.data(), std::size_t(3), moe::index_t(8));
+  CHECK(mixed(2, 7) == 23);
+
+  // A view of const from a view of non-const keeps data and extents.
+  const moe::matrix_view<const int> cm = m;
+  CHECK(cm.data == m.data);
+  CHECK(cm.extent[0] == 6);
+  CHECK(cm.extent[1] == 4);
+  CHECK(cm(4, 2) == 18);
+  static_assert(std::is_convertible_v<moe::matrix_view<int>, moe::matrix_view<const int>>);
+  static_assert(!std::is_convertible_v<moe::matrix_view<const int>, moe::matrix_view<int>>);
+
+  const moe::matrix_view<float> none;
+  CHECK(none.data == nullptr);
+  CHECK(none.empty());
+  CHECK(moe::matrix_view<int>(data.data(), 0, 4).empty());
+  CHECK_FALSE(m.empty());
+}

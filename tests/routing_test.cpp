@@ -1,0 +1,315 @@
+// Hand-worked routing cases asserted exactly: which token goes to which slot, which is dropped,
+// position order vs batch-prioritised routing, first choices before second choices, train vs eval
+// capacity, routing groups, expert choice, dropless; plus the second-expert policies, the capacity
+// formula, reproducibility and thread-count independence.
+#include "test_util.hpp"
+
+#include <cmath>
+
+namespace {
+
+// A layer whose router logits are its input rows (d_model = E, W_r = I).
+template <class Layer>
+Layer identity_router_layer(typename Layer::config c) {
+  c.d_model = c.num_experts;
+  c.router.jitter = 0.0f;
+  Layer l(c);
+  moe_test::set_identity_router(l);
+  return l;
+}
+
+template <class Layer>
+std::vector<double> route(Layer& l, const std::vector<std::vector<double>>& logits, bool training = true) {
+  std::vector<double> x;
+  for (const auto& row : logits) x.insert(x.end(), row.begin(), row.end());
+  return moe_test::run_forward(l, x, int(logits.size()), {.training = training, .step = 0});
+}
+
+std::vector<int> slots_of(const moe::routing_decisions& r) { return r.slot; }
+
+double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+}  // namespace
+
+TEST_CASE("top-1, position order: the first tokens of each expert are kept") {
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 32;  // wide enough that a kept token's ReLU output is not all zero
+  c.num_experts = 2;
+  c.capacity.train = 0.7;  // C = floor(0.7 · 6 / 2) = floor(2.1) = 2
+  c.capacity.eval = 1.4;   // C = floor(4.2) = 4
+  c.capacity.minimum = 1;
+  L l = identity_router_layer<L>(c);
+  const std::vector<std::vector<double>> logits = {{2, 0}, {1, 0}, {3, 0}, {0, 1}, {4, 0}, {0, 2}};
+  CHECK(l.capacity(6, true) == 2);
+  CHECK(l.capacity(6, false) == 4);
+
+  const std::vector<double> y = route(l, logits);
+  const auto r = l.routing();
+  CHECK(r.expert == std::vector<int>{0, 0, 0, 1, 0, 1});
+  // expert 0 receives t0, t1, t2, t4 in that order: t0, t1 fill its 2 slots, t2 and t4 are dropped.
+  CHECK(slots_of(r) == std::vector<int>{0, 1, -1, 0, -1, 1});
+  CHECK(r.gate[0] == doctest::Approx(sigmoid(2)).epsilon(1e-14));
+  // A dropped token's layer output is exactly zero (the residual carries it).
+  for (int j = 0; j < 2; ++j) {
+    CHECK(y[2 * 2 + j] == 0.0);
+    CHECK(y[4 * 2 + j] == 0.0);
+    CHECK(y[0 * 2 + j] != 0.0);
+  }
+  const auto s = l.statistics();
+  CHECK(s.capacity == 2);
+  CHECK(s.routed_per_expert == std::vector<std::int64_t>{4, 2});
+  CHECK(s.kept_per_expert == std::vector<std::int64_t>{2, 2});
+  CHECK(s.dropped_pairs == 2);
+  CHECK(s.dropped_fraction == doctest::Approx(2.0 / 6.0));
+  CHECK(s.tokens_without_expert == 2);
+
+  SUBCASE("evaluation uses the eval capacity factor: nothing is dropped") {
+    route(l, logits, /*training=*/false);
+    CHECK(slots_of(l.routing()) == std::vector<int>{0, 1, 2, 0, 3, 1});
+    CHECK(l.statistics().capacity == 4);
+    CHECK(l.statistics().dropped_pairs == 0);
+  }
+}
+
+TEST_CASE("top-1, batch-prioritised routing: highest top-1 probability first") {
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 2;
+  c.capacity.train = 0.7;
+  c.capacity.minimum = 1;
+  c.capacity.order = moe::drop_order::bpr;
+  L l = identity_router_layer<L>(c);
+  route(l, {{2, 0}, {1, 0}, {3, 0}, {0, 1}, {4, 0}, {0, 2}});
+  // Expert 0 by top-1 probability: t4 (σ(4)), t2 (σ(3)), t0 (σ(2)), t1 (σ(1)) -> t4, t2 kept.
+  // Expert 1: t5 (σ(2)) before t3 (σ(1)).
+  CHECK(slots_of(l.routing()) == std::vector<int>{-1, -1, 1, 1, 0, 0});
+}
+
+TEST_CASE("top-2: all first choices fill the buffers before any second choice") {
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 3;
+  c.router.k = 2;
+  c.router.renormalize = true;
+  c.capacity.train = 1.6;  // C = floor(1.6 · 4 / 3) = 2
+  c.capacity.minimum = 1;
+  L l = identity_router_layer<L>(c);
+  route(l, {{3, 2, 0}, {2, 3, 0}, {3, 0, 2}, {3, 2, 0}});
+  const auto r = l.routing();
+  // choices: t0 (0,1)  t1 (1,0)  t2 (0,2)  t3 (0,1)
+  CHECK(r.expert == std::vector<int>{0, 1, 1, 0, 0, 2, 0, 1});
+  // Expert 0 first choices t0, t2 take both slots; t3's first choice and t1's second are dropped.
+  // Expert 1: t1 (first) slot 0, t0 (second) slot 1, t3 (second) dropped. Expert 2: t2 (second).
+  CHECK(slots_of(r) == std::vector<int>{0, 1, 0, -1, 1, 0, -1, -1});
+  // Renormalised gates: p_j / (p_1 + p_2), summing to one.
+  const double e3 = std::exp(3.0), e2 = std::exp(2.0);
+  CHECK(r.gate[0] == doctest::Approx(e3 / (e3 + e2)).epsilon(1e-14));
+  CHECK(r.gate[0] + r.gate[1] == doctest::Approx(1.0).epsilon(1e-15));
+  const auto s = l.statistics();
+  CHECK(s.routed_per_expert == std::vector<std::int64_t>{4, 3, 1});
+  CHECK(s.kept_per_expert == std::vector<std::int64_t>{2, 2, 1});
+  CHECK(s.dropped_pairs == 3);
+  CHECK(s.tokens_without_expert == 1);  // t3 lost both choices
+}
+
+TEST_CASE("top-2 with batch-prioritised routing: BPR order applies to each choice rank") {
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 3;
+  c.router.k = 2;
+  c.capacity.train = 1.6;
+  c.capacity.minimum = 1;
+  c.capacity.order = moe::drop_order::bpr;
+  L l = identity_router_layer<L>(c);
+  // t3 is the most confident token, t0 the least: t3's first choice now beats t0's.
+  route(l, {{1, 0.5, 0}, {2, 3, 0}, {3, 0, 2.5}, {5, 2, 0}});
+  const auto r = l.routing();
+  CHECK(r.expert == std::vector<int>{0, 1, 1, 0, 0, 2, 0, 1});
+  // BPR order by top-1 probability: t3 (.95) > t1 (.71) > t2 (.60) > t0 (.51).
+  // expert 0 first choices: t3 slot 0, t2 slot 1, t0 dropped; t1's second choice dropped.
+  // expert 1: t1 first (slot 0); second choices in BPR order t3 (slot 1), t0 dropped. expert 2: t2.
+  CHECK(slots_of(r) == std::vector<int>{-1, -1, 0, -1, 1, 0, 0, 1});
+}
+
+TEST_CASE("routing groups: capacity is per group") {
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 2;
+  c.group_size = 4;
+  c.capacity.train = 1.0;  // C = floor(1.0 · 4 / 2) = 2 per group
+  c.capacity.minimum = 1;
+  L l = identity_router_layer<L>(c);
+  route(l, {{1, 0}, {1, 0}, {1, 0}, {1, 0}, {1, 0}, {1, 0}, {0, 1}, {0, 1}});
+  CHECK(slots_of(l.routing()) == std::vector<int>{0, 1, -1, -1, 0, 1, 0, 1});
+  const auto s = l.statistics();
+  CHECK(s.groups == 2);
+  CHECK(s.kept_per_expert == std::vector<std::int64_t>{4, 2});
+}
+
+TEST_CASE("expert choice: each expert takes its C highest-probability tokens") {
+  using L = moe::layer<double, moe::expert_choice>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 2;
+  c.capacity.train = 1.0;  // C = 2
+  c.capacity.minimum = 1;
+  L l = identity_router_layer<L>(c);
+  const std::vector<double> y = route(l, {{0, 0}, {3, 0}, {0, 3}, {-1, -1}});
+  const auto r = l.routing();
+  // Column e0: t1 (.953) then t0 and t3 tie at .5 -> t0 (lower index). Column e1: t2, then t0.
+  // Pairs are t·E + e.
+  CHECK(slots_of(r) == std::vector<int>{1, 1, 0, -1, -1, 0, -1, -1});
+  CHECK(r.gate[0] == 0.5);
+  CHECK(r.gate[1] == 0.5);
+  for (int j = 0; j < 2; ++j) CHECK(y[3 * 2 + j] == 0.0);  // t3 picked by no expert
+  const auto s = l.statistics();
+  CHECK(s.tokens_without_expert == 1);
+  CHECK(s.dropped_fraction == doctest::Approx(0.25));
+  CHECK(s.kept_per_expert == std::vector<std::int64_t>{2, 2});
+}
+
+TEST_CASE("dropless: every proposal is kept even when all tokens pick one expert") {
+  using L = moe::layer<double, moe::top_k, moe::dropless>;
+  L::config c{};
+  c.d_ff = 4;
+  c.num_experts = 4;
+  c.router.k = 2;
+  L l = identity_router_layer<L>(c);
+  std::vector<std::vector<double>> logits(10, std::vector<double>{0, 0, 5, 1});
+  route(l, logits);
+  const auto s = l.statistics();
+  CHECK(s.dropped_pairs == 0);
+  CHECK(s.kept_per_expert == std::vector<std::int64_t>{0, 0, 10, 10});
+  const auto r = l.routing();
+  for (int t = 0; t < 10; ++t) {
+    CHECK(r.slot[std::size_t(r.index(t, 0))] == t);
+    CHECK(r.slot[std::size_t(r.index(t, 1))] == t);
+  }
+}
+
+TEST_CASE("second-expert policies") {
+  using L = moe::layer<double, moe::top_k, moe::dropless>;
+  L::config c{};
+  c.d_ff = 2;
+  c.num_experts = 4;
+  c.router.k = 2;
+  c.router.renormalize = true;
+  const int T = 20000;
+  const std::vector<double> row = {2, 1, 0, -1};
+  double p[4], z = 0;
+  for (int e = 0; e < 4; ++e) z += std::exp(row[std::size_t(e)]);
+  for (int e = 0; e < 4; ++e) p[e] = std::exp(row[std::size_t(e)]) / z;
+  const double g2 = p[1] / (p[0] + p[1]);  // renormalised second gate ≈ 0.269
+  std::vector<std::vector<double>> logits(T, row);
+
+  SUBCASE("threshold: sent only when the second gate exceeds it") {
+    c.router.second_policy_train = moe::second_expert::threshold;
+    c.router.second_threshold = 0.25f;
+    L l = identity_router_layer<L>(c);
+    route(l, logits);
+    for (auto a : l.routing().active) CHECK(a == 1);
+    c.router.second_threshold = 0.3f;
+    L l2 = identity_router_layer<L>(c);
+    route(l2, logits);
+    const auto r = l2.routing();
+    for (int t = 0; t < T; ++t) CHECK(r.active[std::size_t(r.index(t, 1))] == 0);
+  }
+  SUBCASE("random: sent with probability gate2 / threshold (GShard)") {
+    c.router.second_policy_train = moe::second_expert::random;
+    c.router.second_threshold = 0.5f;
+    L l = identity_router_layer<L>(c);
+    route(l, logits);
+    const auto r = l.routing();
+    int sent = 0;
+    for (int t = 0; t < T; ++t) sent += r.active[std::size_t(r.index(t, 1))];
+    const double expected = g2 / 0.5, sd = std::sqrt(expected * (1 - expected) / T);
+    CHECK(std::abs(double(sent) / T - expected) < 4 * sd);
+    // The same step draws the same decisions; another step draws others.
+    route(l, logits);
+    CHECK(l.routing().active == r.active);
+    moe_test::run_forward(l, [&] {
+      std::vector<double> x;
+      for (const auto& rr : logits) x.insert(x.end(), rr.begin(), rr.end());
+      return x;
+    }(), T, {.training = true, .step = 1});
+    CHECK(l.routing().active != r.active);
+  }
+  SUBCASE("sampling: the second expert is drawn from p without the first") {
+    c.router.second_policy_train = moe::second_expert::sampling;
+    L l = identity_router_layer<L>(c);
+    route(l, logits);
+    const auto r = l.routing();
+    int count[4] = {};
+    for (int t = 0; t < T; ++t) {
+      CHECK(r.expert[std::size_t(r.index(t, 0))] == 0);
+      ++count[r.expert[std::size_t(r.index(t, 1))]];
+    }
+    CHECK(count[0] == 0);
+    for (int e = 1; e < 4; ++e) {
+      const double q = p[e] / (1 - p[0]), sd = std::sqrt(q * (1 - q) / T);
+      CHECK(std::abs(double(count[e]) / T - q) < 4 * sd);
+    }
+  }
+  SUBCASE("none in training, all in evaluation") {
+    c.router.second_policy_train = moe::second_expert::none;
+    c.router.second_policy_eval = moe::second_expert::all;
+    L l = identity_router_layer<L>(c);
+    route(l, logits, true);
+    CHECK(l.statistics().routed_pairs == T);
+    route(l, logits, false);
+    CHECK(l.statistics().routed_pairs == 2 * T);
+  }
+}
+
+TEST_CASE("capacity formula: rounding rules, minimum, cap at the group size, scale by k") {
+  moe::capacity_factor::config c{};
+  c.minimum = 0;
+  auto cap = [&](double f, int S, int E, int k = 1) {
+    c.train = f;
+    return moe::capacity_factor::capacity(c, true, S, E, k);
+  };
+  c.rounding = moe::capacity_rounding::floor;
+  CHECK(cap(1.25, 64, 8) == 10);  // 10.0
+  CHECK(cap(1.25, 60, 8) == 9);   // 9.375
+  c.rounding = moe::capacity_rounding::nearest;
+  CHECK(cap(1.0, 20, 8) == 2);  // 2.5 -> 2 (ties to even, as Python's round)
+  CHECK(cap(1.0, 28, 8) == 4);  // 3.5 -> 4
+  CHECK(cap(1.0, 30, 8) == 4);  // 3.75 -> 4
+  c.rounding = moe::capacity_rounding::ceil_multiple_of_4;
+  CHECK(cap(1.0, 36, 8) == 8);  // 4.5 -> 5 -> 8
+  CHECK(cap(1.0, 32, 8) == 4);
+  c.rounding = moe::capacity_rounding::floor;
+  CHECK(cap(8.0, 16, 2) == 16);     // capped at the group size
+  CHECK(cap(1.0, 16, 8, 2) == 2);   // not scaled by default
+  c.scale_by_k = true;
+  CHECK(cap(1.0, 16, 8, 2) == 4);
+  c.scale_by_k = false;
+  c.minimum = 4;
+  CHECK(cap(1.0, 16, 8) == 4);  // Mesh-TF's minimum of 4
+  CHECK(cap(1.0, 2, 8) == 4);   // the minimum wins even over the group size (as in Mesh-TF)
+}
+
+TEST_CASE("reproducible and independent of the thread count") {
+  using P = moe::presets::switch_transformer<float>;
+  auto c = P::make_config(16, 32, 4, 9);
+  const int T = 256;
+  const auto x = moe_test::random_vector<float>(std::size_t(T) * 16, 1);
+  P::layer serial(c, moe::host(1));
+  P::layer threaded(c, moe::host(3));
+  const auto y1 = moe_test::run_forward(serial, x, T, {.training = true, .step = 4});
+  const auto y2 = moe_test::run_forward(threaded, x, T, {.training = true, .step = 4});
+  const auto y3 = moe_test::run_forward(serial, x, T, {.training = true, .step = 4});
+  CHECK(y1 == y2);  // bitwise
+  CHECK(y1 == y3);
+  // Jitter is keyed by the step: another step gives other outputs.
+  const auto y4 = moe_test::run_forward(serial, x, T, {.training = true, .step = 5});
+  CHECK(y4 != y1);
+  // Evaluation has no jitter: the step does not matter.
+  CHECK(moe_test::run_forward(serial, x, T, {.training = false, .step = 1}) ==
+        moe_test::run_forward(serial, x, T, {.training = false, .step = 2}));
+}
