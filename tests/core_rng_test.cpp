@@ -90,7 +90,8 @@ TEST_CASE("rng: the same coordinates give the same bits, every time") {
   const moe::rng_stream s{99, moe::rng_purpose::router_jitter, 3, 1000};
   const moe::rng_stream copy = s;
   for (std::uint64_t i = 0; i < 1000; ++i) {
-    const auto a = s.bits(i), b = copy.bits(i), c = moe::rng_stream{99, moe::rng_purpose::router_jitter, 3, 1000}.bits(i);
+    const moe::rng_stream fresh{99, moe::rng_purpose::router_jitter, 3, 1000};
+    const auto a = s.bits(i), b = copy.bits(i), c = fresh.bits(i);
     for (int l = 0; l < 4; ++l) REQUIRE((a.v[l] == b.v[l] && a.v[l] == c.v[l]));
     REQUIRE(moe::uniform(s, i) == moe::uniform(copy, i));
     REQUIRE(moe::normal(s, i) == moe::normal(copy, i));

@@ -473,7 +473,8 @@ TEST_CASE("host: an exception thrown in a parallel_for body reaches the caller, 
         CHECK_THROWS_WITH_AS(h.parallel_for(n, body), message.c_str(), std::runtime_error);
       }
       // Every chunk throws: exactly one exception comes out.
-      CHECK_THROWS_AS(h.parallel_for(n, [](moe::index_t) { throw moe::invalid_argument("all"); }), moe::invalid_argument);
+      auto always = [](moe::index_t) { throw moe::invalid_argument("all"); };
+      CHECK_THROWS_AS(h.parallel_for(n, always), moe::invalid_argument);
     }
     std::atomic<moe::index_t> sum{0};
     h.parallel_for(5000, [&](moe::index_t i) { sum += i; });
@@ -570,8 +571,10 @@ TEST_CASE("gemm: results are bit-identical whatever the thread count") {
 TEST_CASE("gemm: negative sizes are rejected") {
   const moe::host h(1);
   float x = 0;
-  CHECK_THROWS_AS(h.gemm(moe::op::none, moe::op::none, -1, 1, 1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
-  CHECK_THROWS_AS(h.gemm(moe::op::none, moe::op::none, 1, 1, -1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
+  const auto n = moe::op::none;
+  CHECK_THROWS_AS(h.gemm(n, n, -1, 1, 1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
+  CHECK_THROWS_AS(h.gemm(n, n, 1, 1, -1, 1.0f, &x, 1, &x, 1, 0.0f, &x, 1), moe::invalid_argument);
+  CHECK(x == 0);
 }
 
 // ---- grouped GEMM --------------------------------------------------------------------------------
@@ -738,9 +741,8 @@ TEST_CASE("workspace_carver: measuring counts aligned bytes and hands out null")
   CHECK(r.d == nullptr);
   CHECK(r.empty == nullptr);
   // Blocks at 0, 256, 1280, 1536; the last one (257 bytes) ends at 1793; the empty block starts
-  // at 2048; rounded up: 2048.
-  CHECK(w.bytes() == 2048);
-  CHECK(w.bytes() % moe::workspace_alignment == 0);
+  // at 2048; plus 255 bytes of slack for aligning the start of a buffer of any alignment.
+  CHECK(w.bytes() == 2048 + 255);
   CHECK(moe::align_up(0, 256) == 0);
   CHECK(moe::align_up(1, 256) == 256);
   CHECK(moe::align_up(256, 256) == 256);
@@ -774,17 +776,37 @@ TEST_CASE("workspace_carver: carving hands out aligned, ordered, disjoint blocks
   h.deallocate(base, bytes);
 }
 
+TEST_CASE("workspace_carver: a buffer of any alignment works when it has the measured size") {
+  moe::workspace_carver measure;
+  carve(measure);
+  const moe::host h(1);
+  auto* raw = static_cast<std::byte*>(h.allocate(measure.bytes() + 256));
+  for (std::size_t shift : {0, 1, 8, 100, 255}) {
+    CAPTURE(shift);
+    moe::workspace_carver w(raw + shift, measure.bytes());
+    const carved r = carve(w);
+    for (const void* p : {static_cast<const void*>(r.a), static_cast<const void*>(r.b),
+                          static_cast<const void*>(r.c), static_cast<const void*>(r.d)})
+      CHECK(reinterpret_cast<std::uintptr_t>(p) % moe::workspace_alignment == 0);
+    CHECK(reinterpret_cast<std::byte*>(r.d) + 257 <= raw + shift + measure.bytes());
+    CHECK(reinterpret_cast<std::byte*>(r.a) >= raw + shift);
+  }
+  h.deallocate(raw, measure.bytes() + 256);
+}
+
 TEST_CASE("workspace_carver: too small a buffer and negative sizes throw, naming the workspace") {
   moe::workspace_carver measure;
   carve(measure);
-  std::vector<std::byte> small(1600);  // enough for the first three blocks only
-  moe::workspace_carver w(small.data(), small.size());
+  const moe::host h(1);
+  auto* small = static_cast<std::byte*>(h.allocate(1600));  // aligned: room for the first three blocks only
+  moe::workspace_carver w(small, 1600);
   CHECK_THROWS_WITH_AS(carve(w), doctest::Contains("workspace"), moe::invalid_argument);
-  moe::workspace_carver w2(small.data(), 0);
+  moe::workspace_carver w2(small, 0);
   CHECK_THROWS_AS(w2.take<float>(1), moe::invalid_argument);
-  moe::workspace_carver w3(small.data(), small.size());
-  CHECK_NOTHROW(w3.take<std::byte>(1600));  // exactly the capacity fits
+  moe::workspace_carver w3(small, 1600);
+  CHECK_NOTHROW(w3.take<std::byte>(1600));  // exactly the capacity fits (the base is aligned)
   CHECK_THROWS_AS(w3.take<std::byte>(1), moe::invalid_argument);
+  h.deallocate(small, 1600);
   moe::workspace_carver m;
   CHECK_THROWS_WITH_AS(m.take<int>(-1), doctest::Contains("workspace"), moe::invalid_argument);
 }

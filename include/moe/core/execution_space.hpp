@@ -38,6 +38,8 @@ concept execution_space =
       s.exclusive_scan(ci, i, n);
       s.offsets_from_counts(ci, i, n);
       s.histogram(ci, n, i, 1);
+      s.reduce_sum(cf, n, f);
+      s.reduce_max(cf, n, 0.0f, f);
       { S::radix_sort_scratch_bytes(n) } -> std::convertible_to<std::size_t>;
       s.radix_sort_pairs(ck, k, ci, i, n, 64, p, bytes);
       s.gemm(op::none, op::none, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);

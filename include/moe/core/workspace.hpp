@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "moe/core/config.hpp"
@@ -17,14 +18,23 @@ namespace moe {
 // Every carved block starts on this boundary (enough for 16-byte vector access and for CUB).
 inline constexpr std::size_t workspace_alignment = 256;
 
-constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+constexpr std::uintmax_t align_up(std::uintmax_t n, std::uintmax_t a) { return (n + a - 1) / a * a; }
 
 class workspace_carver {
  public:
   // Measuring carver: hands out null pointers and counts bytes.
   workspace_carver() = default;
-  // Carving carver over [base, base + capacity).
-  workspace_carver(void* base, std::size_t capacity) : base_(static_cast<std::byte*>(base)), capacity_(capacity) {}
+  // Carving carver over [base, base + capacity). Blocks are aligned relative to the first
+  // 256-byte boundary at or after `base`, so any buffer works; bytes() includes the slack this
+  // may take (up to 255 bytes), so a buffer of the measured size always suffices.
+  workspace_carver(void* base, std::size_t capacity) {
+    if (!base) return;
+    const auto addr = reinterpret_cast<std::uintptr_t>(base);
+    const std::size_t skip = std::size_t(align_up(addr, workspace_alignment) - addr);
+    base_ = static_cast<std::byte*>(base) + skip;
+    capacity_ = capacity >= skip ? capacity - skip : 0;
+    given_ = capacity;
+  }
 
   template <class T>
   T* take(index_t count) {
@@ -33,17 +43,20 @@ class workspace_carver {
     used_ = offset + std::size_t(count) * sizeof(T);
     if (!base_) return nullptr;
     if (used_ > capacity_)
-      fail("workspace", capacity_, " bytes given, at least ", used_, " needed (ask workspace_bytes() first)");
+      fail("workspace", given_, " bytes given, at least ", bytes(), " needed (ask workspace_bytes() first)");
     return reinterpret_cast<T*>(base_ + offset);
   }
 
   bool measuring() const { return base_ == nullptr; }
-  // Bytes used so far, rounded up so that consecutive carvers can be laid end to end.
-  std::size_t bytes() const { return align_up(used_, workspace_alignment); }
+  // Bytes a buffer must have for the blocks taken so far, whatever its alignment.
+  std::size_t bytes() const {
+    return used_ == 0 ? 0 : std::size_t(align_up(used_, workspace_alignment)) + workspace_alignment - 1;
+  }
 
  private:
   std::byte* base_ = nullptr;
   std::size_t capacity_ = 0;
+  std::size_t given_ = 0;
   std::size_t used_ = 0;
 };
 

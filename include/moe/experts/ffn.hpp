@@ -16,6 +16,9 @@
 //
 // Weights of all experts are contiguous: W_in, W_up [E, d_model, d_ff], W_out [E, d_ff, d_model].
 // Rows are expert-contiguous (rows.expert_offsets), so each projection is one grouped GEMM.
+//
+// Inside lambdas run by an execution space, compile-time branches are plain `if`s on constexpr
+// values: nvcc's extended lambdas may not first capture a variable inside `if constexpr`.
 #pragma once
 
 #include <cmath>
@@ -156,7 +159,7 @@ struct ffn {
         p = widen(pre[i]);  // backward sees exactly the stored value
       }
       R h = Activation::f(p);
-      if constexpr (Gated) {
+      if (Gated) {
         R l = widen(lin[i]);
         if (b_up) {
           l += widen(b_up[e * f + j]);
@@ -215,7 +218,7 @@ struct ffn {
         R sum = 0;
         for (index_t r = off[e]; r < off[e + 1]; ++r) {
           R core = Activation::f(widen(pre[r * f + j]));
-          if constexpr (Gated) core *= widen(lin[r * f + j]);
+          if (Gated) core *= widen(lin[r * f + j]);
           if (drop && row_token[r] >= 0) core *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
           sum += widen(dh[r * f + j]) * core;
         }
@@ -232,7 +235,7 @@ struct ffn {
       if (scale) dcore *= widen(scale[e * f + j]);
       if (drop && row_token[r] >= 0) dcore *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
       const R p = widen(pre[i]);
-      if constexpr (Gated) {
+      if (Gated) {
         const R l = widen(lin[i]);
         dlin[i] = convert<T>(dcore * Activation::f(p));
         dh[i] = convert<T>(dcore * l * Activation::df(p));

@@ -83,6 +83,10 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
     return;
   }
 #if defined(MOE_HAVE_CBLAS)
+  constexpr index_t int_max = 2147483647;
+  require(m <= int_max && n <= int_max && k <= int_max && lda <= int_max && ldb <= int_max && ldc <= int_max,
+          "gemm", "m=", m, " n=", n, " k=", k, " lda=", lda, " ldb=", ldb, " ldc=", ldc,
+          ": a size exceeds the 32-bit CBLAS interface; split the product");
   constexpr bool all_float = std::is_same_v<TA, float> && std::is_same_v<TB, float> && std::is_same_v<TC, float>;
   constexpr bool all_double =
       std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>;

@@ -33,9 +33,7 @@ class host {
   // The shared pool with one thread per hardware thread (or $MOE_NUM_THREADS).
   host() : pool_(shared_pool()) {}
   // A private pool of `threads` threads (1 = serial).
-  explicit host(int threads) : pool_(std::make_shared<detail::thread_pool>(threads)) {
-    require(threads >= 1, "host", "threads=", threads, " must be at least 1");
-  }
+  explicit host(int threads) : pool_(make_pool(threads)) {}
 
   int threads() const { return pool_->size(); }
 
@@ -92,6 +90,21 @@ class host {
       running += counts[i];
     }
     offsets[n] = running;
+  }
+
+  // *out = in[0] + … + in[n-1] (0 for n = 0), summed in index order; `out` is in this space's memory.
+  template <class T>
+  void reduce_sum(const T* in, index_t n, T* out) const {
+    T acc = T(0);
+    for (index_t i = 0; i < n; ++i) acc += in[i];
+    *out = acc;
+  }
+  // *out = max(init, in[0], …, in[n-1]).
+  template <class T>
+  void reduce_max(const T* in, index_t n, T init, T* out) const {
+    T acc = init;
+    for (index_t i = 0; i < n; ++i) acc = in[i] > acc ? in[i] : acc;
+    *out = acc;
   }
 
   // counts[b] = number of i with keys[i] == b, for b in [0, bins); other keys are ignored.
@@ -196,11 +209,21 @@ class host {
  private:
   static std::shared_ptr<detail::thread_pool> shared_pool() {
     static const std::shared_ptr<detail::thread_pool> pool = [] {
-      int n = int(std::thread::hardware_concurrency());
-      if (const char* env = std::getenv("MOE_NUM_THREADS")) n = std::atoi(env);
-      return std::make_shared<detail::thread_pool>(std::max(1, n));
+      int n = std::max(1, int(std::thread::hardware_concurrency()));
+      if (const char* env = std::getenv("MOE_NUM_THREADS")) {
+        char* end = nullptr;
+        const long v = std::strtol(env, &end, 10);
+        require(end != env && *end == '\0' && v >= 1 && v <= 4096, "MOE_NUM_THREADS", "'", env,
+                "' is not a thread count in [1, 4096]");
+        n = int(v);
+      }
+      return std::make_shared<detail::thread_pool>(n);
     }();
     return pool;
+  }
+  static std::shared_ptr<detail::thread_pool> make_pool(int threads) {
+    require(threads >= 1, "host", "threads=", threads, " must be at least 1");
+    return std::make_shared<detail::thread_pool>(threads);
   }
 
   std::shared_ptr<detail::thread_pool> pool_;

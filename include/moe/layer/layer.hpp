@@ -109,31 +109,31 @@ void fill_value(const Space& sp, P* data, index_t n, float v) {
 // pairs per expert.
 inline constexpr int stat_fixed = 7;
 
-// Reduces the routing arrays of one call into `out` (space memory), in a fixed order.
+// Reduces the routing arrays of one call into `out` (space memory): per-token sums with the
+// space's reductions (deterministic order), then one small pass over the (expert, group) counts.
 template <int NumLosses, class Space, class R>
 void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_state& rows, double* out) {
   const routing_shape s = plan.shape;
   const int E = s.experts, G = s.groups, T_ = s.tokens, C = s.capacity;
-  const R *loss_values = plan.loss_values, *entropy = plan.entropy, *top1 = plan.top1;
-  const R *absmax = plan.logit_absmax, *sumsq = plan.logit_sumsq;
-  const int* seg_count = plan.segment_count;
   const int* token_count = rows.token_count;
+  R* unrouted = plan.unrouted;
+  sp.parallel_for(T_, [=] MOE_LAMBDA(index_t t) { unrouted[t] = token_count[t] == 0 ? R(1) : R(0); });
+  R* sums = plan.stat_sums;
+  sp.reduce_sum(plan.entropy, T_, sums + 0);
+  sp.reduce_sum(plan.top1, T_, sums + 1);
+  sp.reduce_max(plan.logit_absmax, T_, R(0), sums + 2);
+  sp.reduce_sum(plan.logit_sumsq, T_, sums + 3);
+  sp.reduce_sum(plan.unrouted, T_, sums + 4);
+  const R* loss_values = plan.loss_values;
+  const int* seg_count = plan.segment_count;
   sp.parallel_for(1, [=] MOE_LAMBDA(index_t) {
     out[0] = double(loss_values[NumLosses]);
     for (int i = 0; i < NumLosses; ++i) out[1 + i] = double(loss_values[i]);
     double* q = out + 1 + NumLosses;
-    double ent = 0, top = 0, amax = 0, sq = 0, unrouted = 0;
-    for (int t = 0; t < T_; ++t) {
-      ent += double(entropy[t]);
-      top += double(top1[t]);
-      amax = double(absmax[t]) > amax ? double(absmax[t]) : amax;
-      sq += double(sumsq[t]);
-      unrouted += token_count[t] == 0 ? 1.0 : 0.0;
-    }
-    q[0] = ent / T_;
-    q[1] = top / T_;
-    q[2] = amax;
-    q[3] = std::sqrt(sq / (double(T_) * E));
+    q[0] = double(sums[0]) / T_;
+    q[1] = double(sums[1]) / T_;
+    q[2] = double(sums[2]);
+    q[3] = std::sqrt(double(sums[3]) / (double(T_) * E));
     double routed = 0, kept_total = 0;
     for (int e = 0; e < E; ++e) {
       double r = 0, k = 0;
@@ -149,7 +149,7 @@ void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_s
     }
     q[4] = routed;
     q[5] = routed - kept_total;
-    q[6] = unrouted;
+    q[6] = double(sums[4]);
   });
 }
 

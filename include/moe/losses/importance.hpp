@@ -24,7 +24,7 @@ struct importance {
   struct named_config {
     config importance;
   };
-  static const config& from(const named_config& n) { return n.importance; }
+  MOE_HOST_DEVICE static const config& from(const named_config& n) { return n.importance; }
 
   template <class R>
   MOE_HOST_DEVICE static void moments(const loss_inputs<R>& in, int g, R* mean, R* var) {

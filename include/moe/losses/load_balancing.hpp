@@ -30,7 +30,7 @@ struct load_balancing {
   struct named_config {
     config load_balancing;
   };
-  static const config& from(const named_config& n) { return n.load_balancing; }
+  MOE_HOST_DEVICE static const config& from(const named_config& n) { return n.load_balancing; }
 
   template <class R>
   MOE_HOST_DEVICE static const R* counts(const config& c, const loss_inputs<R>& in) {

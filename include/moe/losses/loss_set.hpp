@@ -57,8 +57,8 @@ struct losses {
 
   // values[i] = L_i (unweighted); returns Σ weight_i · L_i.
   template <class R>
-  MOE_HOST_DEVICE static R values(const config& c, const loss_inputs<R>& in, R* values) {
-    (void)values;  // unused when the set is empty
+  MOE_HOST_DEVICE static R values([[maybe_unused]] const config& c, [[maybe_unused]] const loss_inputs<R>& in,
+                                  [[maybe_unused]] R* values) {
     R total = 0;
     int i = 0;
     (((values[i] = Ls::template value<R>(Ls::from(c), in)), total += R(Ls::from(c).weight) * values[i], ++i), ...);
@@ -68,19 +68,22 @@ struct losses {
 
   // Σ weight_i ∂L_i/∂p[t, e] for the tokens of group g (each hook is constant over the group).
   template <class R>
-  MOE_HOST_DEVICE static R prob_grad(const config& c, const loss_inputs<R>& in, int g, int e) {
+  MOE_HOST_DEVICE static R prob_grad([[maybe_unused]] const config& c, [[maybe_unused]] const loss_inputs<R>& in,
+                               [[maybe_unused]] int g, [[maybe_unused]] int e) {
     R d = 0;
     ((d += prob_grad_one<Ls>(c, in, g, e)), ...);
     return d;
   }
   template <class R>
-  MOE_HOST_DEVICE static R logit_grad(const config& c, const loss_inputs<R>& in, index_t t, int e) {
+  MOE_HOST_DEVICE static R logit_grad([[maybe_unused]] const config& c, [[maybe_unused]] const loss_inputs<R>& in,
+                               [[maybe_unused]] index_t t, [[maybe_unused]] int e) {
     R d = 0;
     ((d += logit_grad_one<Ls>(c, in, t, e)), ...);
     return d;
   }
   template <class R>
-  MOE_HOST_DEVICE static R gate_grad(const config& c, const loss_inputs<R>& in, int g, int e) {
+  MOE_HOST_DEVICE static R gate_grad([[maybe_unused]] const config& c, [[maybe_unused]] const loss_inputs<R>& in,
+                               [[maybe_unused]] int g, [[maybe_unused]] int e) {
     R d = 0;
     ((d += gate_grad_one<Ls>(c, in, g, e)), ...);
     return d;

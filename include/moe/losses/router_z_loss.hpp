@@ -23,7 +23,7 @@ struct router_z_loss {
   struct named_config {
     config router_z_loss;
   };
-  static const config& from(const named_config& n) { return n.router_z_loss; }
+  MOE_HOST_DEVICE static const config& from(const named_config& n) { return n.router_z_loss; }
 
   template <class R>
   MOE_HOST_DEVICE static R value(const config&, const loss_inputs<R>& in) {

@@ -45,6 +45,8 @@ struct routing_plan {
   R* entropy = nullptr;       // [T]    −Σ p log p (statistics)
   R* logit_absmax = nullptr;  // [T]    max_e |h| (statistics)
   R* logit_sumsq = nullptr;   // [T]    Σ_e h² (statistics)
+  R* unrouted = nullptr;      // [T]    1 when every proposal of the token was dropped (statistics)
+  R* stat_sums = nullptr;     // [8]    reductions of the per-token statistics
 
   // Proposals.
   int* pair_expert = nullptr;           // [P]
@@ -95,6 +97,8 @@ struct routing_plan {
     p.entropy = w.take<R>(T);
     p.logit_absmax = w.take<R>(T);
     p.logit_sumsq = w.take<R>(T);
+    p.unrouted = w.take<R>(T);
+    p.stat_sums = w.take<R>(8);
     p.pair_expert = w.take<int>(P);
     p.pair_gate = w.take<R>(P);
     p.pair_active = w.take<std::uint8_t>(P);

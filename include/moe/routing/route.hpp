@@ -4,6 +4,8 @@
 //   routing_summary    per-group sums the auxiliary losses read, and the loss values
 //   assign_slots       fill order and capacity: which proposals are kept, in which slot
 //   router_backward    ∂L/∂gates (+ auxiliary losses) → ∂L/∂logits → ∂L/∂W_r, ∂L/∂x
+// Compile-time branches inside the lambdas are plain `if`s on constexpr values, because nvcc's
+// extended lambdas may not first capture a variable inside `if constexpr`.
 #pragma once
 
 #include <bit>
@@ -118,7 +120,7 @@ void routing_summary(const Space& sp, const typename LossSet::config& loss_cfg, 
     R ps = 0, fc = 0, cc = 0, gs = 0;
     for (index_t t = index_t(g) * S; t < index_t(g + 1) * S; ++t) {
       ps += probs[t * E + e];
-      if constexpr (Router::token_choice) {
+      if (Router::token_choice) {
         fc += pair_expert[t * K] == e ? R(1) : R(0);
         for (int j = 0; j < K; ++j) {
           const index_t p = t * K + j;
@@ -187,7 +189,7 @@ void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order
       key = std::uint64_t(SEG) << 32;  // inactive: a segment of its own, past the real ones
     } else {
       std::uint32_t priority;
-      if constexpr (Router::token_choice) {
+      if (Router::token_choice) {
         const index_t t = p / K;
         const int j = int(p - t * K);
         const int within = bpr ? bpr_rank[t] : int(t % S);
@@ -253,9 +255,9 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
       dh[e] = 0;
     }
     Router::template select_backward<R>(c, E, probs + row, pair_expert + p0, pair_gate + p0, dgate + p0, dp);
-    if constexpr (LossSet::has_prob_grad)
+    if (LossSet::has_prob_grad)
       for (int e = 0; e < E; ++e) dp[e] += aux_scale * LossSet::prob_grad(lc, in, g, e);
-    if constexpr (LossSet::has_logit_grad)
+    if (LossSet::has_logit_grad)
       for (int e = 0; e < E; ++e) dh[e] = aux_scale * LossSet::logit_grad(lc, in, t, e);
     // dh holds ∂L/∂h from the logit losses on entry and ∂L/∂raw on exit (element-wise in place).
     token_logits_backward(c, training, noise_rng, t, E, logits + row, probs + row,
