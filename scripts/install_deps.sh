@@ -13,7 +13,8 @@ moe_install_deps() {
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   # Libraries: asked of dpkg (headers and CMake configs have no command to look for).
   local pkg
-  for pkg in doctest-dev libbenchmark-dev libopenblas-dev; do
+  # python3-matplotlib: scripts/plot.py (the system python3 is the one that sees it).
+  for pkg in doctest-dev libbenchmark-dev libopenblas-dev python3-matplotlib; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
   done
   if ((${#missing[@]} == 0)); then

@@ -105,9 +105,9 @@ void fill_value(const Space& sp, P* data, index_t n, float v) {
 }
 
 // Number of fixed entries of the statistics buffer after the losses: entropy, top-1 probability,
-// logit max, logit rms, routed pairs, dropped pairs, tokens without expert; then routed and kept
-// pairs per expert.
-inline constexpr int stat_fixed = 7;
+// logit max, logit rms, routed pairs, dropped pairs, tokens without expert, mean lse²; then routed
+// and kept pairs per expert.
+inline constexpr int stat_fixed = 8;
 
 // Reduces the routing arrays of one call into `out` (space memory): per-token sums with the
 // space's reductions (deterministic order), then one small pass over the (expert, group) counts.
@@ -124,6 +124,7 @@ void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_s
   sp.reduce_max(plan.logit_absmax, T_, R(0), sums + 2);
   sp.reduce_sum(plan.logit_sumsq, T_, sums + 3);
   sp.reduce_sum(plan.unrouted, T_, sums + 4);
+  sp.reduce_sum(plan.lse_sq_sum, G, sums + 5);
   const R* loss_values = plan.loss_values;
   const int* seg_count = plan.segment_count;
   sp.parallel_for(1, [=] MOE_LAMBDA(index_t) {
@@ -150,6 +151,7 @@ void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_s
     q[4] = routed;
     q[5] = routed - kept_total;
     q[6] = double(sums[4]);
+    q[7] = double(sums[5]) / T_;
   });
 }
 
@@ -324,6 +326,7 @@ class layer {
     out.routed_pairs = std::int64_t(q[4]);
     out.dropped_pairs = std::int64_t(q[5]);
     out.tokens_without_expert = std::int64_t(q[6]);
+    out.router_z = q[7];
     for (int e = 0; e < E; ++e) {
       out.routed_per_expert.push_back(std::int64_t(q[stat_fixed + e]));
       out.kept_per_expert.push_back(std::int64_t(q[stat_fixed + E + e]));

@@ -33,6 +33,8 @@ struct routing_statistics {
   double mean_top1_probability = 0;  // mean over tokens of max_e p
   double router_logit_max = 0;       // max |logit| over tokens and experts
   double router_logit_rms = 0;       // sqrt(mean logit²)
+  double router_z = 0;               // mean over tokens of logsumexp(logits)²: the z-loss value,
+                                     // reported whether or not the layer optimises it
 
   // The unweighted value of the loss called `name` (0 when the layer has no such loss).
   double loss(const std::string& name) const {

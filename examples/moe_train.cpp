@@ -1,0 +1,58 @@
+// moe-train — the reference trainer: a small decoder-only language model whose FFNs follow a
+// preset's layout (dense, Switch Transformer, GLaM or ST-MoE), trained end to end on the host (the
+// CUDA space is used once it exists). See examples/trainer/ and `moe-train --help`.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include <moe/moe.hpp>
+
+#include "trainer/checkpoint.hpp"
+#include "trainer/cli.hpp"
+#include "trainer/run.hpp"
+
+namespace {
+
+template <class Space>
+int train_preset(const trainer::options& o, const Space& space) {
+  using namespace trainer;
+  switch (o.kind) {
+    case preset::dense:  // builds no MoE layer: the preset type only completes the template
+      return train<moe::presets::switch_transformer<float, Space>, moe::relu_ffn>(o, space);
+    case preset::switch_transformer:
+      return train<moe::presets::switch_transformer<float, Space>, moe::relu_ffn>(o, space);
+    case preset::glam: return train<moe::presets::glam<float, Space>, moe::geglu_ffn>(o, space);
+    case preset::st_moe: return train<moe::presets::st_moe<float, Space>, moe::geglu_ffn>(o, space);
+  }
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  trainer::options o;
+  try {
+    o = trainer::parse_options(argc, argv);
+  } catch (const trainer::usage_error& e) {
+    if (std::string(e.what()) == "help") {
+      std::fputs(trainer::usage_text, stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "moe-train: %s\n", e.what());
+    return 2;
+  }
+  try {
+    if (o.device == "cuda") {
+      std::fprintf(stderr, "moe-train: --device cuda: this build has no CUDA execution space yet; use --device host\n");
+      return 2;
+    }
+    const moe::host space = o.threads > 0 ? moe::host(o.threads) : moe::host();
+    return train_preset(o, space);
+  } catch (const trainer::checkpoint_error& e) {
+    std::fprintf(stderr, "moe-train: %s\n", e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-train: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,216 @@
+// examples/trainer/cli.hpp — moe-train's flags: parsing and validation. Every problem ends in a
+// one-line error before any work is done.
+#pragma once
+
+#include <charconv>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "layout.hpp"
+#include "optim.hpp"
+
+namespace trainer {
+
+struct options {
+  preset kind = preset::switch_transformer;
+  std::string device = "host";
+  int steps = 3000;
+  int batch = 16;
+  int seq = 64;
+  int d_model = 96;
+  int layers = 4;
+  int heads = 4;
+  int experts = 8;
+  int group_size = 0;
+  optim_config optim{};
+  std::uint64_t seed = 1;
+  std::string data;
+  std::string log;
+  std::string checkpoint;
+  int checkpoint_every = 100;
+  bool resume = false;
+  int eval_every = 250;
+  int eval_batches = 4;
+  int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or all hardware threads)
+  bool progress = true;
+  // Testing only: kill the process at the start of this step / in the middle of the checkpoint
+  // written at this step.
+  int crash_at_step = -1;
+  int crash_in_checkpoint_at_step = -1;
+};
+
+class usage_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+inline const char* usage_text =
+    "usage: moe-train [flags]\n"
+    "  --preset dense|switch|glam|st-moe   model (default switch)\n"
+    "  --device host|cuda                  execution space (default host)\n"
+    "  --steps N --batch N --seq N         training length and batch shape (3000, 16, 64)\n"
+    "  --d-model N --layers N --heads N    transformer size (96, 4, 4)\n"
+    "  --experts N --group-size N          experts per MoE layer (8); routing group (0 = batch)\n"
+    "  --optimizer adamw|adafactor         (adamw)\n"
+    "  --lr X --schedule inverse-sqrt|cosine --warmup N --clip X --weight-decay X\n"
+    "  --seed N                            initialisation, data and routing randomness (1)\n"
+    "  --data FILE                         train on a text file, byte-level (default: the synthetic corpus)\n"
+    "  --log FILE                          JSONL log, one object per step\n"
+    "  --checkpoint DIR --checkpoint-every N --resume\n"
+    "  --eval-every N --eval-batches N     validation (250, 4)\n"
+    "  --threads N                         host threads\n"
+    "  --no-progress                       no live progress line\n";
+
+namespace detail {
+
+template <class I>
+I parse_int(std::string_view flag, const std::string& v, I lo, I hi) {
+  I out{};
+  const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || p != v.data() + v.size() || out < lo || out > hi)
+    throw usage_error(std::string(flag) + ": '" + v + "' is not an integer in [" + std::to_string(lo) + ", " +
+                      std::to_string(hi) + "]");
+  return out;
+}
+
+inline double parse_double(std::string_view flag, const std::string& v, double lo, double hi) {
+  char* end = nullptr;
+  const double out = std::strtod(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size() || !(out >= lo && out <= hi))
+    throw usage_error(std::string(flag) + ": '" + v + "' is not a number in [" + std::to_string(lo) + ", " +
+                      std::to_string(hi) + "]");
+  return out;
+}
+
+}  // namespace detail
+
+// Parses argv; throws usage_error with a one-line message on any problem.
+inline options parse_options(int argc, char** argv) {
+  options o;
+  bool lr_given = false, warmup_given = false;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i], value;
+    bool has_inline = false;
+    if (const auto eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_inline = true;
+    }
+    auto take = [&]() -> const std::string& {
+      if (has_inline) return value;
+      if (i + 1 >= args.size()) throw usage_error(flag + ": missing value");
+      value = args[++i];
+      return value;
+    };
+    auto flag_only = [&] {
+      if (has_inline) throw usage_error(flag + ": takes no value");
+    };
+    using detail::parse_double;
+    using detail::parse_int;
+    constexpr int imax = std::numeric_limits<int>::max();
+    if (flag == "--help" || flag == "-h") {
+      throw usage_error("help");
+    } else if (flag == "--preset") {
+      const std::string& v = take();
+      if (v == "dense") o.kind = preset::dense;
+      else if (v == "switch") o.kind = preset::switch_transformer;
+      else if (v == "glam") o.kind = preset::glam;
+      else if (v == "st-moe") o.kind = preset::st_moe;
+      else throw usage_error("--preset: '" + v + "' is not one of dense, switch, glam, st-moe");
+    } else if (flag == "--device") {
+      o.device = take();
+      if (o.device != "host" && o.device != "cuda")
+        throw usage_error("--device: '" + o.device + "' is not one of host, cuda");
+    } else if (flag == "--steps") {
+      o.steps = parse_int(flag, take(), 1, 100000000);
+    } else if (flag == "--batch") {
+      o.batch = parse_int(flag, take(), 1, 1 << 16);
+    } else if (flag == "--seq") {
+      o.seq = parse_int(flag, take(), 2, 1 << 14);
+    } else if (flag == "--d-model") {
+      o.d_model = parse_int(flag, take(), 1, 1 << 16);
+    } else if (flag == "--layers") {
+      o.layers = parse_int(flag, take(), 1, 1024);
+    } else if (flag == "--heads") {
+      o.heads = parse_int(flag, take(), 1, 1024);
+    } else if (flag == "--experts") {
+      o.experts = parse_int(flag, take(), 1, 4096);
+    } else if (flag == "--group-size") {
+      o.group_size = parse_int(flag, take(), 0, imax);
+    } else if (flag == "--optimizer") {
+      const std::string& v = take();
+      if (v == "adamw") o.optim.kind = optimizer_kind::adamw;
+      else if (v == "adafactor") o.optim.kind = optimizer_kind::adafactor;
+      else throw usage_error("--optimizer: '" + v + "' is not one of adamw, adafactor");
+    } else if (flag == "--lr") {
+      o.optim.lr = parse_double(flag, take(), 1e-9, 10.0);
+      lr_given = true;
+    } else if (flag == "--schedule") {
+      const std::string& v = take();
+      if (v == "inverse-sqrt") o.optim.schedule = schedule_kind::inverse_sqrt;
+      else if (v == "cosine") o.optim.schedule = schedule_kind::cosine;
+      else throw usage_error("--schedule: '" + v + "' is not one of inverse-sqrt, cosine");
+    } else if (flag == "--warmup") {
+      o.optim.warmup = parse_int(flag, take(), 0, imax);
+      warmup_given = true;
+    } else if (flag == "--clip") {
+      o.optim.clip = parse_double(flag, take(), 0.0, 1e9);
+    } else if (flag == "--weight-decay") {
+      o.optim.weight_decay = parse_double(flag, take(), 0.0, 1.0);
+    } else if (flag == "--seed") {
+      o.seed = parse_int<std::uint64_t>(flag, take(), 0, std::numeric_limits<std::uint64_t>::max());
+    } else if (flag == "--data") {
+      o.data = take();
+    } else if (flag == "--log") {
+      o.log = take();
+    } else if (flag == "--checkpoint") {
+      o.checkpoint = take();
+    } else if (flag == "--checkpoint-every") {
+      o.checkpoint_every = parse_int(flag, take(), 1, imax);
+    } else if (flag == "--resume") {
+      flag_only();
+      o.resume = true;
+    } else if (flag == "--eval-every") {
+      o.eval_every = parse_int(flag, take(), 1, imax);
+    } else if (flag == "--eval-batches") {
+      o.eval_batches = parse_int(flag, take(), 1, 1 << 16);
+    } else if (flag == "--threads") {
+      o.threads = parse_int(flag, take(), 1, 4096);
+    } else if (flag == "--no-progress") {
+      flag_only();
+      o.progress = false;
+    } else if (flag == "--crash-at-step") {
+      o.crash_at_step = parse_int(flag, take(), 1, imax);
+    } else if (flag == "--crash-in-checkpoint-at-step") {
+      o.crash_in_checkpoint_at_step = parse_int(flag, take(), 1, imax);
+    } else {
+      throw usage_error(flag + ": unknown flag (see --help)");
+    }
+  }
+  // Adafactor wants a larger explicit learning rate than AdamW (T5 used 1e-2 with inverse sqrt).
+  if (!lr_given && o.optim.kind == optimizer_kind::adafactor) o.optim.lr = 1e-2;
+  if (!warmup_given) o.optim.warmup = std::min(100, std::max(1, o.steps / 10));
+  o.optim.total_steps = o.steps;
+
+  // Shapes that cannot work.
+  if (o.d_model % o.heads != 0)
+    throw usage_error("--heads: " + std::to_string(o.heads) + " does not divide --d-model " + std::to_string(o.d_model));
+  const int k = experts_per_token(o.kind);
+  if (o.kind != preset::dense && o.experts < k)
+    throw usage_error("--experts: " + std::to_string(o.experts) + " is fewer than the " + std::to_string(k) +
+                      " experts per token of --preset " + preset_name(o.kind));
+  if (o.group_size > 0 && (o.batch * o.seq) % o.group_size != 0)
+    throw usage_error("--group-size: " + std::to_string(o.group_size) + " does not divide the " +
+                      std::to_string(o.batch * o.seq) + " tokens of a batch");
+  if (o.resume && o.checkpoint.empty()) throw usage_error("--resume: needs --checkpoint DIR");
+  if (o.crash_in_checkpoint_at_step > 0 && o.checkpoint.empty())
+    throw usage_error("--crash-in-checkpoint-at-step: needs --checkpoint DIR");
+  return o;
+}
+
+}  // namespace trainer

@@ -1,0 +1,126 @@
+// examples/trainer/layout.hpp — which FFNs of the model are MoE layers, how wide every FFN is, and
+// what the model costs (parameters, FLOPs per token) for each preset.
+//
+// Every model shares d_model, depth, heads, attention and the tied embedding. What differs is the
+// FFN of each block. All presets spend the same FFN FLOPs per token per block as the dense baseline
+// (a ReLU FFN of width 4·d: 2·2·d·4d = 16·d² FLOPs), so the comparison is at equal FLOPs per token:
+//   dense   every block: ReLU FFN, width 4d
+//   switch  every other block (1, 3, …) a top-1 MoE of ReLU experts of width 4d (Switch: one expert
+//           per token, the same FLOPs as the dense FFN it replaces); the others dense ReLU 4d
+//   glam    every other block a top-2 MoE of GEGLU experts of width 4d/3 (2 experts · 3 matrices);
+//           the others dense GEGLU of width 8d/3 (GLaM uses gated GELU throughout)
+//   st-moe  every 4th block (3, 7, …; every other block when depth < 4) is a sparse block: a top-2
+//           MoE of GEGLU experts of width 2d/3 followed by a dense GEGLU FFN of width 4d/3
+//           (ST-MoE's "dense FFN in each sparse block"); the others dense GEGLU 8d/3
+// Widths are rounded to integers, so FLOPs match to within rounding; the exact counts are printed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trainer {
+
+enum class preset { dense, switch_transformer, glam, st_moe };
+
+inline const char* preset_name(preset p) {
+  switch (p) {
+    case preset::dense: return "dense";
+    case preset::switch_transformer: return "switch";
+    case preset::glam: return "glam";
+    case preset::st_moe: return "st-moe";
+  }
+  return "?";
+}
+
+struct model_config {
+  preset kind = preset::switch_transformer;
+  int vocab = 256;
+  int d_model = 128;
+  int heads = 4;
+  int layers = 4;
+  int seq = 128;
+  int experts = 8;
+  int group_size = 0;  // MoE routing group (0 = the whole batch)
+  std::uint64_t seed = 1;
+};
+
+struct ffn_spec {
+  bool moe = false;
+  int d_ff = 0;  // width of the dense FFN, or of each expert
+};
+
+struct block_spec {
+  std::vector<ffn_spec> ffns;  // one FFN sublayer, or two in an ST-MoE sparse block
+};
+
+inline int round_width(double w) { return w < 1 ? 1 : int(std::lround(w)); }
+
+inline std::vector<block_spec> make_layout(const model_config& c) {
+  const double d = c.d_model;
+  std::vector<block_spec> blocks(std::size_t(c.layers));
+  for (int l = 0; l < c.layers; ++l) {
+    auto& f = blocks[std::size_t(l)].ffns;
+    switch (c.kind) {
+      case preset::dense: f = {{false, round_width(4 * d)}}; break;
+      case preset::switch_transformer:
+        f = {{l % 2 == 1, round_width(4 * d)}};
+        break;
+      case preset::glam:
+        f = l % 2 == 1 ? std::vector<ffn_spec>{{true, round_width(4 * d / 3)}}
+                       : std::vector<ffn_spec>{{false, round_width(8 * d / 3)}};
+        break;
+      case preset::st_moe: {
+        const bool sparse = c.layers >= 4 ? l % 4 == 3 : l % 2 == 1;
+        f = sparse ? std::vector<ffn_spec>{{true, round_width(2 * d / 3)}, {false, round_width(4 * d / 3)}}
+                   : std::vector<ffn_spec>{{false, round_width(8 * d / 3)}};
+        break;
+      }
+    }
+  }
+  return blocks;
+}
+
+inline bool gated(preset p) { return p == preset::glam || p == preset::st_moe; }
+inline int experts_per_token(preset p) { return p == preset::switch_transformer ? 1 : 2; }
+
+// Parameters and forward FLOPs per token (a multiply-add is 2 FLOPs). Training costs ≈ 3× forward.
+struct model_cost {
+  double total_params = 0;   // every weight
+  double active_params = 0;  // weights one token touches (k experts per MoE layer)
+  double flops_per_token = 0;
+};
+
+inline model_cost cost(const model_config& c) {
+  const double d = c.d_model, V = c.vocab, S = c.seq, E = c.experts;
+  const double k = experts_per_token(c.kind), mats = gated(c.kind) ? 3 : 2;
+  model_cost m;
+  const double embed = V * d + S * d;
+  m.total_params = m.active_params = embed + d;  // + final norm
+  m.flops_per_token = 2 * d * V;                 // tied output projection
+  for (const block_spec& b : make_layout(c)) {
+    const double attn = 4 * d * d + d;  // qkv, output projection, norm gain
+    m.total_params += attn;
+    m.active_params += attn;
+    // projections + causal scores and weighted values (a query attends to (S+1)/2 keys on average)
+    m.flops_per_token += 2 * 4 * d * d + 2 * 2 * d * (S + 1) / 2;
+    for (const ffn_spec& f : b.ffns) {
+      const double one = mats * d * f.d_ff;
+      m.total_params += d;  // norm gain
+      m.active_params += d;
+      if (f.moe) {
+        m.total_params += E * one + d * E;
+        m.active_params += k * one + d * E;
+        m.flops_per_token += 2 * (k * one + d * E);
+      } else {
+        m.total_params += one;
+        m.active_params += one;
+        m.flops_per_token += 2 * one;
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace trainer

@@ -1,0 +1,410 @@
+// examples/trainer/model.hpp — a decoder-only transformer whose FFNs are dense or moe::layer MoE
+// layers, with a hand-written backward pass.
+//
+//   x₀ = tok_emb[token] + pos_emb[position]
+//   per block:  x ← x + W_o · attention(RMSNorm(x) · W_qkv)        (causal, multi-head)
+//               x ← x + FFN(RMSNorm(x))   for each FFN sublayer (dense, or a MoE layer)
+//   logits = RMSNorm(x) · tok_embᵀ  (tied), loss = mean cross-entropy + Σ MoE auxiliary losses
+//
+// Templated on the element type (float to train, double for the finite-difference test), the
+// execution space, the library preset the MoE layers come from (moe::presets::switch_transformer,
+// glam or st_moe; the dense model builds none) and the dense FFN policy (ReLU or GEGLU: the
+// library's moe::ffn, run as a single "expert" over all tokens).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <moe/moe.hpp>
+
+#include "layout.hpp"
+#include "ops.hpp"
+
+namespace trainer {
+
+// One trainable tensor and its gradient (space memory).
+template <class T>
+struct param_view {
+  std::string name;
+  T* value = nullptr;
+  T* grad = nullptr;
+  int rank = 1;
+  index_t shape[3] = {0, 0, 0};
+  bool matrix = false;  // weight decay applies (not to norm gains)
+  index_t size() const {
+    index_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= shape[i];
+    return n;
+  }
+};
+
+// Routing summary of one MoE layer for one step (host values).
+struct moe_step_stats {
+  moe::routing_statistics stats;
+  int block = 0;
+};
+
+template <class T, class Space, class MoePreset, class DenseFFN>
+class model {
+  using MoeLayer = typename MoePreset::layer;
+  static_assert(std::is_same_v<typename MoeLayer::compute_type, T>,
+                "the trainer keeps one element type for all parameters (float, or double for tests)");
+
+ public:
+  model(const model_config& cfg, const Space& space = Space{}) : cfg_(cfg), space_(space), blocks_spec_(make_layout(cfg)) {
+    moe::require(cfg.d_model % cfg.heads == 0, "--heads", cfg.heads, " does not divide --d-model ", cfg.d_model);
+    build_parameters();
+  }
+
+  const model_config& config() const { return cfg_; }
+  const Space& space() const { return space_; }
+  const std::vector<block_spec>& layout() const { return blocks_spec_; }
+
+  // Every trainable tensor: the dense ones, then each MoE layer's.
+  std::vector<param_view<T>> parameters() {
+    std::vector<param_view<T>> all = dense_params_;
+    for (std::size_t i = 0; i < moe_layers_.size(); ++i) {
+      moe_layers_[i]->for_each_parameter([&](const auto& p) {
+        param_view<T> v;
+        v.name = "moe" + std::to_string(moe_block_[i]) + "." + p.name;
+        v.value = p.value;
+        v.grad = p.grad;
+        v.rank = p.rank;
+        for (int r = 0; r < 3; ++r) v.shape[r] = p.shape[r];
+        v.matrix = p.rank >= 2;
+        all.push_back(v);
+      });
+    }
+    return all;
+  }
+
+  void zero_grad() {
+    space_.fill_zero(grads_.data(), grads_.bytes());
+    for (auto& l : moe_layers_) l->zero_grad();
+  }
+
+  // Forward over a batch of B sequences of S tokens: inputs [B·S] and targets [B·S] in space
+  // memory, by_token/offsets the CSR of positions by token id (for the embedding gradient).
+  // Returns the mean cross-entropy (host value; synchronises). Keeps activations for backward.
+  double forward(const int* tokens, const int* targets, int B, bool training, std::uint32_t step) {
+    const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab;
+    const index_t H = cfg_.heads, dh = d / H;
+    ensure_activations(B);
+    tokens_ = tokens;
+    const auto& sp = space_;
+    embed_forward(sp, tokens, p_.tok_emb, p_.pos_emb, N, S, d, act_.x0);
+    const T* x = act_.x0;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      block& b = blocks_[l];
+      b.x_in = x;
+      rmsnorm_forward(sp, x, b.g_attn, N, d, b.h_attn, b.rinv_attn);
+      sp.gemm(moe::op::none, moe::op::none, N, 3 * d, d, T(1), b.h_attn, d, b.w_qkv, 3 * d, T(0), b.qkv, 3 * d);
+      attention_forward(sp, b.qkv, B, S, H, dh, b.probs, b.attn_out);
+      sp.copy(b.x_mid, x, sizeof(T) * std::size_t(N * d));
+      sp.gemm(moe::op::none, moe::op::none, N, d, d, T(1), b.attn_out, d, b.w_o, d, T(1), b.x_mid, d);
+      x = b.x_mid;
+      for (sublayer& s : b.ffns) {
+        s.x_in = x;
+        rmsnorm_forward(sp, x, s.g, N, d, s.h, s.rinv);
+        if (s.moe) {
+          s.moe->forward({training, step}, {s.h, N, d}, {s.y, N, d});
+        } else {
+          DenseFFN::forward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), dense_rows_, s.h, s.act, false,
+                            moe::rng_stream{});
+          sp.copy(s.y, s.act.out, sizeof(T) * std::size_t(N * d));
+        }
+        sp.copy(s.x_out, x, sizeof(T) * std::size_t(N * d));
+        add_into(sp, s.y, N * d, s.x_out);
+        x = s.x_out;
+      }
+    }
+    act_.x_last = x;
+    rmsnorm_forward(sp, x, p_.g_final, N, d, act_.h_final, act_.rinv_final);
+    sp.gemm(moe::op::none, moe::op::transpose, N, V, d, T(1), act_.h_final, d, p_.tok_emb, d, T(0), act_.logits, V);
+    cross_entropy(sp, act_.logits, targets, N, V, /*grad=*/true, act_.token_loss);
+    sp.reduce_sum(act_.token_loss, N, act_.scalar);
+    T loss = 0;
+    sp.copy_to_host(&loss, act_.scalar, sizeof(T));
+    return double(loss) / double(N);
+  }
+
+  // Backward of mean cross-entropy + Σ aux losses; accumulates into the gradients.
+  void backward(const int* by_token, const int* token_offsets, int B) {
+    const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab;
+    const index_t H = cfg_.heads, dh = d / H;
+    const auto& sp = space_;
+    // logits = h_final · tok_embᵀ (act_.logits now holds ∂L/∂logits)
+    sp.gemm(moe::op::none, moe::op::none, N, d, V, T(1), act_.logits, V, p_.tok_emb, d, T(0), act_.dh, d);
+    sp.gemm(moe::op::transpose, moe::op::none, V, d, N, T(1), act_.logits, V, act_.h_final, d, T(1), g_.tok_emb, d);
+    sp.fill_zero(act_.dx, sizeof(T) * std::size_t(N * d));
+    rmsnorm_backward(sp, act_.x_last, p_.g_final, act_.rinv_final, act_.dh, N, d, act_.dx, g_.g_final);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      block& b = blocks_[l];
+      for (std::size_t i = b.ffns.size(); i-- > 0;) {
+        sublayer& s = b.ffns[i];
+        // x_out = x_in + FFN(RMSNorm(x_in)): dx passes through and gains the FFN branch.
+        if (s.moe) {
+          s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
+        } else {
+          DenseFFN::backward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), s.dw, dense_rows_, s.h, s.act, act_.dx,
+                             act_.dh, false, moe::rng_stream{});
+        }
+        rmsnorm_backward(sp, s.x_in, s.g, s.rinv, act_.dh, N, d, act_.dx, s.dg);
+      }
+      // x_mid = x_in + attn_out · W_o
+      sp.gemm(moe::op::none, moe::op::transpose, N, d, d, T(1), act_.dx, d, b.w_o, d, T(0), act_.dattn, d);
+      sp.gemm(moe::op::transpose, moe::op::none, d, d, N, T(1), b.attn_out, d, act_.dx, d, T(1), b.dw_o, d);
+      attention_backward(sp, b.qkv, b.probs, act_.dattn, B, S, H, dh, act_.dscores, act_.dqkv);
+      sp.gemm(moe::op::none, moe::op::transpose, N, d, 3 * d, T(1), act_.dqkv, 3 * d, b.w_qkv, 3 * d, T(0), act_.dh, d);
+      sp.gemm(moe::op::transpose, moe::op::none, d, 3 * d, N, T(1), b.h_attn, d, act_.dqkv, 3 * d, T(1), b.dw_qkv,
+              3 * d);
+      rmsnorm_backward(sp, b.x_in, b.g_attn, b.rinv_attn, act_.dh, N, d, act_.dx, b.dg_attn);
+    }
+    embed_backward(sp, by_token, token_offsets, act_.dx, N, S, d, V, g_.tok_emb, g_.pos_emb);
+  }
+
+  // The MoE layers in block order, and the block each belongs to.
+  const std::vector<std::unique_ptr<MoeLayer>>& moe_layers() const { return moe_layers_; }
+  const std::vector<int>& moe_blocks() const { return moe_block_; }
+
+  // Σ weighted auxiliary losses of the latest forward (synchronises).
+  double aux_loss() const {
+    double a = 0;
+    for (const auto& l : moe_layers_) a += l->statistics().aux_loss;
+    return a;
+  }
+
+ private:
+  struct sublayer {
+    bool moe_kind = false;
+    int d_ff = 0;
+    T *g = nullptr, *dg = nullptr;
+    moe::ffn_tensors<T> w, dw;  // dense FFN only
+    MoeLayer* moe = nullptr;
+    // activations
+    const T* x_in = nullptr;
+    T *h = nullptr, *rinv = nullptr, *y = nullptr, *x_out = nullptr;
+    moe::ffn_activations<T> act;
+  };
+  struct block {
+    T *g_attn, *dg_attn, *w_qkv, *dw_qkv, *w_o, *dw_o;
+    std::vector<sublayer> ffns;
+    const T* x_in = nullptr;
+    T *h_attn = nullptr, *rinv_attn = nullptr, *qkv = nullptr, *probs = nullptr, *attn_out = nullptr,
+      *x_mid = nullptr;
+  };
+  struct globals {
+    T *tok_emb = nullptr, *pos_emb = nullptr, *g_final = nullptr;
+  };
+  struct activations {
+    T *x0 = nullptr, *h_final = nullptr, *rinv_final = nullptr, *logits = nullptr, *token_loss = nullptr,
+      *scalar = nullptr;
+    const T* x_last = nullptr;
+    T *dx = nullptr, *dh = nullptr, *dattn = nullptr, *dqkv = nullptr, *dscores = nullptr;
+  };
+
+  static moe::ffn_tensors<const T> const_view(const moe::ffn_tensors<T>& w) {
+    return {w.w_in, w.w_up, w.w_out, w.b_in, w.b_up, w.b_out, w.scale};
+  }
+
+  // Lays out every dense tensor in one value buffer and one gradient buffer (same offsets), and
+  // creates the MoE layers.
+  void build_parameters() {
+    const index_t d = cfg_.d_model, V = cfg_.vocab, S = cfg_.seq;
+    struct entry {
+      std::string name;
+      int rank;
+      index_t shape[3];
+      bool matrix;
+      float std;  // 0: a norm gain (initialised to 1)
+    };
+    std::vector<entry> entries;
+    // Switch §2.4: truncated normal with std sqrt(s / fan_in), s = 0.1 for the Switch preset.
+    const float init_scale = cfg_.kind == preset::switch_transformer ? 0.1f : 1.0f;
+    auto tn = [&](index_t fan_in) { return std::sqrt(init_scale / float(fan_in)); };
+    entries.push_back({"tok_emb", 2, {V, d, 0}, true, tn(d)});
+    entries.push_back({"pos_emb", 2, {S, d, 0}, true, tn(d)});
+    for (std::size_t l = 0; l < blocks_spec_.size(); ++l) {
+      const std::string p = "block" + std::to_string(l) + ".";
+      entries.push_back({p + "attn_norm", 1, {d, 0, 0}, false, 0});
+      entries.push_back({p + "w_qkv", 2, {d, 3 * d, 0}, true, tn(d)});
+      entries.push_back({p + "w_o", 2, {d, d, 0}, true, tn(d)});
+      for (std::size_t i = 0; i < blocks_spec_[l].ffns.size(); ++i) {
+        const ffn_spec& f = blocks_spec_[l].ffns[i];
+        const std::string q = p + "ffn" + std::to_string(i) + ".";
+        entries.push_back({q + "norm", 1, {d, 0, 0}, false, 0});
+        if (f.moe) continue;
+        entries.push_back({q + "w_in", 3, {1, d, f.d_ff}, true, tn(d)});
+        if (DenseFFN::gated) entries.push_back({q + "w_up", 3, {1, d, f.d_ff}, true, tn(d)});
+        entries.push_back({q + "w_out", 3, {1, f.d_ff, d}, true, tn(f.d_ff)});
+      }
+    }
+    entries.push_back({"final_norm", 1, {d, 0, 0}, false, 0});
+
+    index_t total = 0;
+    std::vector<index_t> offset;
+    for (const entry& e : entries) {
+      offset.push_back(total);
+      index_t n = 1;
+      for (int r = 0; r < e.rank; ++r) n *= e.shape[r];
+      total += n;
+    }
+    values_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(total));
+    grads_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(total));
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      param_view<T> v;
+      v.name = entries[i].name;
+      v.value = values_.template as<T>() + offset[i];
+      v.grad = grads_.template as<T>() + offset[i];
+      v.rank = entries[i].rank;
+      for (int r = 0; r < 3; ++r) v.shape[r] = entries[i].shape[r];
+      v.matrix = entries[i].matrix;
+      dense_params_.push_back(v);
+      init_tensor(v, entries[i].std, std::uint32_t(i));
+    }
+    space_.fill_zero(grads_.data(), grads_.bytes());
+
+    // Wire the views into blocks and sublayers (same order as the entries).
+    std::size_t k = 0;
+    auto next = [&]() -> param_view<T>& { return dense_params_[k++]; };
+    p_.tok_emb = next().value;
+    g_.tok_emb = dense_params_[0].grad;
+    p_.pos_emb = next().value;
+    g_.pos_emb = dense_params_[1].grad;
+    blocks_.resize(blocks_spec_.size());
+    for (std::size_t l = 0; l < blocks_spec_.size(); ++l) {
+      block& b = blocks_[l];
+      auto& gn = next();
+      b.g_attn = gn.value, b.dg_attn = gn.grad;
+      auto& qkv = next();
+      b.w_qkv = qkv.value, b.dw_qkv = qkv.grad;
+      auto& wo = next();
+      b.w_o = wo.value, b.dw_o = wo.grad;
+      for (std::size_t i = 0; i < blocks_spec_[l].ffns.size(); ++i) {
+        const ffn_spec& f = blocks_spec_[l].ffns[i];
+        sublayer s;
+        s.moe_kind = f.moe;
+        s.d_ff = f.d_ff;
+        auto& n = next();
+        s.g = n.value, s.dg = n.grad;
+        if (f.moe) {
+          moe_layers_.push_back(std::make_unique<MoeLayer>(moe_config(f, int(l)), space_));
+          moe_block_.push_back(int(l));
+          s.moe = moe_layers_.back().get();
+        } else {
+          auto& win = next();
+          s.w.w_in = win.value, s.dw.w_in = win.grad;
+          if (DenseFFN::gated) {
+            auto& wup = next();
+            s.w.w_up = wup.value, s.dw.w_up = wup.grad;
+          }
+          auto& wout = next();
+          s.w.w_out = wout.value, s.dw.w_out = wout.grad;
+        }
+        b.ffns.push_back(s);
+      }
+    }
+    auto& gf = next();
+    p_.g_final = gf.value;
+    g_.g_final = gf.grad;
+  }
+
+  typename MoeLayer::config moe_config(const ffn_spec& f, int block_index) const {
+    typename MoeLayer::config c = MoePreset::make_config(cfg_.d_model, f.d_ff, cfg_.experts, cfg_.seed);
+    c.layer_id = std::uint32_t(block_index);
+    c.group_size = cfg_.group_size;
+    return c;
+  }
+
+  void init_tensor(const param_view<T>& v, float stddev, std::uint32_t id) {
+    T* data = v.value;
+    if (stddev == 0) {
+      space_.parallel_for(v.size(), [=] MOE_LAMBDA(index_t i) { data[i] = T(1); });
+      return;
+    }
+    // Philox stream keyed by (seed, tensor): the same values on every space.
+    const moe::rng_stream s{cfg_.seed, moe::rng_purpose::user, id, 0};
+    space_.parallel_for(v.size(), [=] MOE_LAMBDA(index_t i) { data[i] = T(moe::truncated_normal(s, std::uint64_t(i), stddev)); });
+  }
+
+  void ensure_activations(int B) {
+    if (B == act_batch_) return;
+    const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab, H = cfg_.heads;
+    moe::workspace_carver measure;
+    carve_activations(measure, N, B, S, d, V, H);
+    act_buffer_ = moe::buffer<Space>(space_, measure.bytes());
+    moe::workspace_carver w(act_buffer_.data(), act_buffer_.bytes());
+    carve_activations(w, N, B, S, d, V, H);
+    // The dense FFN runs as one expert over all N rows.
+    rows_buffer_ = moe::buffer<Space>(space_, sizeof(int) * std::size_t(2 + 4 * N) + 1024);
+    int* r = rows_buffer_.template as<int>();
+    dense_rows_.rows_bound = N;
+    dense_rows_.expert_offsets = r;
+    dense_rows_.row_pair = r + 2;
+    dense_rows_.row_token = r + 2 + N;
+    dense_rows_.row_expert = r + 2 + 2 * N;
+    int* off = r;
+    int *rp = dense_rows_.row_pair, *rt = dense_rows_.row_token, *re = dense_rows_.row_expert;
+    const int n = int(N);
+    space_.parallel_for(N, [=] MOE_LAMBDA(index_t i) {
+      rp[i] = int(i);
+      rt[i] = int(i);
+      re[i] = 0;
+      if (i == 0) {
+        off[0] = 0;
+        off[1] = n;
+      }
+    });
+    act_batch_ = B;
+  }
+
+  void carve_activations(moe::workspace_carver& w, index_t N, index_t B, index_t S, index_t d, index_t V, index_t H) {
+    act_.x0 = w.take<T>(N * d);
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      block& b = blocks_[l];
+      b.h_attn = w.take<T>(N * d);
+      b.rinv_attn = w.take<T>(N);
+      b.qkv = w.take<T>(N * 3 * d);
+      b.probs = w.take<T>(B * H * S * S);
+      b.attn_out = w.take<T>(N * d);
+      b.x_mid = w.take<T>(N * d);
+      for (sublayer& s : b.ffns) {
+        s.h = w.take<T>(N * d);
+        s.rinv = w.take<T>(N);
+        s.y = w.take<T>(N * d);
+        s.x_out = w.take<T>(N * d);
+        if (!s.moe) DenseFFN::template carve<T>(w, {1, d, s.d_ff}, N, s.act);
+      }
+    }
+    act_.h_final = w.take<T>(N * d);
+    act_.rinv_final = w.take<T>(N);
+    act_.logits = w.take<T>(N * V);
+    act_.token_loss = w.take<T>(N);
+    act_.scalar = w.take<T>(1);
+    act_.dx = w.take<T>(N * d);
+    act_.dh = w.take<T>(N * d);
+    act_.dattn = w.take<T>(N * d);
+    act_.dqkv = w.take<T>(N * 3 * d);
+    act_.dscores = w.take<T>(B * H * S * S);
+  }
+
+  model_config cfg_;
+  Space space_;
+  std::vector<block_spec> blocks_spec_;
+  moe::buffer<Space> values_, grads_, act_buffer_, rows_buffer_;
+  std::vector<param_view<T>> dense_params_;
+  std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
+  std::vector<int> moe_block_;
+  std::vector<block> blocks_;
+  globals p_, g_;
+  activations act_;
+  typename DenseFFN::config dense_cfg_{};
+  moe::row_map dense_rows_;
+  const int* tokens_ = nullptr;
+  int act_batch_ = 0;
+};
+
+}  // namespace trainer

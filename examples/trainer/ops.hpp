@@ -1,0 +1,177 @@
+// examples/trainer/ops.hpp — the transformer's building blocks, forward and backward, written once
+// against an execution space's primitives (parallel_for and gemm), like the library's policies.
+//
+// Shapes: N = B·S tokens (row-major [N, d]); attention heads H of width dh = d / H; V vocabulary.
+// Every reduction runs in a fixed order inside one index of a parallel_for, so results are the
+// same bits at any thread count (checkpoint/resume equality relies on it).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include <moe/moe.hpp>
+
+namespace trainer {
+
+using moe::index_t;
+
+// x[t] = tok_emb[token[t]] + pos_emb[t mod S]
+template <class Space, class T>
+void embed_forward(const Space& sp, const int* tokens, const T* tok_emb, const T* pos_emb, index_t N, index_t S,
+                   index_t d, T* x) {
+  sp.parallel_for(N * d, [=] MOE_LAMBDA(index_t i) {
+    const index_t t = i / d, j = i - t * d;
+    x[i] = tok_emb[index_t(tokens[t]) * d + j] + pos_emb[(t % S) * d + j];
+  });
+}
+
+// d tok_emb[v] += Σ_{t: token t = v} dx[t];  d pos_emb[s] += Σ_{t mod S = s} dx[t].
+// by_token lists the token positions grouped by token id (CSR: positions of v are
+// by_token[offsets[v] .. offsets[v+1]), ascending), so each sum runs in a fixed order.
+template <class Space, class T>
+void embed_backward(const Space& sp, const int* by_token, const int* offsets, const T* dx, index_t N, index_t S,
+                    index_t d, index_t V, T* dtok_emb, T* dpos_emb) {
+  sp.parallel_for(V * d, [=] MOE_LAMBDA(index_t i) {
+    const index_t v = i / d, j = i - v * d;
+    T acc = 0;
+    for (int q = offsets[v]; q < offsets[v + 1]; ++q) acc += dx[index_t(by_token[q]) * d + j];
+    dtok_emb[i] += acc;
+  });
+  sp.parallel_for(S * d, [=] MOE_LAMBDA(index_t i) {
+    const index_t s = i / d, j = i - s * d;
+    T acc = 0;
+    for (index_t t = s; t < N; t += S) acc += dx[t * d + j];
+    dpos_emb[i] += acc;
+  });
+}
+
+// RMSNorm (Zhang & Sennrich 2019, as in T5): y = x / sqrt(mean(x²) + eps) ⊙ g. Saves 1/rms per row.
+template <class T>
+inline constexpr T rms_epsilon = T(1e-6);
+
+template <class Space, class T>
+void rmsnorm_forward(const Space& sp, const T* x, const T* g, index_t N, index_t d, T* y, T* rinv) {
+  sp.parallel_for(N, [=] MOE_LAMBDA(index_t t) {
+    const T* row = x + t * d;
+    T ss = 0;
+    for (index_t j = 0; j < d; ++j) ss += row[j] * row[j];
+    const T r = T(1) / std::sqrt(ss / T(d) + rms_epsilon<T>);
+    rinv[t] = r;
+    for (index_t j = 0; j < d; ++j) y[t * d + j] = row[j] * r * g[j];
+  });
+}
+
+// dx += ∂L/∂x; dg += ∂L/∂g (column sums in token order).
+template <class Space, class T>
+void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, const T* dy, index_t N, index_t d,
+                      T* dx, T* dg) {
+  sp.parallel_for(N, [=] MOE_LAMBDA(index_t t) {
+    const T* row = x + t * d;
+    const T* drow = dy + t * d;
+    const T r = rinv[t];
+    T dot = 0;  // Σ_j dy_j g_j x_j
+    for (index_t j = 0; j < d; ++j) dot += drow[j] * g[j] * row[j];
+    const T c = dot * r * r * r / T(d);
+    for (index_t j = 0; j < d; ++j) dx[t * d + j] += drow[j] * g[j] * r - row[j] * c;
+  });
+  sp.parallel_for(d, [=] MOE_LAMBDA(index_t j) {
+    T acc = 0;
+    for (index_t t = 0; t < N; ++t) acc += dy[t * d + j] * x[t * d + j] * rinv[t];
+    dg[j] += acc;
+  });
+}
+
+// Causal multi-head attention core. qkv is [N, 3d] (q | k | v, head h at columns h·dh); o is [N, d];
+// P is [B, H, S, S] (row i: the probabilities over keys j ≤ i, zero above the diagonal). Scores and
+// weighted sums are GEMMs per (sequence, head) — strided views into qkv, no copies; the softmax is
+// one parallel index per query row.
+template <class Space, class T>
+void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, index_t H, index_t dh, T* P, T* o) {
+  const index_t d = H * dh, ld = 3 * d;
+  const T scale = T(1) / std::sqrt(T(dh));
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const T* q = qkv + b * S * ld + h * dh;
+      sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, scale, q, ld, q + d, ld, T(0), P + (b * H + h) * S * S, S);
+    }
+  sp.parallel_for(B * H * S, [=] MOE_LAMBDA(index_t r) {
+    const index_t i = r % S;
+    T* p = P + r * S;
+    T m = -INFINITY;
+    for (index_t j = 0; j <= i; ++j) m = p[j] > m ? p[j] : m;
+    T sum = 0;
+    for (index_t j = 0; j <= i; ++j) {
+      p[j] = std::exp(p[j] - m);
+      sum += p[j];
+    }
+    for (index_t j = 0; j <= i; ++j) p[j] /= sum;
+    for (index_t j = i + 1; j < S; ++j) p[j] = 0;
+  });
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h)
+      sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), P + (b * H + h) * S * S, S, qkv + b * S * ld + 2 * d + h * dh,
+              ld, T(0), o + b * S * d + h * dh, d);
+}
+
+// From dout = ∂L/∂o: writes dqkv (all of it). dS holds ∂L/∂scores [B, H, S, S] on return.
+template <class Space, class T>
+void attention_backward(const Space& sp, const T* qkv, const T* P, const T* dout, index_t B, index_t S, index_t H,
+                        index_t dh, T* dS, T* dqkv) {
+  const index_t d = H * dh, ld = 3 * d;
+  const T scale = T(1) / std::sqrt(T(dh));
+  // dP = dO · Vᵀ ;  dV = Pᵀ · dO
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const index_t bh = b * H + h;
+      const T* g = dout + b * S * d + h * dh;
+      sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, T(1), g, d, qkv + b * S * ld + 2 * d + h * dh, ld, T(0),
+              dS + bh * S * S, S);
+      sp.gemm(moe::op::transpose, moe::op::none, S, dh, S, T(1), P + bh * S * S, S, g, d, T(0),
+              dqkv + b * S * ld + 2 * d + h * dh, ld);
+    }
+  // dS = P ⊙ (dP − Σ_j P dP) per row (zero above the diagonal, where P is zero)
+  sp.parallel_for(B * H * S, [=] MOE_LAMBDA(index_t r) {
+    const T* p = P + r * S;
+    T* ds = dS + r * S;
+    T dot = 0;
+    for (index_t j = 0; j < S; ++j) dot += p[j] * ds[j];
+    for (index_t j = 0; j < S; ++j) ds[j] = p[j] * (ds[j] - dot);
+  });
+  // dQ = scale · dS · K ;  dK = scale · dSᵀ · Q
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const index_t bh = b * H + h;
+      const T* q = qkv + b * S * ld + h * dh;
+      sp.gemm(moe::op::none, moe::op::none, S, dh, S, scale, dS + bh * S * S, S, q + d, ld, T(0),
+              dqkv + b * S * ld + h * dh, ld);
+      sp.gemm(moe::op::transpose, moe::op::none, S, dh, S, scale, dS + bh * S * S, S, q, ld, T(0),
+              dqkv + b * S * ld + d + h * dh, ld);
+    }
+}
+
+// Softmax cross-entropy of logits [N, V] against targets: loss[t] = −log p(target_t); the logits are
+// overwritten with ∂(mean loss)/∂logits = (p − onehot) / N when `grad` is set.
+template <class Space, class T>
+void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, index_t V, bool grad, T* loss) {
+  sp.parallel_for(N, [=] MOE_LAMBDA(index_t t) {
+    T* row = logits + t * V;
+    T m = -INFINITY;
+    for (index_t v = 0; v < V; ++v) m = row[v] > m ? row[v] : m;
+    T sum = 0;
+    for (index_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
+    const T lse = m + std::log(sum);
+    loss[t] = lse - row[targets[t]];
+    if (grad) {
+      for (index_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - lse) / T(N);
+      row[targets[t]] -= T(1) / T(N);
+    }
+  });
+}
+
+// y += x (element-wise)
+template <class Space, class T>
+void add_into(const Space& sp, const T* x, index_t n, T* y) {
+  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { y[i] += x[i]; });
+}
+
+}  // namespace trainer

@@ -1,0 +1,220 @@
+// examples/trainer/optim.hpp — AdamW and Adafactor, the learning-rate schedules, and gradient
+// clipping by global norm, written against an execution space.
+//
+// AdamW (Loshchilov & Hutter 2019): bias-corrected moments, decoupled weight decay on matrices.
+// Adafactor (Shazeer & Stern 2018, as configured for T5 and the Switch Transformer): no first
+// moment; the second moment of every matrix is factored into row and column sums (per expert for
+// [E, a, b] expert tensors), decay β₂ₜ = 1 − t^−0.8, ε₁ = 1e-30, update clipping at RMS 1; an
+// explicit learning rate (no relative step, no parameter scaling).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <moe/moe.hpp>
+
+#include "model.hpp"
+
+namespace trainer {
+
+enum class optimizer_kind { adamw, adafactor };
+enum class schedule_kind { inverse_sqrt, cosine };
+
+struct optim_config {
+  optimizer_kind kind = optimizer_kind::adamw;
+  double lr = 3e-3;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;  // AdamW
+  double weight_decay = 0.01;                      // AdamW, matrices only
+  double clip = 1.0;                               // global gradient norm; 0 = off
+  schedule_kind schedule = schedule_kind::inverse_sqrt;
+  int warmup = 50;
+  int total_steps = 1000;  // the cosine schedule decays to 10% of lr at this step
+};
+
+// Learning rate at step t (1-based): linear warm-up, then inverse square root or cosine.
+inline double learning_rate(const optim_config& c, int t) {
+  const double w = std::max(1, c.warmup);
+  if (t <= c.warmup) return c.lr * double(t) / w;
+  if (c.schedule == schedule_kind::inverse_sqrt) return c.lr * std::sqrt(w / double(t));
+  const double progress = std::min(1.0, double(t - c.warmup) / std::max(1.0, double(c.total_steps - c.warmup)));
+  return c.lr * (0.1 + 0.9 * 0.5 * (1 + std::cos(3.141592653589793 * progress)));
+}
+
+// One named optimiser state tensor (for checkpoints).
+template <class T>
+struct state_view {
+  std::string name;
+  T* data;
+  index_t size;
+};
+
+template <class T, class Space>
+class optimizer {
+ public:
+  optimizer(const optim_config& c, std::vector<param_view<T>> params, const Space& space)
+      : cfg_(c), params_(std::move(params)), space_(space) {
+    index_t total = 0, largest = 1;
+    for (const auto& p : params_) {
+      layout l;
+      l.offset = total;
+      if (c.kind == optimizer_kind::adamw) {
+        l.size = 2 * p.size();  // m, v
+      } else if (p.rank >= 2) {
+        // Factored: per slice (the leading dimension of a rank-3 tensor) rows + cols.
+        l.slices = p.rank == 3 ? p.shape[0] : 1;
+        l.rows = p.shape[p.rank - 2];
+        l.cols = p.shape[p.rank - 1];
+        l.size = l.slices * (l.rows + l.cols);
+      } else {
+        l.size = p.size();
+      }
+      total += l.size;
+      largest = std::max(largest, p.size());
+      layouts_.push_back(l);
+    }
+    state_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(std::max<index_t>(total, 1)));
+    space_.fill_zero(state_.data(), state_.bytes());
+    scratch_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(largest));
+    squares_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(largest));
+    norms_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(params_.size()));
+    for (const auto& l : layouts_) max_slices_ = std::max(max_slices_, l.slices);
+    totals_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(max_slices_ + 1));
+  }
+
+  int steps_taken() const { return t_; }
+  void set_steps_taken(int t) { t_ = t; }
+
+  // Global L2 norm of all gradients (synchronises).
+  double gradient_norm() {
+    T* sq = squares_.template as<T>();
+    T* norms = norms_.template as<T>();
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const T* g = params_[i].grad;
+      space_.parallel_for(params_[i].size(), [=] MOE_LAMBDA(index_t j) { sq[j] = g[j] * g[j]; });
+      space_.reduce_sum(sq, params_[i].size(), norms + i);
+    }
+    std::vector<T> host(params_.size());
+    space_.copy_to_host(host.data(), norms, sizeof(T) * host.size());
+    double total = 0;
+    for (T v : host) total += double(v);
+    return std::sqrt(total);
+  }
+
+  // Clips, then applies one update at learning rate `lr`. Returns the pre-clipping gradient norm.
+  double step(double lr) {
+    ++t_;
+    const double norm = gradient_norm();
+    const T clip_scale = T(cfg_.clip > 0 && norm > cfg_.clip ? cfg_.clip / norm : 1.0);
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (cfg_.kind == optimizer_kind::adamw)
+        adamw_update(params_[i], layouts_[i], clip_scale, T(lr));
+      else
+        adafactor_update(params_[i], layouts_[i], clip_scale, T(lr));
+    }
+    return norm;
+  }
+
+  std::vector<state_view<T>> state() {
+    std::vector<state_view<T>> out;
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      out.push_back({"opt." + params_[i].name, state_.template as<T>() + layouts_[i].offset, layouts_[i].size});
+    return out;
+  }
+
+  // Public so that nvcc accepts the extended lambdas inside (they may not sit in private members).
+  struct layout {
+    index_t offset = 0, size = 0, slices = 0, rows = 0, cols = 0;
+  };
+
+  void adamw_update(const param_view<T>& p, const layout& l, T clip_scale, T lr) {
+    T* w = p.value;
+    const T* g = p.grad;
+    T* m = state_.template as<T>() + l.offset;
+    T* v = m + p.size();
+    const T b1 = T(cfg_.beta1), b2 = T(cfg_.beta2), eps = T(cfg_.eps);
+    const T c1 = T(1) / T(1 - std::pow(cfg_.beta1, t_)), c2 = T(1) / T(1 - std::pow(cfg_.beta2, t_));
+    const T decay = p.matrix ? T(cfg_.weight_decay) : T(0);
+    space_.parallel_for(p.size(), [=] MOE_LAMBDA(index_t i) {
+      const T gi = g[i] * clip_scale;
+      m[i] = b1 * m[i] + (T(1) - b1) * gi;
+      v[i] = b2 * v[i] + (T(1) - b2) * gi * gi;
+      w[i] -= lr * ((m[i] * c1) / (std::sqrt(v[i] * c2) + eps) + decay * w[i]);
+    });
+  }
+
+  void adafactor_update(const param_view<T>& p, const layout& l, T clip_scale, T lr) {
+    T* w = p.value;
+    const T* g = p.grad;
+    T* st = state_.template as<T>() + l.offset;
+    T* u = scratch_.template as<T>();
+    const T beta2 = T(1 - std::pow(double(t_), -0.8));
+    const T eps1 = T(1e-30);
+    const index_t n = p.size();
+    if (l.slices == 0) {  // unfactored (vectors)
+      space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
+        const T gi = g[i] * clip_scale;
+        st[i] = beta2 * st[i] + (T(1) - beta2) * (gi * gi + eps1);
+        u[i] = gi / std::sqrt(st[i]);
+      });
+    } else {
+      const index_t R = l.rows, C = l.cols;
+      // Row sums R_i and column sums C_j of g² + ε₁, per slice.
+      space_.parallel_for(l.slices * R, [=] MOE_LAMBDA(index_t i) {
+        const index_t e = i / R, r = i - e * R;
+        T acc = 0;
+        for (index_t c = 0; c < C; ++c) {
+          const T gi = g[(e * R + r) * C + c] * clip_scale;
+          acc += gi * gi + eps1;
+        }
+        T* row = st + e * (R + C);
+        row[r] = beta2 * row[r] + (T(1) - beta2) * acc;
+      });
+      space_.parallel_for(l.slices * C, [=] MOE_LAMBDA(index_t i) {
+        const index_t e = i / C, c = i - e * C;
+        T acc = 0;
+        for (index_t r = 0; r < R; ++r) {
+          const T gi = g[(e * R + r) * C + c] * clip_scale;
+          acc += gi * gi + eps1;
+        }
+        T* col = st + e * (R + C) + R;
+        col[c] = beta2 * col[c] + (T(1) - beta2) * acc;
+      });
+      // V̂_rc = R_r C_c / Σ_r R_r ; u = g / sqrt(V̂)
+      T* row_total = totals_.template as<T>();
+      space_.parallel_for(l.slices, [=] MOE_LAMBDA(index_t e) {
+        const T* row = st + e * (R + C);
+        T acc = 0;
+        for (index_t q = 0; q < R; ++q) acc += row[q];
+        row_total[e] = acc;
+      });
+      space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
+        const index_t e = i / (R * C), rc = i - e * R * C, r = rc / C, c = rc - r * C;
+        const T* row = st + e * (R + C);
+        const T vhat = row[r] * row[R + c] / row_total[e];
+        u[i] = g[i] * clip_scale / std::sqrt(vhat);
+      });
+    }
+    // Update clipping (threshold 1): u /= max(1, RMS(u)).
+    T* sq = squares_.template as<T>();
+    T* total = totals_.template as<T>() + max_slices_;
+    space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) { sq[i] = u[i] * u[i]; });
+    space_.reduce_sum(sq, n, total);
+    space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
+      const T rms = std::sqrt(total[0] / T(n));
+      w[i] -= lr * u[i] / (rms > T(1) ? rms : T(1));
+    });
+  }
+
+ private:
+  optim_config cfg_;
+  std::vector<param_view<T>> params_;
+  Space space_;
+  std::vector<layout> layouts_;
+  moe::buffer<Space> state_, scratch_, squares_, norms_, totals_;
+  index_t max_slices_ = 0;
+  int t_ = 0;
+};
+
+}  // namespace trainer

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# moe-train refuses bad input with one line on stderr, nothing on stdout (no work done) and a
+# non-zero exit status.   usage: cli_test.sh <moe-train>
+set -uo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+: >"$tmp/empty.txt"
+mkdir -p "$tmp/no_checkpoint"
+failures=0
+
+# expect <exit status> <regex the stderr line must match> <args...>
+expect() {
+  local want=$1 pattern=$2
+  shift 2
+  local status=0
+  "$bin" "$@" >"$tmp/out" 2>"$tmp/err" || status=$?
+  local lines
+  lines=$(wc -l <"$tmp/err")
+  if [[ $status -ne $want ]] || ! grep -Eq -- "$pattern" "$tmp/err" || [[ $lines -ne 1 ]] || [[ -s "$tmp/out" ]]; then
+    echo "FAIL: moe-train $* -> exit $status (want $want), $lines stderr line(s):"
+    sed 's/^/    /' "$tmp/err" "$tmp/out"
+    failures=$((failures + 1))
+  else
+    echo "ok:   moe-train $*  ->  $(cat "$tmp/err")"
+  fi
+}
+
+expect 2 'unknown flag' --bogus
+expect 2 "--steps: 'abc' is not an integer" --steps abc
+expect 2 '--steps: missing value' --steps
+expect 2 "--steps: '0' is not an integer in \[1," --steps 0
+expect 2 "--preset: 'foo' is not one of dense, switch, glam, st-moe" --preset foo
+expect 2 "--device: 'gpu' is not one of host, cuda" --device gpu
+expect 2 "--lr: '-1' is not a number" --lr -1
+expect 2 '--heads: 5 does not divide --d-model 96' --heads 5 --d-model 96
+expect 2 '--experts: 1 is fewer than the 2 experts per token of --preset glam' --preset glam --experts 1
+expect 2 '--group-size: 100 does not divide the 1024 tokens' --group-size 100
+expect 2 '--resume: needs --checkpoint' --resume
+expect 2 '--resume: takes no value' --resume=yes --checkpoint "$tmp/x"
+expect 1 "--data: cannot open '$tmp/missing.txt'" --data "$tmp/missing.txt"
+expect 1 "--data: '$tmp/empty.txt' is empty" --data "$tmp/empty.txt"
+expect 3 'no checkpoint at' --resume --checkpoint "$tmp/no_checkpoint"
+
+if ((failures)); then
+  echo "$failures case(s) failed"
+  exit 1
+fi
+echo "all bad-input cases refused"
