@@ -13,7 +13,8 @@ class buffer {
  public:
   buffer() = default;
   buffer(const Space& space, std::size_t bytes) : space_(space), bytes_(bytes), data_(space_.allocate(bytes)) {}
-  buffer(buffer&& o) noexcept : space_(o.space_), bytes_(std::exchange(o.bytes_, 0)), data_(std::exchange(o.data_, nullptr)) {}
+  buffer(buffer&& o) noexcept
+      : space_(o.space_), bytes_(std::exchange(o.bytes_, 0)), data_(std::exchange(o.data_, nullptr)) {}
   buffer& operator=(buffer&& o) noexcept {
     if (this != &o) {
       release();

@@ -112,16 +112,28 @@ void assign_rows(const Space& sp, const routing_plan<R>& plan, row_state& st, bo
   });
 }
 
+// Element-wise loops below take runs of columns of one row per body (elementwise_columns, ffn.hpp);
+// sums over a token's pairs keep their order (choice order) for every element, whatever the run.
+
 // xp[r] = x[token of r] (zero for empty rows).
 template <class Space, class T>
 void gather_rows(const Space& sp, const row_state& st, index_t d, const T* x, T* xp) {
   const int* row_token = st.rows.row_token;
   const int* row_expert = st.rows.row_expert;
-  sp.parallel_for(st.rows.rows_bound * d, [=] MOE_LAMBDA(index_t i) {
-    const index_t r = i / d, j = i - r * d;
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(st.rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t r = run.row;
     if (row_expert[r] < 0) return;
     const int t = row_token[r];
-    xp[i] = t >= 0 ? x[index_t(t) * d + j] : T(0.0f);
+    T* dst = xp + r * d;
+    if (t >= 0) {
+      const T* src = x + index_t(t) * d;
+      for (index_t j = run.first; j < run.end; ++j) dst[j] = src[j];
+    } else {
+      for (index_t j = run.first; j < run.end; ++j) dst[j] = T(0.0f);
+    }
   });
 }
 
@@ -131,14 +143,21 @@ void combine_rows(const Space& sp, const row_state& st, int tokens, index_t d, c
   const int* off = st.token_offsets;
   const int* pairs = st.token_pairs;
   const int* pair_row = st.pair_row;
-  sp.parallel_for(index_t(tokens) * d, [=] MOE_LAMBDA(index_t i) {
-    const index_t t = i / d, j = i - t * d;
-    R acc = 0;
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(index_t(tokens) * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t t = run.row, n = run.end - run.first;
+    R acc[width];
+    for (index_t j = 0; j < n; ++j) acc[j] = 0;
     for (int q = off[t]; q < off[t + 1]; ++q) {
       const int p = pairs[q];
-      acc += gate[p] * R(widen(out[index_t(pair_row[p]) * d + j]));
+      const R g = gate[p];
+      const T* o = out + index_t(pair_row[p]) * d + run.first;
+      for (index_t j = 0; j < n; ++j) acc[j] += g * R(widen(o[j]));
     }
-    y[i] = convert<T>(acc);
+    T* yt = y + t * d + run.first;
+    for (index_t j = 0; j < n; ++j) yt[j] = convert<T>(acc[j]);
   });
 }
 
@@ -162,11 +181,21 @@ void combine_rows_backward(const Space& sp, const routing_plan<R>& plan, const r
   const int* row_pair = st.rows.row_pair;
   const int* row_expert = st.rows.row_expert;
   const R* gate = plan.pair_gate;
-  sp.parallel_for(st.rows.rows_bound * d, [=] MOE_LAMBDA(index_t i) {
-    const index_t r = i / d, j = i - r * d;
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(st.rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t r = run.row;
     if (row_expert[r] < 0) return;
     const int p = row_pair[r];
-    dout[i] = p >= 0 ? convert<T>(gate[p] * R(widen(dy[(p / K) * d + j]))) : T(0.0f);
+    T* dst = dout + r * d;
+    if (p >= 0) {
+      const R g = gate[p];
+      const T* src = dy + (p / K) * d;
+      for (index_t j = run.first; j < run.end; ++j) dst[j] = convert<T>(g * R(widen(src[j])));
+    } else {
+      for (index_t j = run.first; j < run.end; ++j) dst[j] = T(0.0f);
+    }
   });
 }
 
@@ -176,11 +205,17 @@ void gather_rows_backward(const Space& sp, const row_state& st, int tokens, inde
   const int* off = st.token_offsets;
   const int* pairs = st.token_pairs;
   const int* pair_row = st.pair_row;
-  sp.parallel_for(index_t(tokens) * d, [=] MOE_LAMBDA(index_t i) {
-    const index_t t = i / d, j = i - t * d;
-    R acc = 0;
-    for (int q = off[t]; q < off[t + 1]; ++q) acc += R(widen(dxp[index_t(pair_row[pairs[q]]) * d + j]));
-    dx_acc[i] = acc;
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(index_t(tokens) * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t t = run.row, n = run.end - run.first;
+    R* acc = dx_acc + t * d + run.first;
+    for (index_t j = 0; j < n; ++j) acc[j] = 0;
+    for (int q = off[t]; q < off[t + 1]; ++q) {
+      const T* src = dxp + index_t(pair_row[pairs[q]]) * d + run.first;
+      for (index_t j = 0; j < n; ++j) acc[j] += R(widen(src[j]));
+    }
   });
 }
 

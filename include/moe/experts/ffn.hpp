@@ -47,6 +47,11 @@ struct expert_shape {
   int experts = 0;
   index_t d_model = 0;
   index_t d_ff = 0;
+  // Dropout masks are keyed by the global expert id (first_expert + local id) among total_experts,
+  // so that an expert-parallel rank holding experts [first, first + experts) draws what a single
+  // layer holding all of them would. total_experts = 0 means `experts`.
+  int first_expert = 0;
+  int total_experts = 0;
 };
 
 // Parameters (or gradients) of the expert FFNs of one layer; null where an option is off.
@@ -74,6 +79,27 @@ struct ffn_activations {
 };
 
 namespace detail {
+
+// Element-wise loops over a [rows, cols] matrix give each parallel_for body a run of up to
+// elementwise_columns<Space>() contiguous columns of one row. A space whose bodies run on CPU threads
+// declares a run length (moe::host::elementwise_columns): the row index is then divided out once
+// per run and the inner loop vectorises. Other spaces (CUDA: one element per thread) get 1, which is
+// the plain one-element-per-index loop. Every element is computed by the same expression either
+// way, so results do not depend on the run length.
+template <class Space>
+constexpr index_t elementwise_columns() {
+  if constexpr (requires { Space::elementwise_columns; })
+    return index_t(Space::elementwise_columns);
+  else
+    return 1;
+}
+
+// Runs of one row: body index c covers columns [first, end) of row `row` (runs per row = runs).
+struct column_run {
+  index_t row, first, end;
+  MOE_HOST_DEVICE column_run(index_t c, index_t runs, index_t width, index_t cols)
+      : row(c / runs), first((c - (c / runs) * runs) * width), end(first + width < cols ? first + width : cols) {}
+};
 
 // out[e, j] += Σ_{rows r of e} in[r, j]  (rows in order: deterministic)
 template <class Space, class T, class R>
@@ -136,6 +162,7 @@ struct ffn {
     using R = acc_t<T>;
     const index_t d = s.d_model, f = s.d_ff;
     const int E = s.experts;
+    const int key_first = s.first_expert, key_E = s.total_experts ? s.total_experts : s.experts;
     sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_in, d * f, f, R(0), a.pre, f);
     if constexpr (Gated)
       sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_up, d * f, f, R(0), a.lin, f);
@@ -148,39 +175,59 @@ struct ffn {
     const T* scale = c.multiplicative_bias ? w.scale : nullptr;
     T *pre = a.pre, *lin = a.lin, *hidden = a.hidden;
     const rng_stream rng = dropout_rng;
-    sp.parallel_for(rows.rows_bound * f, [=] MOE_LAMBDA(index_t i) {
-      const index_t r = i / f, j = i - r * f;
+    // Without biases, scale or dropout the body is a branch-free loop (the same arithmetic as the
+    // general one with those terms off).
+    const bool plain = !b_in && !b_up && !scale && !drop;
+    constexpr index_t width = detail::elementwise_columns<Space>();
+    const index_t runs = (f + width - 1) / width;
+    sp.parallel_for(rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
+      const detail::column_run run(run_index, runs, width, f);
+      const index_t r = run.row;
       const int e = row_expert[r];
       if (e < 0) return;
-      R p = widen(pre[i]);
-      if (b_in) {
-        p += widen(b_in[e * f + j]);
-        pre[i] = convert<T>(p);
-        p = widen(pre[i]);  // backward sees exactly the stored value
-      }
-      R h = Activation::f(p);
-      if (Gated) {
-        R l = widen(lin[i]);
-        if (b_up) {
-          l += widen(b_up[e * f + j]);
-          lin[i] = convert<T>(l);
-          l = widen(lin[i]);
+      if (plain) {
+        for (index_t i = r * f + run.first; i < r * f + run.end; ++i) {
+          R h = Activation::f(widen(pre[i]));
+          if (Gated) h *= widen(lin[i]);
+          hidden[i] = convert<T>(h);
         }
-        h *= l;
+        return;
       }
-      if (scale) h *= widen(scale[e * f + j]);
-      if (drop && row_token[r] >= 0) h *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
-      hidden[i] = convert<T>(h);
+      for (index_t j = run.first; j < run.end; ++j) {
+        const index_t i = r * f + j;
+        R p = widen(pre[i]);
+        if (b_in) {
+          p += widen(b_in[e * f + j]);
+          pre[i] = convert<T>(p);
+          p = widen(pre[i]);  // backward sees exactly the stored value
+        }
+        R h = Activation::f(p);
+        if (Gated) {
+          R l = widen(lin[i]);
+          if (b_up) {
+            l += widen(b_up[e * f + j]);
+            lin[i] = convert<T>(l);
+            l = widen(lin[i]);
+          }
+          h *= l;
+        }
+        if (scale) h *= widen(scale[e * f + j]);
+        if (drop && row_token[r] >= 0) h *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
+        hidden[i] = convert<T>(h);
+      }
     });
 
     sp.grouped_gemm(op::none, E, rows.expert_offsets, d, f, R(1), a.hidden, f, w.w_out, f * d, d, R(0), a.out, d);
     if (c.bias) {
       const T* b_out = w.b_out;
       T* out = a.out;
-      sp.parallel_for(rows.rows_bound * d, [=] MOE_LAMBDA(index_t i) {
-        const index_t r = i / d, j = i - r * d;
-        const int e = row_expert[r];
-        if (e >= 0) out[i] = convert<T>(widen(out[i]) + widen(b_out[e * d + j]));
+      const index_t druns = (d + width - 1) / width;
+      sp.parallel_for(rows.rows_bound * druns, [=] MOE_LAMBDA(index_t run_index) {
+        const detail::column_run run(run_index, druns, width, d);
+        const int e = row_expert[run.row];
+        if (e < 0) return;
+        for (index_t j = run.first; j < run.end; ++j)
+          out[run.row * d + j] = convert<T>(widen(out[run.row * d + j]) + widen(b_out[e * d + j]));
       });
     }
   }
@@ -194,6 +241,7 @@ struct ffn {
     using R = acc_t<T>;
     const index_t d = s.d_model, f = s.d_ff;
     const int E = s.experts;
+    const int key_first = s.first_expert, key_E = s.total_experts ? s.total_experts : s.experts;
     const int* off = rows.expert_offsets;
     // ∂L/∂hidden = dout · W_outᵀ;  ∂L/∂W_out += hiddenᵀ · dout
     sp.grouped_gemm(op::transpose, E, off, f, d, R(1), dout, d, w.w_out, f * d, d, R(0), a.dhidden, f);
@@ -219,28 +267,59 @@ struct ffn {
         for (index_t r = off[e]; r < off[e + 1]; ++r) {
           R core = Activation::f(widen(pre[r * f + j]));
           if (Gated) core *= widen(lin[r * f + j]);
-          if (drop && row_token[r] >= 0) core *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
+          if (drop && row_token[r] >= 0) core *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
           sum += widen(dh[r * f + j]) * core;
         }
         dscale[i] += sum;
       });
     }
 
-    // ∂L/∂pre (in place over dhidden) and ∂L/∂lin.
-    sp.parallel_for(rows.rows_bound * f, [=] MOE_LAMBDA(index_t i) {
-      const index_t r = i / f, j = i - r * f;
+    // ∂L/∂pre (in place over dhidden) and ∂L/∂lin; runs of columns as in forward.
+    const bool plain = !scale && !drop;
+    constexpr index_t width = detail::elementwise_columns<Space>();
+    const index_t runs = (f + width - 1) / width;
+    sp.parallel_for(rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
+      const detail::column_run run(run_index, runs, width, f);
+      const index_t r = run.row;
       const int e = row_expert[r];
       if (e < 0) return;
-      R dcore = widen(dh[i]);
-      if (scale) dcore *= widen(scale[e * f + j]);
-      if (drop && row_token[r] >= 0) dcore *= dropout_scale<R>(rng, rate, row_token[r], e, E, f, j);
-      const R p = widen(pre[i]);
-      if (Gated) {
-        const R l = widen(lin[i]);
-        dlin[i] = convert<T>(dcore * Activation::f(p));
-        dh[i] = convert<T>(dcore * l * Activation::df(p));
-      } else {
-        dh[i] = convert<T>(dcore * Activation::df(p));
+      if (plain) {
+        // Activation values first, then the products: separate loops vectorise (GCC leaves the
+        // fused loop scalar, with a branch per element for ReLU's derivative). Same arithmetic.
+        // f and f' stay in one loop, where the compiler shares their common subexpressions (GELU's
+        // tanh).
+        R act[width], dact[width];
+        const index_t i0 = r * f + run.first, n = run.end - run.first;
+        if (Gated) {
+          for (index_t j = 0; j < n; ++j) {
+            const R p = widen(pre[i0 + j]);
+            act[j] = Activation::f(p);
+            dact[j] = Activation::df(p);
+          }
+          for (index_t j = 0; j < n; ++j) {
+            const R dcore = widen(dh[i0 + j]), l = widen(lin[i0 + j]);
+            dlin[i0 + j] = convert<T>(dcore * act[j]);
+            dh[i0 + j] = convert<T>(dcore * l * dact[j]);
+          }
+        } else {
+          for (index_t j = 0; j < n; ++j) dact[j] = Activation::df(widen(pre[i0 + j]));
+          for (index_t j = 0; j < n; ++j) dh[i0 + j] = convert<T>(widen(dh[i0 + j]) * dact[j]);
+        }
+        return;
+      }
+      for (index_t j = run.first; j < run.end; ++j) {
+        const index_t i = r * f + j;
+        R dcore = widen(dh[i]);
+        if (scale) dcore *= widen(scale[e * f + j]);
+        if (drop && row_token[r] >= 0) dcore *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
+        const R p = widen(pre[i]);
+        if (Gated) {
+          const R l = widen(lin[i]);
+          dlin[i] = convert<T>(dcore * Activation::f(p));
+          dh[i] = convert<T>(dcore * l * Activation::df(p));
+        } else {
+          dh[i] = convert<T>(dcore * Activation::df(p));
+        }
       }
     });
     if (c.bias) {

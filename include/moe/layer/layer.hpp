@@ -92,11 +92,14 @@ struct find_space<Default, P, Ps...> {
 template <class... Ps>
 inline constexpr int count_spaces = (0 + ... + int(execution_space<Ps>));
 
-// Parameter initialisation: each element from its own Philox counter (tensor id in the high bits).
+// Parameter initialisation: element i of a tensor from its own Philox counter (tensor id in the high
+// bits). `first` is the index of data[0] in the whole tensor, so a rank holding a slice of the
+// experts initialises exactly the values a single layer holding them all would.
 template <class Space, class P>
-void fill_truncated_normal(const Space& sp, P* data, index_t n, float stddev, rng_stream s, std::uint64_t tensor_id) {
+void fill_truncated_normal(const Space& sp, P* data, index_t n, float stddev, rng_stream s, std::uint64_t tensor_id,
+                           index_t first = 0) {
   sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
-    data[i] = convert<P>(truncated_normal(s, (tensor_id << 40) | std::uint64_t(i), stddev));
+    data[i] = convert<P>(truncated_normal(s, (tensor_id << 40) | std::uint64_t(first + i), stddev));
   });
 }
 template <class Space, class P>
@@ -155,24 +158,24 @@ void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_s
   });
 }
 
-}  // namespace detail
-
+// The policies, configuration and parameters of a MoE layer, and the routing steps that do not
+// depend on where the experts live. moe::layer runs all experts locally; moe::expert_parallel
+// (moe/parallel/expert_parallel.hpp) holds a slice of them and exchanges tokens with other ranks.
 template <class T, class... Policies>
-class layer {
+class layer_core {
   static_assert(is_element_v<T>, "moe::layer<T, ...>: T must be float, double, moe::bfloat16 or moe::float16");
-  static_assert((detail::is_layer_policy<Policies> && ...),
+  static_assert((is_layer_policy<Policies> && ...),
                 "moe::layer<T, ...>: every argument after T must be a router (top_k, expert_choice), a capacity "
                 "policy (capacity_factor, dropless), moe::losses<...>, an expert FFN (relu_ffn, geglu_ffn, ...), "
                 "a dispatcher (sorted_dispatch, padded_dispatch, one_hot_dispatch) or an execution space; "
                 "wrap auxiliary losses in moe::losses<...>");
-  static_assert(detail::count_of_kind<router_kind, Policies...> <= 1, "moe::layer: more than one router given");
-  static_assert(detail::count_of_kind<capacity_kind, Policies...> <= 1,
-                "moe::layer: more than one capacity policy given");
-  static_assert(detail::count_of_kind<loss_set_kind, Policies...> <= 1,
+  static_assert(count_of_kind<router_kind, Policies...> <= 1, "moe::layer: more than one router given");
+  static_assert(count_of_kind<capacity_kind, Policies...> <= 1, "moe::layer: more than one capacity policy given");
+  static_assert(count_of_kind<loss_set_kind, Policies...> <= 1,
                 "moe::layer: more than one moe::losses<...> given; list every loss in one moe::losses<...>");
-  static_assert(detail::count_of_kind<expert_kind, Policies...> <= 1, "moe::layer: more than one expert FFN given");
-  static_assert(detail::count_of_kind<dispatch_kind, Policies...> <= 1, "moe::layer: more than one dispatcher given");
-  static_assert(detail::count_spaces<Policies...> <= 1, "moe::layer: more than one execution space given");
+  static_assert(count_of_kind<expert_kind, Policies...> <= 1, "moe::layer: more than one expert FFN given");
+  static_assert(count_of_kind<dispatch_kind, Policies...> <= 1, "moe::layer: more than one dispatcher given");
+  static_assert(count_spaces<Policies...> <= 1, "moe::layer: more than one execution space given");
 
  public:
   using element_type = T;
@@ -183,10 +186,11 @@ class layer {
   using loss_set_type = policy_or_default<loss_set_kind, losses<>, Policies...>;
   using expert_type = policy_or_default<expert_kind, relu_ffn, Policies...>;
   using dispatch_type = policy_or_default<dispatch_kind, sorted_dispatch, Policies...>;
-  using space_type = typename detail::find_space<host, Policies...>::type;
+  using space_type = typename find_space<host, Policies...>::type;
 
   static_assert(router_policy<router_type>, "moe::layer: the router does not satisfy moe::router_policy");
-  static_assert(capacity_policy<capacity_type>, "moe::layer: the capacity policy does not satisfy moe::capacity_policy");
+  static_assert(capacity_policy<capacity_type>,
+                "moe::layer: the capacity policy does not satisfy moe::capacity_policy");
   static_assert(!(dispatch_type::needs_static_capacity && !capacity_type::static_capacity),
                 "moe::layer: padded_dispatch and one_hot_dispatch need a static capacity; use capacity_factor, or "
                 "use sorted_dispatch for dropless routing");
@@ -197,6 +201,7 @@ class layer {
                 "balanced by construction, so use moe::losses<moe::router_z_loss> or no losses");
 
   using R = compute_type;
+  static constexpr int num_losses = loss_set_type::count;
 
   struct config {
     int d_model = 0;
@@ -211,17 +216,19 @@ class layer {
     typename expert_type::config expert{};
   };
 
-  explicit layer(const config& cfg, const space_type& space = space_type{}) : cfg_(cfg), space_(space) {
+  // Holds the router and experts [first_expert, first_expert + local_experts) of cfg.num_experts.
+  layer_core(const config& cfg, const space_type& space, int first_expert, int local_experts)
+      : cfg_(cfg), space_(space), first_expert_(first_expert), local_experts_(local_experts) {
     check_config(cfg_);
     allocate_parameters();
     init_parameters();
-    stats_ = buffer<space_type>(space_, sizeof(double) * std::size_t(stats_size()));
-    space_.fill_zero(stats_.data(), stats_.bytes());
   }
 
   const config& get_config() const { return cfg_; }
   const space_type& space() const { return space_; }
-  static constexpr int num_losses = loss_set_type::count;
+  // The experts this object holds: [first_expert(), first_expert() + local_experts()).
+  int first_expert() const { return first_expert_; }
+  int local_experts() const { return local_experts_; }
 
   // Slots per expert per routing group for a call of `tokens` tokens.
   int capacity(index_t tokens, bool training) const {
@@ -230,95 +237,158 @@ class layer {
     return capacity_type::capacity(cfg_.capacity, training, S, cfg_.num_experts, k_scale);
   }
 
-  // Scratch bytes forward + backward need for `tokens` tokens, in training or evaluation.
-  std::size_t workspace_bytes(index_t tokens) const {
-    std::size_t bytes = 0;
-    for (bool training : {true, false}) {
-      workspace_carver w;
-      call_state st;
-      carve(w, shape_for(tokens, training), st);
-      bytes = std::max(bytes, w.bytes());
-    }
-    return bytes;
+  // Sets every gradient to zero (backward accumulates).
+  void zero_grad() {
+    space_.fill_zero(router_grad_block_.data(), router_grad_block_.bytes());
+    space_.fill_zero(expert_grad_block_.data(), expert_grad_block_.bytes());
   }
 
-  // y = MoE(x). x and y are [tokens, d_model] in the space's memory; ws holds at least
-  // workspace_bytes(tokens) and must stay untouched until backward().
-  void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y, workspace_span ws) {
-    check_io(x, y);
-    const index_t tokens = x.extent[0];
-    const routing_shape shape = shape_for(tokens, ctx.training);
-    call_state st;
-    workspace_carver w(ws.data, ws.bytes);
-    carve(w, shape, st);
-    last_ = {};  // a failed forward leaves nothing for backward to use
+  // Calls f(parameter_ref<P, G>) for each parameter tensor: the router's (P = G = compute_type) and
+  // the experts' (P = T, G = grad_type; the local experts only). Pointers are in the space's memory.
+  template <class F>
+  void for_each_parameter(F&& f) {
+    const index_t d = cfg_.d_model, ff = cfg_.d_ff, E = cfg_.num_experts, L = local_experts_;
+    f(parameter_ref<R, R>{"router.w", w_router_, g_router_, 2, {d, E, 0}});
+    if (cfg_.router.learned_noise) f(parameter_ref<R, R>{"router.w_noise", w_noise_, g_noise_, 2, {d, E, 0}});
+    const ffn_tensors<T>& w = experts_;
+    const ffn_tensors<grad_type>& g = expert_grads_;
+    f(parameter_ref<T, grad_type>{"experts.w_in", w.w_in, g.w_in, 3, {L, d, ff}});
+    if (w.w_up) f(parameter_ref<T, grad_type>{"experts.w_up", w.w_up, g.w_up, 3, {L, d, ff}});
+    f(parameter_ref<T, grad_type>{"experts.w_out", w.w_out, g.w_out, 3, {L, ff, d}});
+    if (w.b_in) f(parameter_ref<T, grad_type>{"experts.b_in", w.b_in, g.b_in, 2, {L, ff, 0}});
+    if (w.b_up) f(parameter_ref<T, grad_type>{"experts.b_up", w.b_up, g.b_up, 2, {L, ff, 0}});
+    if (w.b_out) f(parameter_ref<T, grad_type>{"experts.b_out", w.b_out, g.b_out, 2, {L, d, 0}});
+    if (w.scale) f(parameter_ref<T, grad_type>{"experts.scale", w.scale, g.scale, 2, {L, ff, 0}});
+  }
 
+  index_t parameter_count() {
+    index_t n = 0;
+    for_each_parameter([&](const auto& p) { n += p.size(); });
+    return n;
+  }
+
+  // Direct views of the parameters and gradients (space memory).
+  matrix_view<R> router_weights() { return {w_router_, cfg_.d_model, cfg_.num_experts}; }
+  matrix_view<R> router_weight_grads() { return {g_router_, cfg_.d_model, cfg_.num_experts}; }
+  const ffn_tensors<T>& expert_weights() { return experts_; }
+  const ffn_tensors<grad_type>& expert_grads() { return expert_grads_; }
+
+  // ---- building blocks of forward/backward (used by moe::layer and moe::expert_parallel) ------
+  int pairs_per_token() const { return router_type::pairs_per_token(cfg_.router, cfg_.num_experts); }
+
+  int group_tokens(index_t tokens) const {
+    if (cfg_.group_size == 0) return int(tokens);
+    require(tokens % cfg_.group_size == 0, "group_size", cfg_.group_size, " does not divide the ", tokens,
+            " tokens of this call");
+    return cfg_.group_size;
+  }
+
+  // The shape of a call of `tokens` tokens on one rank of `ranks` (rank's tokens start at
+  // rank·tokens in the global batch).
+  routing_shape shape_for(index_t tokens, bool training, int rank = 0, int ranks = 1) const {
+    require(tokens >= 1 && tokens <= index_t(1) << 30, "forward", "tokens=", tokens, " must be in [1, 2^30]");
+    routing_shape s;
+    s.tokens = int(tokens);
+    s.experts = cfg_.num_experts;
+    s.group_tokens = group_tokens(tokens);
+    s.groups = int(tokens / s.group_tokens);
+    s.pairs_per_token = pairs_per_token();
+    s.capacity = capacity(tokens, training);
+    s.d_model = cfg_.d_model;
+    s.total_tokens = tokens * ranks;
+    s.total_groups = s.groups * ranks;
+    s.token_base = tokens * rank;
+    require(s.capacity >= 1, "capacity", "0 slots per expert for a group of ", s.group_tokens, " tokens and ",
+            s.experts, " experts (", training ? "train" : "eval",
+            " factor too small); raise the capacity factor or its minimum");
+    require(s.pairs() < (index_t(1) << 31), "forward", "tokens x pairs per token = ", s.pairs(),
+            " exceeds 2^31; split the call");
+    return s;
+  }
+
+  void check_io(matrix_view<const T> x, matrix_view<T> y) const {
+    const index_t tokens = x.extent[0];
+    require(tokens >= 1, "forward", "x has ", tokens, " rows (tokens); at least 1 is needed");
+    require(x.extent[1] == cfg_.d_model, "forward", "x has ", x.extent[1], " columns, expected d_model=", cfg_.d_model);
+    require(y.extent[0] == tokens && y.extent[1] == cfg_.d_model, "forward", "y is [", y.extent[0], ", ",
+            y.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "] like x");
+    require(x.data != nullptr && y.data != nullptr, "forward", "x and y must not be null");
+  }
+
+  void check_grad_io(index_t tokens, matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale) const {
+    require(dy.extent[0] == tokens && dy.extent[1] == cfg_.d_model, "backward", "dy is [", dy.extent[0], ", ",
+            dy.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "] like the forward's x");
+    require(dx.extent[0] == tokens && dx.extent[1] == cfg_.d_model, "backward", "dx is [", dx.extent[0], ", ",
+            dx.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "]");
+    require(std::isfinite(aux_loss_scale), "backward", "aux_loss_scale=", aux_loss_scale, " must be finite");
+  }
+
+  void carve_routing(workspace_carver& w, const routing_shape& s, routing_plan<R>& plan) const {
+    const bool bpr = router_type::token_choice && capacity_type::order(cfg_.capacity) == drop_order::bpr;
+    routing_plan<R>::template carve<space_type>(w, s, cfg_.router.learned_noise, bpr, num_losses, plan);
+  }
+
+  // Router, auxiliary-loss summary and capacity: everything up to the slots of the proposals.
+  void route(const step_context& ctx, const T* x, const routing_plan<R>& plan) const {
     const router_streams rng = router_streams::make(cfg_.seed, cfg_.layer_id, ctx.step);
     const R* w_noise = cfg_.router.learned_noise ? w_noise_ : nullptr;
-    detail::router_forward<router_type>(space_, cfg_.router, st.plan, x.data, w_router_, w_noise, ctx.training, rng);
-    detail::routing_summary<router_type, loss_set_type>(space_, cfg_.losses, st.plan);
-    detail::assign_slots<router_type>(space_, st.plan, capacity_type::order(cfg_.capacity));
-    dispatch_type::template assign<T>(space_, st.plan, st.dispatch);
-    record_statistics(st, ctx.training);
-
-    dispatch_type::dispatch(space_, st.plan, st.dispatch, x.data, st.xp);
-    expert_type::forward(space_, cfg_.expert, expert_shape_(), const_experts(), st.dispatch.rows.rows, st.xp,
-                         st.act, ctx.training, dropout_stream(ctx.step));
-    dispatch_type::combine(space_, st.plan, st.dispatch, st.act.out, y.data);
-
-    last_ = {true, tokens, ctx.training, ctx.step, ws.data, ws.bytes};
+    router_forward<router_type>(space_, cfg_.router, plan, x, w_router_, w_noise, ctx.training, rng);
+    routing_summary<router_type, loss_set_type>(space_, cfg_.losses, plan);
+    assign_slots<router_type>(space_, plan, capacity_type::order(cfg_.capacity));
   }
 
-  // From dy = ∂L/∂y: writes dx = ∂L/∂x and adds the parameter gradients (task loss plus
-  // aux_loss_scale × the auxiliary losses). Uses the workspace of the latest forward().
-  void backward(matrix_view<const T> dy, matrix_view<T> dx, workspace_span ws, double aux_loss_scale = 1.0) {
-    require(last_.valid, "backward", "no forward pass recorded (call forward first)");
-    require(ws.data == last_.ws_data && ws.bytes == last_.ws_bytes, "backward",
-            "the workspace differs from the one the latest forward used");
-    require(dy.extent[0] == last_.tokens && dy.extent[1] == cfg_.d_model, "backward", "dy is [", dy.extent[0], ", ",
-            dy.extent[1], "], expected [", last_.tokens, ", ", cfg_.d_model, "] like the forward's x");
-    require(dx.extent[0] == last_.tokens && dx.extent[1] == cfg_.d_model, "backward", "dx is [", dx.extent[0], ", ",
-            dx.extent[1], "], expected [", last_.tokens, ", ", cfg_.d_model, "]");
-    require(std::isfinite(aux_loss_scale), "backward", "aux_loss_scale=", aux_loss_scale, " must be finite");
-    call_state st;
-    workspace_carver w(ws.data, ws.bytes);
-    carve(w, shape_for(last_.tokens, last_.training), st);
-
-    dispatch_type::combine_backward(space_, st.plan, st.dispatch, st.act.out, dy.data, st.plan.dgate, st.dout);
-    expert_type::backward(space_, cfg_.expert, expert_shape_(), const_experts(), expert_grads_, st.dispatch.rows.rows,
-                          st.xp, st.act, st.dout, st.dxp, last_.training, dropout_stream(last_.step));
-    dispatch_type::dispatch_backward(space_, st.plan, st.dispatch, st.dxp, st.plan.dx_acc);
-    const router_streams rng = router_streams::make(cfg_.seed, cfg_.layer_id, last_.step);
-    detail::router_backward<router_type, loss_set_type>(
-        space_, cfg_.router, cfg_.losses, st.plan, w_router_, cfg_.router.learned_noise ? w_noise_ : nullptr,
-        g_router_, cfg_.router.learned_noise ? g_noise_ : nullptr, dx.data, last_.training, rng, R(aux_loss_scale));
+  // From plan.dgate and plan.dx_acc: writes dx and the per-group router weight gradients
+  // (plan.router_partials / noise_partials; the caller accumulates them).
+  void route_backward(const routing_plan<R>& plan, T* dx, bool training, std::uint32_t step, R aux_scale) const {
+    const router_streams rng = router_streams::make(cfg_.seed, cfg_.layer_id, step);
+    router_backward<router_type, loss_set_type>(space_, cfg_.router, cfg_.losses, plan, w_router_,
+                                                cfg_.router.learned_noise ? w_noise_ : nullptr, dx, training, rng,
+                                                aux_scale);
   }
 
-  // The same, with a workspace the layer owns and grows as needed.
-  void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
-    check_io(x, y);
-    own_ws_.reserve(workspace_bytes(x.extent[0]));
-    forward(ctx, x, y, {own_ws_.data(), own_ws_.bytes()});
-  }
-  void backward(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale = 1.0) {
-    backward(dy, dx, {own_ws_.data(), own_ws_.bytes()}, aux_loss_scale);
+  // grad(W_r) += Σ_g partial_g over `groups` partials in order (and W_noise).
+  void accumulate_router_grads(const R* partials, const R* noise_partials, int groups) {
+    const index_t n = index_t(cfg_.d_model) * cfg_.num_experts;
+    accumulate_in_order(space_, partials, groups, n, g_router_);
+    if (cfg_.router.learned_noise) accumulate_in_order(space_, noise_partials, groups, n, g_noise_);
   }
 
-  // Routing statistics of the latest forward (synchronises the space).
-  routing_statistics statistics() const {
-    std::vector<double> s(static_cast<std::size_t>(stats_size()));
-    space_.synchronize();
-    space_.copy_to_host(s.data(), stats_.data(), sizeof(double) * s.size());
+  expert_shape local_expert_shape() const {
+    expert_shape s;
+    s.experts = local_experts_;
+    s.d_model = cfg_.d_model;
+    s.d_ff = cfg_.d_ff;
+    s.first_expert = first_expert_;
+    s.total_experts = cfg_.num_experts;
+    return s;
+  }
+
+  rng_stream dropout_stream(std::uint32_t step) const {
+    return rng_stream{cfg_.seed, rng_purpose::expert_dropout, cfg_.layer_id, step};
+  }
+
+  ffn_tensors<const T> const_experts() const {
+    const ffn_tensors<T>& w = experts_;
+    return {w.w_in, w.w_up, w.w_out, w.b_in, w.b_up, w.b_out, w.scale};
+  }
+  const ffn_tensors<grad_type>& expert_grad_tensors() const { return expert_grads_; }
+
+  static constexpr int stat_fixed = detail::stat_fixed;
+  int stats_size() const { return 1 + num_losses + stat_fixed + 2 * cfg_.num_experts; }
+
+  // Decodes a statistics buffer (host copy) of a call of `tokens` tokens in `groups` groups.
+  routing_statistics decode_statistics(const double* s, index_t tokens, int groups, int capacity,
+                                       bool training) const {
     routing_statistics out;
     const int E = cfg_.num_experts, nl = num_losses;
-    out.tokens = int(last_stats_.tokens);
+    out.tokens = int(tokens);
     out.experts = E;
-    out.groups = last_stats_.groups;
-    out.capacity = last_stats_.capacity;
-    out.training = last_stats_.training;
+    out.groups = groups;
+    out.capacity = capacity;
+    out.training = training;
     out.aux_loss = s[0];
-    for (int i = 0; i < nl; ++i) out.losses.emplace_back(loss_set_type::names[i], s[std::size_t(1 + i)]);
-    const double* q = s.data() + 1 + nl;
+    for (int i = 0; i < nl; ++i) out.losses.emplace_back(loss_set_type::names[i], s[1 + i]);
+    const double* q = s + 1 + nl;
     out.router_entropy = q[0];
     out.mean_top1_probability = q[1];
     out.router_logit_max = q[2];
@@ -338,13 +408,9 @@ class layer {
     return out;
   }
 
-  // The routing decisions of the latest forward, read from its workspace (synchronises the space).
-  routing_decisions routing() const {
-    require(last_.valid, "routing", "no forward pass recorded (call forward first)");
-    call_state st;
-    workspace_carver w(const_cast<void*>(last_.ws_data), last_.ws_bytes);
-    carve(w, shape_for(last_.tokens, last_.training), st);
-    const routing_shape& s = st.plan.shape;
+  // The per-pair decisions of a routing plan, copied to the host.
+  routing_decisions decisions(const routing_plan<R>& plan) const {
+    const routing_shape& s = plan.shape;
     const std::size_t P = std::size_t(s.pairs());
     routing_decisions out;
     out.tokens = s.tokens;
@@ -354,136 +420,15 @@ class layer {
     out.slot.resize(P);
     std::vector<R> gate(P);
     space_.synchronize();
-    space_.copy_to_host(out.expert.data(), st.plan.pair_expert, P * sizeof(int));
-    space_.copy_to_host(out.active.data(), st.plan.pair_active, P);
-    space_.copy_to_host(out.slot.data(), st.plan.pair_slot, P * sizeof(int));
-    space_.copy_to_host(gate.data(), st.plan.pair_gate, P * sizeof(R));
+    space_.copy_to_host(out.expert.data(), plan.pair_expert, P * sizeof(int));
+    space_.copy_to_host(out.active.data(), plan.pair_active, P);
+    space_.copy_to_host(out.slot.data(), plan.pair_slot, P * sizeof(int));
+    space_.copy_to_host(gate.data(), plan.pair_gate, P * sizeof(R));
     out.gate.assign(gate.begin(), gate.end());
     return out;
   }
 
-  // Sets every gradient to zero (backward accumulates).
-  void zero_grad() {
-    space_.fill_zero(router_grad_block_.data(), router_grad_block_.bytes());
-    space_.fill_zero(expert_grad_block_.data(), expert_grad_block_.bytes());
-  }
-
-  // Calls f(parameter_ref<P, G>) for each parameter tensor: the router's (P = G = compute_type) and
-  // the experts' (P = T, G = grad_type). Pointers are in the space's memory.
-  template <class F>
-  void for_each_parameter(F&& f) {
-    const index_t d = cfg_.d_model, ff = cfg_.d_ff, E = cfg_.num_experts;
-    f(parameter_ref<R, R>{"router.w", w_router_, g_router_, 2, {d, E, 0}});
-    if (cfg_.router.learned_noise) f(parameter_ref<R, R>{"router.w_noise", w_noise_, g_noise_, 2, {d, E, 0}});
-    const ffn_tensors<T>& w = experts_;
-    const ffn_tensors<grad_type>& g = expert_grads_;
-    f(parameter_ref<T, grad_type>{"experts.w_in", w.w_in, g.w_in, 3, {E, d, ff}});
-    if (w.w_up) f(parameter_ref<T, grad_type>{"experts.w_up", w.w_up, g.w_up, 3, {E, d, ff}});
-    f(parameter_ref<T, grad_type>{"experts.w_out", w.w_out, g.w_out, 3, {E, ff, d}});
-    if (w.b_in) f(parameter_ref<T, grad_type>{"experts.b_in", w.b_in, g.b_in, 2, {E, ff, 0}});
-    if (w.b_up) f(parameter_ref<T, grad_type>{"experts.b_up", w.b_up, g.b_up, 2, {E, ff, 0}});
-    if (w.b_out) f(parameter_ref<T, grad_type>{"experts.b_out", w.b_out, g.b_out, 2, {E, d, 0}});
-    if (w.scale) f(parameter_ref<T, grad_type>{"experts.scale", w.scale, g.scale, 2, {E, ff, 0}});
-  }
-
-  index_t parameter_count() {
-    index_t n = 0;
-    for_each_parameter([&](const auto& p) { n += p.size(); });
-    return n;
-  }
-
-  // Direct views of the parameters and gradients (space memory).
-  matrix_view<R> router_weights() { return {w_router_, cfg_.d_model, cfg_.num_experts}; }
-  matrix_view<R> router_weight_grads() { return {g_router_, cfg_.d_model, cfg_.num_experts}; }
-  const ffn_tensors<T>& expert_weights() { return experts_; }
-  const ffn_tensors<grad_type>& expert_grads() { return expert_grads_; }
-
- private:
-  struct call_state {
-    routing_plan<R> plan;
-    typename dispatch_type::state dispatch;
-    ffn_activations<T> act;
-    T* xp = nullptr;    // [rows, d] dispatched tokens
-    T* dout = nullptr;  // [rows, d]
-    T* dxp = nullptr;   // [rows, d]
-  };
-
-  struct last_call {
-    bool valid = false;
-    index_t tokens = 0;
-    bool training = false;
-    std::uint32_t step = 0;
-    const void* ws_data = nullptr;
-    std::size_t ws_bytes = 0;
-  };
-  struct stats_meta {
-    index_t tokens = 0;
-    int groups = 0;
-    int capacity = 0;
-    bool training = false;
-  };
-
-  static constexpr int stat_fixed = detail::stat_fixed;
-  int stats_size() const { return 1 + num_losses + stat_fixed + 2 * cfg_.num_experts; }
-
-  int pairs_per_token() const { return router_type::pairs_per_token(cfg_.router, cfg_.num_experts); }
-
-  int group_tokens(index_t tokens) const {
-    if (cfg_.group_size == 0) return int(tokens);
-    require(tokens % cfg_.group_size == 0, "group_size", cfg_.group_size, " does not divide the ", tokens,
-            " tokens of this call");
-    return cfg_.group_size;
-  }
-
-  routing_shape shape_for(index_t tokens, bool training) const {
-    require(tokens >= 1 && tokens <= index_t(1) << 30, "forward", "tokens=", tokens, " must be in [1, 2^30]");
-    routing_shape s;
-    s.tokens = int(tokens);
-    s.experts = cfg_.num_experts;
-    s.group_tokens = group_tokens(tokens);
-    s.groups = int(tokens / s.group_tokens);
-    s.pairs_per_token = pairs_per_token();
-    s.capacity = capacity(tokens, training);
-    s.d_model = cfg_.d_model;
-    require(s.capacity >= 1, "capacity", "0 slots per expert for a group of ", s.group_tokens, " tokens and ",
-            s.experts, " experts (", training ? "train" : "eval",
-            " factor too small); raise the capacity factor or its minimum");
-    require(s.pairs() < (index_t(1) << 31), "forward", "tokens x pairs per token = ", s.pairs(),
-            " exceeds 2^31; split the call");
-    return s;
-  }
-
-  void check_io(matrix_view<const T> x, matrix_view<T> y) const {
-    const index_t tokens = x.extent[0];
-    require(tokens >= 1, "forward", "x has ", tokens, " rows (tokens); at least 1 is needed");
-    require(x.extent[1] == cfg_.d_model, "forward", "x has ", x.extent[1], " columns, expected d_model=", cfg_.d_model);
-    require(y.extent[0] == tokens && y.extent[1] == cfg_.d_model, "forward", "y is [", y.extent[0], ", ",
-            y.extent[1], "], expected [", tokens, ", ", cfg_.d_model, "] like x");
-    require(x.data != nullptr && y.data != nullptr, "forward", "x and y must not be null");
-  }
-
-  expert_shape expert_shape_() const { return {cfg_.num_experts, cfg_.d_model, cfg_.d_ff}; }
-
-  void carve(workspace_carver& w, const routing_shape& s, call_state& st) const {
-    const bool bpr = router_type::token_choice && capacity_type::order(cfg_.capacity) == drop_order::bpr;
-    routing_plan<R>::template carve<space_type>(w, s, cfg_.router.learned_noise, bpr, num_losses, st.plan);
-    dispatch_type::template carve<T, R>(w, s, st.dispatch);
-    const index_t rows = st.dispatch.rows.rows.rows_bound;
-    expert_type::template carve<T>(w, expert_shape_(), rows, st.act);
-    st.xp = w.take<T>(rows * s.d_model);
-    st.dout = w.take<T>(rows * s.d_model);
-    st.dxp = w.take<T>(rows * s.d_model);
-  }
-
-  rng_stream dropout_stream(std::uint32_t step) const {
-    return rng_stream{cfg_.seed, rng_purpose::expert_dropout, cfg_.layer_id, step};
-  }
-
-  ffn_tensors<const T> const_experts() const {
-    const ffn_tensors<T>& w = experts_;
-    return {w.w_in, w.w_up, w.w_out, w.b_in, w.b_up, w.b_out, w.scale};
-  }
-
+ protected:
   static void check_config(const config& c) {
     require(c.d_model >= 1, "d_model", "d_model=", c.d_model, " must be at least 1");
     require(c.d_ff >= 1, "d_ff", "d_ff=", c.d_ff, " must be at least 1");
@@ -497,10 +442,10 @@ class layer {
     expert_type::check(c.expert);
   }
 
-  // Parameter blocks: router (R) with gradients (R); experts (T) with gradients (grad_type).
+  // Parameter blocks: router (R) with gradients (R); local experts (T) with gradients (grad_type).
   template <class P>
-  static void carve_experts(workspace_carver& w, const config& c, ffn_tensors<P>& t) {
-    const index_t d = c.d_model, ff = c.d_ff, E = c.num_experts;
+  static void carve_experts(workspace_carver& w, const config& c, index_t E, ffn_tensors<P>& t) {
+    const index_t d = c.d_model, ff = c.d_ff;
     t.w_in = w.take<P>(E * d * ff);
     t.w_up = expert_type::gated ? w.take<P>(E * d * ff) : nullptr;
     t.w_out = w.take<P>(E * ff * d);
@@ -521,63 +466,198 @@ class layer {
     carve_router(size_router, cfg_, a, b);
     router_block_ = buffer<space_type>(space_, size_router.bytes());
     router_grad_block_ = buffer<space_type>(space_, size_router.bytes());
-    workspace_carver wr(router_block_.data(), router_block_.bytes()), gr(router_grad_block_.data(), router_grad_block_.bytes());
+    workspace_carver wr(router_block_.data(), router_block_.bytes());
+    workspace_carver gr(router_grad_block_.data(), router_grad_block_.bytes());
     carve_router(wr, cfg_, w_router_, w_noise_);
     carve_router(gr, cfg_, g_router_, g_noise_);
 
     ffn_tensors<T> tmp_t;
     ffn_tensors<grad_type> tmp_g;
     workspace_carver size_t_, size_g;
-    carve_experts(size_t_, cfg_, tmp_t);
-    carve_experts(size_g, cfg_, tmp_g);
+    carve_experts(size_t_, cfg_, local_experts_, tmp_t);
+    carve_experts(size_g, cfg_, local_experts_, tmp_g);
     expert_block_ = buffer<space_type>(space_, size_t_.bytes());
     expert_grad_block_ = buffer<space_type>(space_, size_g.bytes());
     workspace_carver we(expert_block_.data(), expert_block_.bytes());
     workspace_carver ge(expert_grad_block_.data(), expert_grad_block_.bytes());
-    carve_experts(we, cfg_, experts_);
-    carve_experts(ge, cfg_, expert_grads_);
+    carve_experts(we, cfg_, local_experts_, experts_);
+    carve_experts(ge, cfg_, local_experts_, expert_grads_);
     zero_grad();
   }
 
-  // Initialisation (same values in every space: Philox keyed by seed, layer and tensor):
+  // Initialisation (same values in every space and on every rank: Philox keyed by seed, layer,
+  // tensor and element index in the whole [E, …] tensor):
   // W_r, W_in, W_up ~ TN(0, init_scale / d_model), W_out ~ TN(0, init_scale / d_ff) (truncated at
   // two standard deviations; Switch §2.4 / Mesh-TF), W_noise = 0 (Shazeer 2017), biases 0, scales 1.
   void init_parameters() {
-    const index_t d = cfg_.d_model, ff = cfg_.d_ff, E = cfg_.num_experts;
-    init_normal(w_router_, d * E, std::sqrt(cfg_.router.init_scale / float(d)), 1);
-    if (w_noise_) fill_value(w_noise_, d * E, 0.0f);
+    const index_t d = cfg_.d_model, ff = cfg_.d_ff, E = cfg_.num_experts, L = local_experts_, f0 = first_expert_;
+    const rng_stream s{cfg_.seed, rng_purpose::init, cfg_.layer_id, 0};
+    fill_truncated_normal(space_, w_router_, d * E, std::sqrt(cfg_.router.init_scale / float(d)), s, 1);
+    if (w_noise_) fill_value(space_, w_noise_, d * E, 0.0f);
     const float s_in = std::sqrt(cfg_.expert.init_scale / float(d));
     const float s_out = std::sqrt(cfg_.expert.init_scale / float(ff));
-    init_normal(experts_.w_in, E * d * ff, s_in, 2);
-    if (experts_.w_up) init_normal(experts_.w_up, E * d * ff, s_in, 3);
-    init_normal(experts_.w_out, E * ff * d, s_out, 4);
-    if (experts_.b_in) fill_value(experts_.b_in, E * ff, 0.0f);
-    if (experts_.b_up) fill_value(experts_.b_up, E * ff, 0.0f);
-    if (experts_.b_out) fill_value(experts_.b_out, E * d, 0.0f);
-    if (experts_.scale) fill_value(experts_.scale, E * ff, 1.0f);
-  }
-  template <class P>
-  void init_normal(P* data, index_t n, float stddev, std::uint64_t tensor_id) {
-    detail::fill_truncated_normal(space_, data, n, stddev, rng_stream{cfg_.seed, rng_purpose::init, cfg_.layer_id, 0},
-                                  tensor_id);
-  }
-  template <class P>
-  void fill_value(P* data, index_t n, float v) {
-    detail::fill_value(space_, data, n, v);
-  }
-
-  void record_statistics(const call_state& st, bool training) {
-    const routing_shape& sh = st.plan.shape;
-    last_stats_ = {sh.tokens, sh.groups, sh.capacity, training};
-    detail::reduce_statistics<num_losses>(space_, st.plan, st.dispatch.rows, stats_.template as<double>());
+    fill_truncated_normal(space_, experts_.w_in, L * d * ff, s_in, s, 2, f0 * d * ff);
+    if (experts_.w_up) fill_truncated_normal(space_, experts_.w_up, L * d * ff, s_in, s, 3, f0 * d * ff);
+    fill_truncated_normal(space_, experts_.w_out, L * ff * d, s_out, s, 4, f0 * ff * d);
+    if (experts_.b_in) fill_value(space_, experts_.b_in, L * ff, 0.0f);
+    if (experts_.b_up) fill_value(space_, experts_.b_up, L * ff, 0.0f);
+    if (experts_.b_out) fill_value(space_, experts_.b_out, L * d, 0.0f);
+    if (experts_.scale) fill_value(space_, experts_.scale, L * ff, 1.0f);
   }
 
   config cfg_;
   space_type space_;
+  int first_expert_ = 0;
+  int local_experts_ = 0;
   buffer<space_type> router_block_, router_grad_block_, expert_block_, expert_grad_block_;
   R *w_router_ = nullptr, *w_noise_ = nullptr, *g_router_ = nullptr, *g_noise_ = nullptr;
   ffn_tensors<T> experts_;
   ffn_tensors<grad_type> expert_grads_;
+};
+
+}  // namespace detail
+
+// A MoE layer holding all its experts. See the top of this file.
+template <class T, class... Policies>
+class layer : public detail::layer_core<T, Policies...> {
+  using core = detail::layer_core<T, Policies...>;
+
+ public:
+  using typename core::compute_type;
+  using typename core::config;
+  using typename core::dispatch_type;
+  using typename core::element_type;
+  using typename core::expert_type;
+  using typename core::grad_type;
+  using typename core::R;
+  using typename core::space_type;
+
+  explicit layer(const config& cfg, const space_type& space = space_type{})
+      : core(cfg, space, 0, cfg.num_experts) {
+    stats_ = buffer<space_type>(this->space_, sizeof(double) * std::size_t(this->stats_size()));
+    this->space_.fill_zero(stats_.data(), stats_.bytes());
+  }
+
+  // Scratch bytes forward + backward need for `tokens` tokens, in training or evaluation.
+  std::size_t workspace_bytes(index_t tokens) const {
+    std::size_t bytes = 0;
+    for (bool training : {true, false}) {
+      workspace_carver w;
+      call_state st;
+      carve(w, this->shape_for(tokens, training), st);
+      bytes = std::max(bytes, w.bytes());
+    }
+    return bytes;
+  }
+
+  // y = MoE(x). x and y are [tokens, d_model] in the space's memory; ws holds at least
+  // workspace_bytes(tokens) and must stay untouched until backward().
+  void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y, workspace_span ws) {
+    this->check_io(x, y);
+    const index_t tokens = x.extent[0];
+    const routing_shape shape = this->shape_for(tokens, ctx.training);
+    call_state st;
+    workspace_carver w(ws.data, ws.bytes);
+    carve(w, shape, st);
+    last_ = {};  // a failed forward leaves nothing for backward to use
+
+    const auto& sp = this->space_;
+    this->route(ctx, x.data, st.plan);
+    dispatch_type::template assign<T>(sp, st.plan, st.dispatch);
+    detail::reduce_statistics<core::num_losses>(sp, st.plan, st.dispatch.rows, stats_.template as<double>());
+    last_stats_ = {shape.tokens, shape.groups, shape.capacity, ctx.training};
+
+    dispatch_type::dispatch(sp, st.plan, st.dispatch, x.data, st.xp);
+    expert_type::forward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(),
+                         st.dispatch.rows.rows, st.xp, st.act, ctx.training, this->dropout_stream(ctx.step));
+    dispatch_type::combine(sp, st.plan, st.dispatch, st.act.out, y.data);
+
+    last_ = {true, tokens, ctx.training, ctx.step, ws.data, ws.bytes};
+  }
+
+  // From dy = ∂L/∂y: writes dx = ∂L/∂x and adds the parameter gradients (task loss plus
+  // aux_loss_scale × the auxiliary losses). Uses the workspace of the latest forward().
+  void backward(matrix_view<const T> dy, matrix_view<T> dx, workspace_span ws, double aux_loss_scale = 1.0) {
+    require(last_.valid, "backward", "no forward pass recorded (call forward first)");
+    require(ws.data == last_.ws_data && ws.bytes == last_.ws_bytes, "backward",
+            "the workspace differs from the one the latest forward used");
+    this->check_grad_io(last_.tokens, dy, dx, aux_loss_scale);
+    call_state st;
+    workspace_carver w(ws.data, ws.bytes);
+    carve(w, this->shape_for(last_.tokens, last_.training), st);
+
+    const auto& sp = this->space_;
+    dispatch_type::combine_backward(sp, st.plan, st.dispatch, st.act.out, dy.data, st.plan.dgate, st.dout);
+    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(), this->expert_grads_,
+                          st.dispatch.rows.rows, st.xp, st.act, st.dout, st.dxp, last_.training,
+                          this->dropout_stream(last_.step));
+    dispatch_type::dispatch_backward(sp, st.plan, st.dispatch, st.dxp, st.plan.dx_acc);
+    this->route_backward(st.plan, dx.data, last_.training, last_.step, R(aux_loss_scale));
+    this->accumulate_router_grads(st.plan.router_partials, st.plan.noise_partials, st.plan.shape.groups);
+  }
+
+  // The same, with a workspace the layer owns and grows as needed.
+  void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
+    this->check_io(x, y);
+    own_ws_.reserve(workspace_bytes(x.extent[0]));
+    forward(ctx, x, y, {own_ws_.data(), own_ws_.bytes()});
+  }
+  void backward(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale = 1.0) {
+    backward(dy, dx, {own_ws_.data(), own_ws_.bytes()}, aux_loss_scale);
+  }
+
+  // Routing statistics of the latest forward (synchronises the space).
+  routing_statistics statistics() const {
+    std::vector<double> s(static_cast<std::size_t>(this->stats_size()));
+    this->space_.synchronize();
+    this->space_.copy_to_host(s.data(), stats_.data(), sizeof(double) * s.size());
+    return this->decode_statistics(s.data(), last_stats_.tokens, last_stats_.groups, last_stats_.capacity,
+                                   last_stats_.training);
+  }
+
+  // The routing decisions of the latest forward, read from its workspace (synchronises the space).
+  routing_decisions routing() const {
+    require(last_.valid, "routing", "no forward pass recorded (call forward first)");
+    call_state st;
+    workspace_carver w(const_cast<void*>(last_.ws_data), last_.ws_bytes);
+    carve(w, this->shape_for(last_.tokens, last_.training), st);
+    return this->decisions(st.plan);
+  }
+
+ private:
+  struct call_state {
+    routing_plan<R> plan;
+    typename dispatch_type::state dispatch;
+    ffn_activations<T> act;
+    T* xp = nullptr;    // [rows, d] dispatched tokens
+    T* dout = nullptr;  // [rows, d]
+    T* dxp = nullptr;   // [rows, d]
+  };
+  struct last_call {
+    bool valid = false;
+    index_t tokens = 0;
+    bool training = false;
+    std::uint32_t step = 0;
+    const void* ws_data = nullptr;
+    std::size_t ws_bytes = 0;
+  };
+  struct stats_meta {
+    index_t tokens = 0;
+    int groups = 0;
+    int capacity = 0;
+    bool training = false;
+  };
+
+  void carve(workspace_carver& w, const routing_shape& s, call_state& st) const {
+    this->carve_routing(w, s, st.plan);
+    dispatch_type::template carve<T, R>(w, s, st.dispatch);
+    const index_t rows = st.dispatch.rows.rows.rows_bound;
+    expert_type::template carve<T>(w, this->local_expert_shape(), rows, st.act);
+    st.xp = w.take<T>(rows * s.d_model);
+    st.dout = w.take<T>(rows * s.d_model);
+    st.dxp = w.take<T>(rows * s.d_model);
+  }
+
   buffer<space_type> stats_;
   buffer<space_type> own_ws_;
   last_call last_;

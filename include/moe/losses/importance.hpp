@@ -46,7 +46,7 @@ struct importance {
       moments(in, g, &m, &v);
       total += v / (m * m + R(epsilon));
     }
-    return total / R(in.groups);
+    return total / R(in.total_groups);
   }
 
   // ∂L/∂gate of every active pair (t ∈ g, e): ∂L/∂Importance_e of group g.
@@ -57,7 +57,7 @@ struct importance {
     const R denom = m * m + R(epsilon);
     const R E = R(in.experts);
     const R x = in.gate_sum[g * in.experts + e];
-    return (R(2) * (x - m) / E / denom - v * R(2) * m / E / (denom * denom)) / R(in.groups);
+    return (R(2) * (x - m) / E / denom - v * R(2) * m / E / (denom * denom)) / R(in.total_groups);
   }
 };
 

@@ -46,14 +46,14 @@ struct load_balancing {
       for (int e = 0; e < in.experts; ++e) s += f[g * in.experts + e] * in.prob_sum[g * in.experts + e];
       total += s * R(in.experts) / (R(in.group_tokens) * R(in.group_tokens));
     }
-    return total / R(in.groups);
+    return total / R(in.total_groups);
   }
 
   // ∂L/∂p[t, e] for every token t of group g.
   template <class R>
   MOE_HOST_DEVICE static R prob_grad(const config& c, const loss_inputs<R>& in, int g, int e) {
     const R f = counts(c, in)[g * in.experts + e] / R(in.group_tokens);
-    return R(in.experts) * f / (R(in.group_tokens) * R(in.groups));
+    return R(in.experts) * f / (R(in.group_tokens) * R(in.total_groups));
   }
 };
 

@@ -15,6 +15,10 @@ struct loss_inputs {
   int experts = 0;       // E
   int groups = 0;        // G
   int group_tokens = 0;  // S = T / G
+  // Normalisers: all tokens and groups the loss averages over (more than T and G when the groups
+  // are spread over expert-parallel ranks; each rank then computes its part of the mean).
+  index_t total_tokens = 0;
+  int total_groups = 0;
   const R* probs = nullptr;         // [T, E] router probabilities
   const R* lse = nullptr;           // [T]    log Σ_e exp(logit)
   const R* prob_sum = nullptr;      // [G, E] Σ_{t ∈ g} p[t, e]

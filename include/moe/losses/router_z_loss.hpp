@@ -29,13 +29,13 @@ struct router_z_loss {
   MOE_HOST_DEVICE static R value(const config&, const loss_inputs<R>& in) {
     R total = 0;
     for (int g = 0; g < in.groups; ++g) total += in.lse_sq_sum[g];
-    return total / R(in.tokens);
+    return total / R(in.total_tokens);
   }
 
   // ∂L/∂h[t, e].
   template <class R>
   MOE_HOST_DEVICE static R logit_grad(const config&, const loss_inputs<R>& in, index_t t, int e) {
-    return R(2) * in.lse[t] * in.probs[t * in.experts + e] / R(in.tokens);
+    return R(2) * in.lse[t] * in.probs[t * in.experts + e] / R(in.total_tokens);
   }
 };
 

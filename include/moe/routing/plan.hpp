@@ -25,6 +25,12 @@ struct routing_shape {
   int pairs_per_token = 0;  // K
   int capacity = 0;         // C: slots per segment
   index_t d_model = 0;
+  // Expert parallelism: the tokens and groups of all ranks together (the normalisers of the
+  // auxiliary losses) and the global index of this call's first token (the key of its random
+  // draws). A single layer has total_tokens = tokens, total_groups = groups, token_base = 0.
+  index_t total_tokens = 0;
+  int total_groups = 0;
+  index_t token_base = 0;
 
   index_t pairs() const { return index_t(tokens) * pairs_per_token; }
   int segments() const { return experts * groups; }
@@ -81,6 +87,8 @@ struct routing_plan {
   R* dnoise = nullptr;  // [T, E] (learned noise only)
   R* dxr = nullptr;     // [T, d]
   R* dx_acc = nullptr;  // [T, d] ∂L/∂x from the experts, before the router's part is added
+  R* router_partials = nullptr;  // [G, d, E] ∂L/∂W_r of each routing group
+  R* noise_partials = nullptr;   // [G, d, E] ∂L/∂W_noise of each routing group (learned noise only)
 
   template <class Space>
   static void carve(workspace_carver& w, const routing_shape& s, bool learned_noise, bool bpr, int num_losses,
@@ -126,6 +134,8 @@ struct routing_plan {
     p.dnoise = learned_noise ? w.take<R>(T * E) : nullptr;
     p.dxr = w.take<R>(T * d);
     p.dx_acc = w.take<R>(T * d);
+    p.router_partials = w.take<R>(index_t(s.groups) * d * E);
+    p.noise_partials = learned_noise ? w.take<R>(index_t(s.groups) * d * E) : nullptr;
   }
 };
 

@@ -16,6 +16,7 @@
 #include "moe/core/config.hpp"
 #include "moe/core/numeric.hpp"
 #include "moe/core/op.hpp"
+#include "moe/experts/ffn.hpp"  // detail::elementwise_columns, column_run
 #include "moe/losses/loss_inputs.hpp"
 #include "moe/routing/plan.hpp"
 #include "moe/routing/router_logits.hpp"
@@ -41,6 +42,8 @@ loss_inputs<R> make_loss_inputs(const routing_plan<R>& p) {
   in.choice_count = p.choice_count;
   in.gate_sum = p.gate_sum;
   in.lse_sq_sum = p.lse_sq_sum;
+  in.total_tokens = p.shape.total_tokens;
+  in.total_groups = p.shape.total_groups;
   return in;
 }
 
@@ -48,29 +51,43 @@ template <class Router, class Space, class T, class R>
 void router_forward(const Space& sp, const typename Router::config& cfg, const routing_plan<R>& plan, const T* x,
                     const R* w_router, const R* w_noise, bool training, const router_streams& rng) {
   const routing_shape s = plan.shape;
-  const index_t T_ = s.tokens, d = s.d_model;
+  const index_t T_ = s.tokens, d = s.d_model, base = s.token_base;
   const int E = s.experts, K = s.pairs_per_token, G = s.groups, S = s.group_tokens;
 
-  // x̃ = x ⊙ jitter, widened to the router's precision (selective precision).
+  // x̃ = x ⊙ jitter, widened to the router's precision (selective precision). Random draws are
+  // keyed by the global token index (base + t), so expert-parallel ranks draw what one rank would.
   R* xr = plan.router_input;
   const bool jitter = training && cfg.jitter > 0.0f;
   const float eps = cfg.jitter;
   const rng_stream jitter_rng = rng.jitter;
-  sp.parallel_for(T_ * d, [=] MOE_LAMBDA(index_t i) {
-    R v = convert<R>(x[i]);
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(T_ * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t t = run.row, i0 = t * d;
     if (jitter) {
-      const index_t t = i / d;
-      v *= R(jitter_factor(jitter_rng, eps, t, i - t * d, d));
+      // Factors first, then the products: the generator's loop vectorises on its own.
+      float factor[width];
+      for (index_t j = run.first; j < run.end; ++j)
+        factor[j - run.first] = jitter_factor(jitter_rng, eps, base + t, j, d);
+      for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]) * R(factor[j - run.first]);
+    } else {
+      for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]);
     }
-    xr[i] = v;
   });
 
-  sp.gemm(op::none, op::none, T_, E, d, R(1), xr, d, w_router, E, R(0), plan.raw, E);
-  sp.check_finite(plan.raw, T_, E, "router logits", "token", "expert");
-  if (cfg.learned_noise) {
-    sp.gemm(op::none, op::none, T_, E, d, R(1), xr, d, w_noise, E, R(0), plan.noise_pre, E);
-    sp.check_finite(plan.noise_pre, T_, E, "router noise logits", "token", "expert");
+  // One GEMM per routing group: a BLAS may round a row differently depending on how many rows its
+  // call has, and per-group calls make every row's logits independent of the other groups (so a
+  // rank holding some of the groups computes the same bits as one rank holding all of them).
+  for (int g = 0; g < G; ++g) {
+    const index_t t0 = index_t(g) * S;
+    sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w_router, E, R(0), plan.raw + t0 * E, E);
+    if (cfg.learned_noise)
+      sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w_noise, E, R(0), plan.noise_pre + t0 * E,
+              E);
   }
+  sp.check_finite(plan.raw, T_, E, "router logits", "token", "expert");
+  if (cfg.learned_noise) sp.check_finite(plan.noise_pre, T_, E, "router noise logits", "token", "expert");
 
   const auto c = cfg;
   const rng_stream noise_rng = rng.noise, second_rng = rng.second_expert;
@@ -83,7 +100,7 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
   int* pair_segment = plan.pair_segment;
   sp.parallel_for(T_, [=] MOE_LAMBDA(index_t t) {
     const index_t row = t * E;
-    token_logits_forward(c, training, noise_rng, t, E, raw + row, noise_pre ? noise_pre + row : nullptr,
+    token_logits_forward(c, training, noise_rng, base + t, E, raw + row, noise_pre ? noise_pre + row : nullptr,
                          logits + row, probs + row, lse + t);
     R ent = 0, amax = 0, sq = 0;
     for (int e = 0; e < E; ++e) {
@@ -97,7 +114,7 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
     absmax[t] = amax;
     sumsq[t] = sq;
     const index_t p0 = t * K;
-    top1[t] = Router::template select<R>(c, training, second_rng, t, E, probs + row, pair_expert + p0,
+    top1[t] = Router::template select<R>(c, training, second_rng, base + t, E, probs + row, pair_expert + p0,
                                          pair_gate + p0, pair_active + p0);
     const int g = int(t / S);
     for (int j = 0; j < K; ++j)
@@ -220,14 +237,15 @@ void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order
   });
 }
 
-// From ∂L/∂gate (plan.dgate, the task part; overwritten with the total) to ∂L/∂W_r, ∂L/∂W_noise
-// (accumulated) and ∂L/∂x (written, adding plan.dx_acc, the experts' part).
+// From ∂L/∂gate (plan.dgate, the task part; overwritten with the total) to ∂L/∂x (written, adding
+// plan.dx_acc, the experts' part), ∂L/∂raw logits (plan.draw) and the per-group weight gradients
+// (plan.router_partials, plan.noise_partials: see accumulate_in_order).
 template <class Router, class LossSet, class Space, class T, class R>
 void router_backward(const Space& sp, const typename Router::config& cfg, const typename LossSet::config& loss_cfg,
-                     const routing_plan<R>& plan, const R* w_router, const R* w_noise, R* g_router, R* g_noise,
-                     T* dx, bool training, const router_streams& rng, R aux_scale) {
+                     const routing_plan<R>& plan, const R* w_router, const R* w_noise, T* dx, bool training,
+                     const router_streams& rng, R aux_scale) {
   const routing_shape s = plan.shape;
-  const index_t T_ = s.tokens, d = s.d_model;
+  const index_t T_ = s.tokens, d = s.d_model, base = s.token_base;
   const int E = s.experts, K = s.pairs_per_token, S = s.group_tokens;
   const loss_inputs<R> in = make_loss_inputs(plan);
   const auto lc = loss_cfg;
@@ -260,16 +278,28 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
     if (LossSet::has_logit_grad)
       for (int e = 0; e < E; ++e) dh[e] = aux_scale * LossSet::logit_grad(lc, in, t, e);
     // dh holds ∂L/∂h from the logit losses on entry and ∂L/∂raw on exit (element-wise in place).
-    token_logits_backward(c, training, noise_rng, t, E, logits + row, probs + row,
+    token_logits_backward(c, training, noise_rng, base + t, E, logits + row, probs + row,
                           noise_pre ? noise_pre + row : nullptr, dp, dh, dh, dnoise ? dnoise + row : nullptr);
   });
 
-  // ∂L/∂W_r += x̃ᵀ · ∂raw;  ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ)
-  sp.gemm(op::transpose, op::none, d, E, T_, R(1), plan.router_input, d, plan.draw, E, R(1), g_router, E);
-  sp.gemm(op::none, op::transpose, T_, d, E, R(1), plan.draw, E, w_router, E, R(0), plan.dxr, d);
-  if (cfg.learned_noise) {
-    sp.gemm(op::transpose, op::none, d, E, T_, R(1), plan.router_input, d, plan.dnoise, E, R(1), g_noise, E);
-    sp.gemm(op::none, op::transpose, T_, d, E, R(1), plan.dnoise, E, w_noise, E, R(1), plan.dxr, d);
+  // Per group g: ∂L/∂W_r(g) = x̃_gᵀ · ∂raw_g (one GEMM over the group's S tokens, never accumulated
+  // in place, so a group's partial is the same bits wherever it is computed).
+  for (int g = 0; g < s.groups; ++g) {
+    const index_t t0 = index_t(g) * S;
+    sp.gemm(op::transpose, op::none, d, E, index_t(S), R(1), plan.router_input + t0 * d, d, plan.draw + t0 * E, E,
+            R(0), plan.router_partials + index_t(g) * d * E, E);
+    if (cfg.learned_noise)
+      sp.gemm(op::transpose, op::none, d, E, index_t(S), R(1), plan.router_input + t0 * d, d, plan.dnoise + t0 * E,
+              E, R(0), plan.noise_partials + index_t(g) * d * E, E);
+  }
+  // ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ), per group for the reason given in router_forward.
+  for (int g = 0; g < s.groups; ++g) {
+    const index_t t0 = index_t(g) * S;
+    sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.draw + t0 * E, E, w_router, E, R(0),
+            plan.dxr + t0 * d, d);
+    if (cfg.learned_noise)
+      sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.dnoise + t0 * E, E, w_noise, E, R(1),
+              plan.dxr + t0 * d, d);
   }
 
   // ∂L/∂x = experts' part + jitter ⊙ ∂L/∂x̃
@@ -277,13 +307,32 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
   const bool jitter = training && cfg.jitter > 0.0f;
   const float eps = cfg.jitter;
   const rng_stream jitter_rng = rng.jitter;
-  sp.parallel_for(T_ * d, [=] MOE_LAMBDA(index_t i) {
-    R v = dxr[i];
+  constexpr index_t width = elementwise_columns<Space>();
+  const index_t runs = (d + width - 1) / width;
+  sp.parallel_for(T_ * runs, [=] MOE_LAMBDA(index_t run_index) {
+    const column_run run(run_index, runs, width, d);
+    const index_t t = run.row, i0 = t * d;
     if (jitter) {
-      const index_t t = i / d;
-      v *= R(jitter_factor(jitter_rng, eps, t, i - t * d, d));
+      float factor[width];
+      for (index_t j = run.first; j < run.end; ++j)
+        factor[j - run.first] = jitter_factor(jitter_rng, eps, base + t, j, d);
+      for (index_t j = run.first; j < run.end; ++j)
+        dx[i0 + j] = convert<T>(dx_acc[i0 + j] + dxr[i0 + j] * R(factor[j - run.first]));
+    } else {
+      for (index_t j = run.first; j < run.end; ++j) dx[i0 + j] = convert<T>(dx_acc[i0 + j] + dxr[i0 + j]);
     }
-    dx[i] = convert<T>(dx_acc[i] + v);
+  });
+}
+
+// grad += partials[0] + partials[1] + … (each [n]), added in this order element by element: the
+// gradient of a weight shared by all routing groups, the same bits whether the groups were on one
+// rank or gathered from several.
+template <class Space, class R>
+void accumulate_in_order(const Space& sp, const R* partials, int count, index_t n, R* grad) {
+  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
+    R acc = grad[i];
+    for (int g = 0; g < count; ++g) acc += partials[index_t(g) * n + i];
+    grad[i] = acc;
   });
 }
 
