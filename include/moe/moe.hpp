@@ -8,6 +8,8 @@
 //   dispatch      moe::sorted_dispatch, moe::padded_dispatch, moe::one_hot_dispatch
 //   space         moe::host (moe::cuda in <moe/cuda.cuh>)
 //   layer         moe::layer<T, policies...>
+//   parallelism   moe::expert_parallel<T, communicator, policies...>, moe::in_process_communicator
+//                 (moe::nccl_communicator in <moe/parallel/nccl.cuh>)
 //   presets       moe::presets::switch_transformer, glam, st_moe
 #pragma once
 
@@ -37,6 +39,9 @@
 #include "moe/dispatch/one_hot.hpp"
 #include "moe/layer/statistics.hpp"
 #include "moe/layer/layer.hpp"
+#include "moe/parallel/communicator.hpp"
+#include "moe/parallel/in_process.hpp"
+#include "moe/parallel/expert_parallel.hpp"
 #include "moe/presets/switch_transformer.hpp"
 #include "moe/presets/glam.hpp"
 #include "moe/presets/st_moe.hpp"

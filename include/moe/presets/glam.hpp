@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "moe/layer/layer.hpp"
+#include "moe/parallel/expert_parallel.hpp"
 
 namespace moe::presets {
 
@@ -12,6 +13,10 @@ namespace moe::presets {
 template <class T = float, class Space = host, class Dispatch = sorted_dispatch>
 struct glam {
   using layer = moe::layer<T, top_k, capacity_factor, losses<load_balancing>, geglu_ffn, Dispatch, Space>;
+  // The same layer with its experts spread over the ranks of a communicator (expert parallelism).
+  template <class Comm>
+  using parallel_layer =
+      moe::expert_parallel<T, Comm, top_k, capacity_factor, losses<load_balancing>, geglu_ffn, Dispatch, Space>;
   using config = typename layer::config;
 
   static config make_config(int d_model, int d_ff, int num_experts, std::uint64_t seed = 0) {

@@ -1,0 +1,468 @@
+// moe/parallel/expert_parallel.hpp — a MoE layer whose experts are spread over R ranks
+// (GShard / Switch Transformer expert parallelism).
+//
+//   using moe_layer = moe::expert_parallel<float, moe::in_process_communicator, moe::top_k, moe::geglu_ffn>;
+//   moe_layer layer(cfg, comm);          // rank r holds experts [r·E/R, (r+1)·E/R)
+//   layer.forward(ctx, x, y);            // x: this rank's tokens; every rank calls forward together
+//   layer.backward(dy, dx);
+//
+// Each rank routes its own tokens (its routing groups are its own: capacity and losses are per
+// group as in moe::layer), exchanges per-expert counts, sends each expert's rows to the rank that
+// owns it, runs its local experts on the rows it receives, sends the results back and combines.
+// Backward runs the same exchanges with the gradients. The router is replicated: its gradient is
+// the sum over all routing groups of all ranks, added in global group order.
+//
+// The contract: for the same global batch (rank r holding tokens [r·T, (r+1)·T)), seed and weights,
+// R ranks give the same outputs and gradients as one moe::layer holding all experts with
+// group_size = T (or a divisor of it) — bit for bit on the host space. Random draws are keyed by
+// global token and expert ids, so jitter, noise and dropout agree too. The reported auxiliary loss
+// is the same mean, summed in another order (equal to within rounding).
+//
+// Every rank must call forward/backward with the same number of tokens. Sizes of the token
+// exchange are host values (NCCL needs them), so a forward synchronises once with the host.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "moe/layer/layer.hpp"
+#include "moe/parallel/communicator.hpp"
+
+namespace moe {
+
+template <class T, class Comm, class... Policies>
+class expert_parallel : public detail::layer_core<T, Policies...> {
+  using core = detail::layer_core<T, Policies...>;
+
+ public:
+  using typename core::compute_type;
+  using typename core::config;
+  using typename core::dispatch_type;
+  using typename core::element_type;
+  using typename core::expert_type;
+  using typename core::grad_type;
+  using typename core::R;
+  using typename core::space_type;
+  using communicator_type = Comm;
+
+  static_assert(communicator<Comm>, "moe::expert_parallel<T, Comm, ...>: Comm must satisfy moe::communicator "
+                                    "(moe::in_process_communicator or moe::nccl_communicator)");
+  static_assert(std::is_same_v<dispatch_type, sorted_dispatch>,
+                "moe::expert_parallel exchanges packed expert rows: use sorted_dispatch (the default)");
+  static_assert(Comm::host_memory == space_type::host_accessible,
+                "moe::expert_parallel: in_process_communicator exchanges host buffers (use moe::host); "
+                "nccl_communicator exchanges device buffers (use moe::cuda)");
+
+  expert_parallel(const config& cfg, Comm comm, const space_type& space = space_type{})
+      : core(checked(cfg, comm), space, comm.rank() * (cfg.num_experts / comm.size()), cfg.num_experts / comm.size()),
+        comm_(std::move(comm)) {
+    check_same_configuration();
+  }
+
+  Comm& communicator() { return comm_; }
+  int rank() const { return comm_.rank(); }
+  int ranks() const { return comm_.size(); }
+
+  // y = MoE(x) for this rank's tokens. Collective: every rank calls it with the same token count.
+  void forward(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
+    guarded([&] { forward_impl(ctx, x, y); });
+  }
+  // Collective as well.
+  void backward(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale = 1.0) {
+    guarded([&] { backward_impl(dy, dx, aux_loss_scale); });
+  }
+
+  // Routing statistics of the latest forward over all ranks (per-expert counts summed, means over
+  // all tokens). Local: the exchange happened during forward.
+  routing_statistics statistics() const {
+    require(last_.valid, "statistics", "no forward pass recorded (call forward first)");
+    return this->decode_statistics(global_stats_.data(), last_.tokens * ranks(), last_.groups * ranks(),
+                                   last_.capacity, last_.training);
+  }
+
+  // This rank's routing decisions of the latest forward (pairs of its own tokens; global expert ids).
+  routing_decisions routing() const {
+    require(last_.valid, "routing", "no forward pass recorded (call forward first)");
+    call_state st;
+    workspace_carver w(ws_.data(), ws_.bytes());
+    carve(w, shape(last_.tokens, last_.training), last_.recv_bound, st);
+    return this->decisions(st.plan);
+  }
+
+  // Bytes this rank sent to other ranks in the token exchanges of the latest forward (rows to the
+  // experts' owners and results back), and of the latest backward: for scaling estimates.
+  std::size_t forward_exchange_bytes() const { return last_.forward_bytes; }
+  std::size_t backward_exchange_bytes() const { return last_.backward_bytes; }
+
+ private:
+  struct call_state {
+    routing_plan<R> plan;
+    typename dispatch_type::state dispatch;
+    T* xp = nullptr;    // [rows, d] this rank's kept rows (packed, global expert order)
+    T* out = nullptr;   // [rows, d] their expert outputs, returned by the owners
+    T* dout = nullptr;  // [rows, d]
+    T* dxp = nullptr;   // [rows, d]
+    int* row_token = nullptr;  // [rows] global token id of each row (sent with the rows)
+    // Owner side: rows received from every rank.
+    T* recv = nullptr;        // [recv, d] in arrival order (source rank, then expert, then slot)
+    T* owner_x = nullptr;     // [recv, d] expert-major (expert, then source rank, then slot)
+    T* owner_grad = nullptr;  // [recv, d] ∂L/∂out, expert-major
+    T* owner_dx = nullptr;    // [recv, d]
+    ffn_activations<T> act;   // owner FFN activations, [recv, …]
+    int* recv_token = nullptr;  // [recv] arrival order
+    int* perm = nullptr;        // [recv] arrival row → owner row
+    row_map owner_rows;         // rows_bound = recv
+    int* owner_offsets = nullptr;  // [L + 1]
+    int* counts = nullptr;         // [2·R·L] send counts, then received counts (space memory)
+    R* partials = nullptr;         // [R·G, d, E] all ranks' per-group router gradients
+    R* noise_partials = nullptr;
+    double* local_stats = nullptr;  // [stats_size] this rank's statistics
+    double* stats = nullptr;        // [R, stats_size] all ranks' statistics
+  };
+
+  struct last_call {
+    bool valid = false;
+    index_t tokens = 0;
+    int groups = 0;
+    int capacity = 0;
+    bool training = false;
+    std::uint32_t step = 0;
+    index_t recv_bound = 0;
+    std::vector<int> send_rows, recv_rows;  // per rank: rows sent / received in the forward exchange
+    std::vector<int> recv_counts;           // [R, L] rows received from rank p for local expert e
+    std::size_t forward_bytes = 0, backward_bytes = 0;
+  };
+
+  static const config& checked(const config& cfg, const Comm& comm) {
+    require(comm.size() >= 1, "expert_parallel", "communicator of ", comm.size(), " ranks");
+    require(cfg.num_experts >= 1 && cfg.num_experts % comm.size() == 0, "expert_parallel", "num_experts=",
+            cfg.num_experts, " is not divisible by the ", comm.size(), " ranks of the communicator");
+    return cfg;
+  }
+
+  // Every rank must build the same layer: compare the sizes and seeds of all ranks (collective).
+  void check_same_configuration() {
+    const config& c = this->cfg_;
+    const std::int64_t mine[6] = {comm_.size(), c.num_experts, c.d_model, c.d_ff, std::int64_t(c.seed),
+                                  std::int64_t(c.layer_id) << 32 | std::int64_t(c.group_size)};
+    std::vector<std::int64_t> all(6 * std::size_t(ranks()));
+    gather_host(mine, sizeof mine, all.data());
+    static const char* names[6] = {"ranks", "num_experts", "d_model", "d_ff", "seed", "layer_id/group_size"};
+    for (int p = 0; p < ranks(); ++p)
+      for (int i = 0; i < 6; ++i)
+        require(all[std::size_t(6 * p + i)] == all[std::size_t(i)], "expert_parallel", "rank ", p, " has ", names[i],
+                "=", all[std::size_t(6 * p + i)], " but rank 0 has ", names[i], "=", all[std::size_t(i)],
+                "; every rank must build the same layer");
+  }
+
+  // Gathers `bytes` of host data from every rank (collective), staged through space memory.
+  void gather_host(const void* mine, std::size_t bytes, void* all) {
+    const auto& sp = this->space_;
+    buffer<space_type> stage(sp, bytes * std::size_t(1 + ranks()));
+    char* in = stage.template as<char>();
+    sp.copy_from_host(in, mine, bytes);
+    comm_.all_gather(in, bytes, in + bytes);
+    sp.synchronize();
+    sp.copy_to_host(all, in + bytes, bytes * std::size_t(ranks()));
+  }
+
+  // Runs `body`; if it throws, the other ranks are released from any collective they wait in.
+  template <class F>
+  void guarded(F&& body) {
+    try {
+      body();
+    } catch (const std::exception& e) {
+      if constexpr (requires { comm_.world().abort(std::string()); })
+        comm_.world().abort(detail::concat("expert_parallel: rank ", rank(), " failed: ", e.what()));
+      throw;
+    }
+  }
+
+  routing_shape shape(index_t tokens, bool training) const {
+    return this->shape_for(tokens, training, rank(), ranks());
+  }
+
+  // Rows a rank can receive: each local expert gets at most every rank's slots for it (capacity)
+  // or every token of every rank (dropless), and no more than all proposals of all ranks.
+  index_t receive_bound(const routing_shape& s) const {
+    const index_t L = this->local_experts_, R_ = ranks();
+    const index_t per_expert = index_t(s.groups) * std::min<index_t>(s.capacity, s.group_tokens) * R_;
+    return std::max<index_t>(1, std::min(L * per_expert, s.pairs() * R_));
+  }
+
+  void carve(workspace_carver& w, const routing_shape& s, index_t recv, call_state& st) const {
+    const index_t d = s.d_model, L = this->local_experts_, R_ = ranks(), E = s.experts;
+    this->carve_routing(w, s, st.plan);
+    dispatch_type::template carve<T, R>(w, s, st.dispatch);
+    const index_t rows = st.dispatch.rows.rows.rows_bound;
+    st.xp = w.take<T>(rows * d);
+    st.out = w.take<T>(rows * d);
+    st.dout = w.take<T>(rows * d);
+    st.dxp = w.take<T>(rows * d);
+    st.row_token = w.take<int>(rows);
+    st.recv = w.take<T>(recv * d);
+    st.owner_x = w.take<T>(recv * d);
+    st.owner_grad = w.take<T>(recv * d);
+    st.owner_dx = w.take<T>(recv * d);
+    expert_type::template carve<T>(w, this->local_expert_shape(), recv, st.act);
+    st.recv_token = w.take<int>(recv);
+    st.perm = w.take<int>(recv);
+    st.owner_rows.rows_bound = recv;
+    st.owner_rows.expert_offsets = w.take<int>(L + 1);
+    st.owner_rows.row_pair = w.take<int>(recv);
+    st.owner_rows.row_token = w.take<int>(recv);
+    st.owner_rows.row_expert = w.take<int>(recv);
+    st.counts = w.take<int>(2 * R_ * L);
+    st.partials = w.take<R>(R_ * s.groups * d * E);
+    st.noise_partials = this->cfg_.router.learned_noise ? w.take<R>(R_ * s.groups * d * E) : nullptr;
+    st.local_stats = w.take<double>(this->stats_size());
+    st.stats = w.take<double>(R_ * this->stats_size());
+  }
+
+  void forward_impl(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
+    this->check_io(x, y);
+    const index_t tokens = x.extent[0];
+    // Every rank must bring the same number of tokens (global token ids are rank·T + t).
+    {
+      const std::int64_t mine = tokens;
+      std::vector<std::int64_t> all(static_cast<std::size_t>(ranks()));
+      gather_host(&mine, sizeof mine, all.data());
+      for (int p = 0; p < ranks(); ++p)
+        require(all[std::size_t(p)] == tokens, "expert_parallel", "rank ", p, " has ", all[std::size_t(p)],
+                " tokens but rank ", rank(), " has ", tokens, "; every rank must call forward with the same count");
+    }
+    last_.valid = false;
+    const routing_shape s = shape(tokens, ctx.training);
+    const index_t recv_bound = receive_bound(s);
+    call_state st;
+    {
+      workspace_carver measure;
+      carve(measure, s, recv_bound, st);
+      ws_.reserve(measure.bytes());
+      workspace_carver w(ws_.data(), ws_.bytes());
+      carve(w, s, recv_bound, st);
+    }
+    const auto& sp = this->space_;
+    const index_t d = s.d_model;
+    const int L = this->local_experts_, R_ = ranks(), E = s.experts;
+
+    this->route(ctx, x.data, st.plan);
+    dispatch_type::template assign<T>(sp, st.plan, st.dispatch);
+    detail::reduce_statistics<core::num_losses>(sp, st.plan, st.dispatch.rows, st.local_stats);
+    dispatch_type::dispatch(sp, st.plan, st.dispatch, x.data, st.xp);
+
+    // Global token ids of this rank's rows, sent along so owners key dropout by token.
+    {
+      const int* row_token = st.dispatch.rows.rows.row_token;
+      int* out = st.row_token;
+      const int base = int(s.token_base);
+      sp.parallel_for(st.dispatch.rows.rows.rows_bound,
+                      [=] MOE_LAMBDA(index_t r) { out[r] = row_token[r] >= 0 ? base + row_token[r] : -1; });
+    }
+
+    // Counts: rows this rank sends to rank q for its local expert e, and what every rank sends here.
+    std::vector<int> offsets(std::size_t(E) + 1);
+    sp.synchronize();
+    sp.copy_to_host(offsets.data(), st.dispatch.rows.rows.expert_offsets, sizeof(int) * offsets.size());
+    std::vector<int> send_counts(static_cast<std::size_t>(R_ * L));
+    for (int e = 0; e < E; ++e) send_counts[std::size_t(e)] = offsets[std::size_t(e + 1)] - offsets[std::size_t(e)];
+    sp.copy_from_host(st.counts, send_counts.data(), sizeof(int) * send_counts.size());
+    comm_.all_to_all(st.counts, st.counts + R_ * L, sizeof(int) * std::size_t(L));
+    std::vector<int> recv_counts(static_cast<std::size_t>(R_ * L));
+    sp.synchronize();
+    sp.copy_to_host(recv_counts.data(), st.counts + R_ * L, sizeof(int) * recv_counts.size());
+
+    last_.send_rows.assign(std::size_t(R_), 0);
+    last_.recv_rows.assign(std::size_t(R_), 0);
+    for (int p = 0; p < R_; ++p)
+      for (int e = 0; e < L; ++e) {
+        last_.send_rows[std::size_t(p)] += send_counts[std::size_t(p * L + e)];
+        last_.recv_rows[std::size_t(p)] += recv_counts[std::size_t(p * L + e)];
+      }
+    const index_t received = std::accumulate(last_.recv_rows.begin(), last_.recv_rows.end(), index_t(0));
+    require(received <= recv_bound, "expert_parallel", "rank ", rank(), " would receive ", received,
+            " rows, more than the bound ", recv_bound, " (ranks disagree on the routing shapes)");
+    last_.recv_counts = recv_counts;
+
+    // The owner's expert-major layout: expert e's rows from rank 0, then rank 1, …
+    const auto received_rows = static_cast<std::size_t>(received);
+    std::vector<int> owner_offsets(static_cast<std::size_t>(L) + 1, 0), perm(received_rows), row_expert(received_rows);
+    for (int e = 0; e < L; ++e) {
+      int n = 0;
+      for (int p = 0; p < R_; ++p) n += recv_counts[std::size_t(p * L + e)];
+      owner_offsets[std::size_t(e + 1)] = owner_offsets[std::size_t(e)] + n;
+    }
+    {
+      std::vector<int> fill(owner_offsets.begin(), owner_offsets.end() - 1);
+      int arrival = 0;
+      for (int p = 0; p < R_; ++p)
+        for (int e = 0; e < L; ++e)
+          for (int k = 0; k < recv_counts[std::size_t(p * L + e)]; ++k) {
+            row_expert[std::size_t(fill[std::size_t(e)])] = e;
+            perm[std::size_t(arrival++)] = fill[std::size_t(e)]++;
+          }
+    }
+    sp.copy_from_host(st.owner_rows.expert_offsets, owner_offsets.data(), sizeof(int) * owner_offsets.size());
+    sp.copy_from_host(st.perm, perm.data(), sizeof(int) * perm.size());
+    sp.copy_from_host(st.owner_rows.row_expert, row_expert.data(), sizeof(int) * row_expert.size());
+    mark_unused_rows(st.owner_rows, received);
+
+    // Rows (and their token ids) to the owners.
+    exchange_rows(st.xp, st.recv, last_.send_rows, last_.recv_rows, d);
+    exchange_tokens(st.row_token, st.recv_token, last_.send_rows, last_.recv_rows);
+    permute_rows(st.recv, st.owner_x, st.perm, received, d, /*to_owner=*/true);
+    {
+      const int* perm_p = st.perm;
+      const int* tok = st.recv_token;
+      int* owner_token = st.owner_rows.row_token;
+      int* owner_pair = st.owner_rows.row_pair;
+      sp.parallel_for(received, [=] MOE_LAMBDA(index_t i) {
+        owner_token[perm_p[i]] = tok[i];
+        owner_pair[perm_p[i]] = int(i);
+      });
+    }
+
+    expert_type::forward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(), st.owner_rows,
+                         st.owner_x, st.act, ctx.training, this->dropout_stream(ctx.step));
+
+    // Results back to the rows' ranks, in the order they were sent.
+    permute_rows(st.act.out, st.recv, st.perm, received, d, /*to_owner=*/false);
+    exchange_rows(st.recv, st.out, last_.recv_rows, last_.send_rows, d);
+    dispatch_type::combine(sp, st.plan, st.dispatch, st.out, y.data);
+
+    // Statistics of all ranks.
+    const int n = this->stats_size();
+    comm_.all_gather(st.local_stats, sizeof(double) * std::size_t(n), st.stats);
+    std::vector<double> all(static_cast<std::size_t>(R_ * n));
+    sp.synchronize();
+    sp.copy_to_host(all.data(), st.stats, sizeof(double) * all.size());
+    global_stats_ = combine_statistics(all, n);
+
+    std::size_t bytes = 0;
+    for (int p = 0; p < R_; ++p)
+      if (p != rank())
+        bytes += std::size_t(last_.send_rows[std::size_t(p)] + last_.recv_rows[std::size_t(p)]) * std::size_t(d) *
+                 sizeof(T);
+    last_.forward_bytes = bytes;
+    last_.tokens = tokens;
+    last_.groups = s.groups;
+    last_.capacity = s.capacity;
+    last_.training = ctx.training;
+    last_.step = ctx.step;
+    last_.recv_bound = recv_bound;
+    last_.valid = true;
+  }
+
+  void backward_impl(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale) {
+    require(last_.valid, "backward", "no forward pass recorded (call forward first)");
+    this->check_grad_io(last_.tokens, dy, dx, aux_loss_scale);
+    const routing_shape s = shape(last_.tokens, last_.training);
+    call_state st;
+    workspace_carver w(ws_.data(), ws_.bytes());
+    carve(w, s, last_.recv_bound, st);
+    const auto& sp = this->space_;
+    const index_t d = s.d_model;
+    const index_t received = std::accumulate(last_.recv_rows.begin(), last_.recv_rows.end(), index_t(0));
+
+    dispatch_type::combine_backward(sp, st.plan, st.dispatch, st.out, dy.data, st.plan.dgate, st.dout);
+    exchange_rows(st.dout, st.recv, last_.send_rows, last_.recv_rows, d);
+    permute_rows(st.recv, st.owner_grad, st.perm, received, d, /*to_owner=*/true);
+    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(), this->expert_grads_,
+                          st.owner_rows, st.owner_x, st.act, st.owner_grad, st.owner_dx, last_.training,
+                          this->dropout_stream(last_.step));
+    permute_rows(st.owner_dx, st.recv, st.perm, received, d, /*to_owner=*/false);
+    exchange_rows(st.recv, st.dxp, last_.recv_rows, last_.send_rows, d);
+    dispatch_type::dispatch_backward(sp, st.plan, st.dispatch, st.dxp, st.plan.dx_acc);
+    this->route_backward(st.plan, dx.data, last_.training, last_.step, R(aux_loss_scale));
+
+    // The replicated router: every rank adds all ranks' per-group gradients in global group order.
+    const index_t per_rank = index_t(s.groups) * d * s.experts;
+    comm_.all_gather(st.plan.router_partials, sizeof(R) * std::size_t(per_rank), st.partials);
+    if (this->cfg_.router.learned_noise)
+      comm_.all_gather(st.plan.noise_partials, sizeof(R) * std::size_t(per_rank), st.noise_partials);
+    this->accumulate_router_grads(st.partials, st.noise_partials, s.groups * ranks());
+
+    std::size_t bytes = 0;
+    for (int p = 0; p < ranks(); ++p)
+      if (p != rank())
+        bytes += std::size_t(last_.send_rows[std::size_t(p)] + last_.recv_rows[std::size_t(p)]) * std::size_t(d) *
+                 sizeof(T);
+    last_.backward_bytes = bytes;
+  }
+
+  // Rows past the received ones belong to nobody (the FFN skips them).
+  void mark_unused_rows(const row_map& rows, index_t used) {
+    int* re = rows.row_expert;
+    int* rt = rows.row_token;
+    int* rp = rows.row_pair;
+    this->space_.parallel_for(rows.rows_bound, [=] MOE_LAMBDA(index_t r) {
+      if (r >= used) {
+        re[r] = -1;
+        rt[r] = -1;
+        rp[r] = -1;
+      }
+    });
+  }
+
+  void exchange_rows(const T* src, T* dst, const std::vector<int>& send_rows, const std::vector<int>& recv_rows,
+                     index_t d) {
+    std::vector<std::size_t> sb(send_rows.size()), rb(recv_rows.size());
+    for (std::size_t p = 0; p < sb.size(); ++p) {
+      sb[p] = std::size_t(send_rows[p]) * std::size_t(d) * sizeof(T);
+      rb[p] = std::size_t(recv_rows[p]) * std::size_t(d) * sizeof(T);
+    }
+    comm_.all_to_all_v(src, sb.data(), dst, rb.data());
+  }
+  void exchange_tokens(const int* src, int* dst, const std::vector<int>& send_rows, const std::vector<int>& recv_rows) {
+    std::vector<std::size_t> sb(send_rows.size()), rb(recv_rows.size());
+    for (std::size_t p = 0; p < sb.size(); ++p) {
+      sb[p] = std::size_t(send_rows[p]) * sizeof(int);
+      rb[p] = std::size_t(recv_rows[p]) * sizeof(int);
+    }
+    comm_.all_to_all_v(src, sb.data(), dst, rb.data());
+  }
+
+  // Arrival order ↔ owner (expert-major) order.
+  void permute_rows(const T* src, T* dst, const int* perm, index_t n, index_t d, bool to_owner) {
+    this->space_.parallel_for(n * d, [=] MOE_LAMBDA(index_t i) {
+      const index_t r = i / d, j = i - r * d;
+      if (to_owner)
+        dst[index_t(perm[r]) * d + j] = src[i];
+      else
+        dst[i] = src[index_t(perm[r]) * d + j];
+    });
+  }
+
+  // All ranks' statistics buffers → one: losses and per-expert counts summed, means weighted by
+  // tokens (equal on every rank), the logit maximum maximised.
+  std::vector<double> combine_statistics(const std::vector<double>& all, int n) const {
+    const int nl = core::num_losses, E = this->cfg_.num_experts, R_ = ranks();
+    std::vector<double> out(std::size_t(n), 0.0);
+    for (int p = 0; p < R_; ++p) {
+      const double* s = all.data() + std::size_t(p * n);
+      for (int i = 0; i < 1 + nl; ++i) out[std::size_t(i)] += s[i];  // partial means over the global groups
+      const double* q = s + 1 + nl;
+      double* o = out.data() + 1 + nl;
+      o[0] += q[0] / R_;
+      o[1] += q[1] / R_;
+      o[2] = std::max(o[2], q[2]);
+      o[3] += q[3] * q[3] / R_;  // mean of squares; root taken below
+      for (int i = 4; i < 7; ++i) o[i] += q[i];
+      o[7] += q[7] / R_;
+      for (int e = 0; e < 2 * E; ++e) o[core::stat_fixed + e] += q[core::stat_fixed + e];
+    }
+    out[std::size_t(1 + nl + 3)] = std::sqrt(out[std::size_t(1 + nl + 3)]);
+    return out;
+  }
+
+  Comm comm_;
+  buffer<space_type> ws_;
+  last_call last_;
+  std::vector<double> global_stats_;
+};
+
+}  // namespace moe

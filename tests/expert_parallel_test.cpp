@@ -1,0 +1,297 @@
+// Expert parallelism with the in-process communicator: R ranks (threads) holding E/R experts each
+// compute, bit for bit, what one moe::layer holding every expert computes on the same global batch,
+// for R ∈ {1, 2, 4, 8}, top-1 and top-2, capacity and dropless, with jitter, noise and dropout.
+// Bad setups fail on every rank with a clear error, never a hang.
+#include "test_util.hpp"
+
+#include <chrono>
+#include <exception>
+#include <memory>
+#include <thread>
+
+#include <moe/parallel/expert_parallel.hpp>
+#include <moe/parallel/in_process.hpp>
+
+namespace {
+
+// Runs body(rank, comm) on `ranks` threads; returns each rank's exception (null if none).
+template <class F>
+std::vector<std::exception_ptr> run_ranks(int ranks, F&& body,
+                                          std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  auto world = std::make_shared<moe::in_process_world>(ranks, timeout);
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(ranks));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        moe::in_process_communicator comm(world, r);
+        body(r, comm);
+      } catch (...) {
+        errors[std::size_t(r)] = std::current_exception();
+        world->abort("rank " + std::to_string(r) + " failed");
+      }
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+std::string message(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  }
+  return "";
+}
+
+void require_no_errors(const std::vector<std::exception_ptr>& errors) {
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    INFO("rank ", r);
+    if (errors[r]) FAIL(message(errors[r]));
+  }
+}
+
+template <class... Policies>
+void check_equivalence(int ranks, typename moe::layer<float, Policies...>::config cfg, int tokens_per_rank,
+                       std::uint64_t seed) {
+  using single = moe::layer<float, Policies...>;
+  using parallel = moe::expert_parallel<float, moe::in_process_communicator, Policies...>;
+  const int d = cfg.d_model, T = tokens_per_rank * ranks;
+  CAPTURE(ranks);
+  const auto x = moe_test::random_vector<float>(std::size_t(T) * d, seed);
+  const auto dy = moe_test::random_vector<float>(std::size_t(T) * d, seed + 1);
+  const moe::step_context ctx{.training = true, .step = 7};
+
+  single ref(cfg, moe::host(1));
+  std::vector<float> y_ref(x.size()), dx_ref(x.size());
+  ref.forward(ctx, {x.data(), T, d}, {y_ref.data(), T, d});
+  ref.backward({dy.data(), T, d}, {dx_ref.data(), T, d});
+  const moe::routing_statistics ref_stats = ref.statistics();
+  std::vector<std::vector<float>> ref_grads;
+  ref.for_each_parameter([&](const auto& p) { ref_grads.emplace_back(p.grad, p.grad + p.size()); });
+  std::vector<std::vector<float>> ref_values;
+  ref.for_each_parameter([&](const auto& p) { ref_values.emplace_back(p.value, p.value + p.size()); });
+
+  std::vector<float> y(x.size()), dx(x.size());
+  const auto R = static_cast<std::size_t>(ranks);
+  std::vector<std::vector<std::vector<float>>> grads(R), values(R);
+  std::vector<moe::routing_statistics> stats(static_cast<std::size_t>(ranks));
+  const auto errors = run_ranks(ranks, [&](int r, moe::in_process_communicator& comm) {
+    parallel ep(cfg, comm, moe::host(1));
+    const std::size_t off = std::size_t(r) * std::size_t(tokens_per_rank) * std::size_t(d);
+    ep.forward(ctx, {x.data() + off, tokens_per_rank, d}, {y.data() + off, tokens_per_rank, d});
+    ep.backward({dy.data() + off, tokens_per_rank, d}, {dx.data() + off, tokens_per_rank, d});
+    ep.for_each_parameter([&](const auto& p) {
+      grads[std::size_t(r)].emplace_back(p.grad, p.grad + p.size());
+      values[std::size_t(r)].emplace_back(p.value, p.value + p.size());
+    });
+    stats[std::size_t(r)] = ep.statistics();
+  });
+  require_no_errors(errors);
+
+  CHECK(y == y_ref);    // bitwise
+  CHECK(dx == dx_ref);  // bitwise
+  for (int r = 0; r < ranks; ++r) {
+    CAPTURE(r);
+    REQUIRE(grads[std::size_t(r)].size() == ref_grads.size());
+    for (std::size_t k = 0; k < ref_grads.size(); ++k) {
+      CAPTURE(k);
+      const auto& mine = grads[std::size_t(r)][k];
+      if (mine.size() == ref_grads[k].size()) {  // the replicated router
+        CHECK(mine == ref_grads[k]);
+        CHECK(values[std::size_t(r)][k] == ref_values[k]);
+      } else {  // an expert tensor: this rank's slice of the experts
+        const std::size_t slice = mine.size();
+        REQUIRE(slice * std::size_t(ranks) == ref_grads[k].size());
+        const auto first = ref_grads[k].begin() + std::ptrdiff_t(std::size_t(r) * slice);
+        CHECK(mine == std::vector<float>(first, first + std::ptrdiff_t(slice)));
+        const auto vfirst = ref_values[k].begin() + std::ptrdiff_t(std::size_t(r) * slice);
+        CHECK(values[std::size_t(r)][k] == std::vector<float>(vfirst, vfirst + std::ptrdiff_t(slice)));
+      }
+    }
+    CHECK(stats[std::size_t(r)].routed_per_expert == ref_stats.routed_per_expert);
+    CHECK(stats[std::size_t(r)].kept_per_expert == ref_stats.kept_per_expert);
+    CHECK(stats[std::size_t(r)].dropped_pairs == ref_stats.dropped_pairs);
+    CHECK(stats[std::size_t(r)].aux_loss == doctest::Approx(ref_stats.aux_loss).epsilon(1e-6));
+    CHECK(stats[std::size_t(r)].router_entropy == doctest::Approx(ref_stats.router_entropy).epsilon(1e-6));
+    CHECK(stats[std::size_t(r)].router_logit_max == doctest::Approx(ref_stats.router_logit_max));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("expert parallel = one layer: top-2, GEGLU, capacity with drops, BPR, jitter, dropout, z-loss") {
+  using Policies = std::tuple<>;
+  (void)sizeof(Policies);
+  for (int ranks : {1, 2, 4, 8}) {
+    moe::layer<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>::config c{};
+    c.d_model = 16;
+    c.d_ff = 24;
+    c.num_experts = 8;
+    c.seed = 5;
+    c.group_size = 32;  // two routing groups per rank (64 tokens each)
+    c.router.k = 2;
+    c.router.renormalize = true;
+    c.router.jitter = 0.05f;
+    c.capacity.train = 1.0;
+    c.capacity.minimum = 1;
+    c.capacity.order = moe::drop_order::bpr;
+    c.expert.dropout = 0.2f;
+    c.expert.bias = true;
+    check_equivalence<moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>(ranks, c, 64,
+                                                                                                        11);
+  }
+}
+
+TEST_CASE("expert parallel = one layer: top-1 dropless, learned noise, importance loss") {
+  for (int ranks : {1, 2, 4, 8}) {
+    moe::layer<float, moe::top_k, moe::dropless, moe::relu_ffn, moe::losses<moe::importance>>::config c{};
+    c.d_model = 12;
+    c.d_ff = 20;
+    c.num_experts = 8;
+    c.seed = 6;
+    c.router.learned_noise = true;
+    c.group_size = 0;  // each rank's tokens form one group; the reference uses the same groups
+    c.group_size = 48;
+    check_equivalence<moe::top_k, moe::dropless, moe::relu_ffn, moe::losses<moe::importance>>(ranks, c, 48, 12);
+  }
+}
+
+TEST_CASE("expert parallel = one layer: expert choice") {
+  for (int ranks : {2, 4}) {
+    moe::layer<float, moe::expert_choice, moe::swiglu_ffn, moe::losses<moe::router_z_loss>>::config c{};
+    c.d_model = 8;
+    c.d_ff = 12;
+    c.num_experts = 8;
+    c.seed = 7;
+    c.group_size = 40;
+    c.capacity.train = 1.5;
+    c.capacity.minimum = 1;
+    check_equivalence<moe::expert_choice, moe::swiglu_ffn, moe::losses<moe::router_z_loss>>(ranks, c, 40, 13);
+  }
+}
+
+TEST_CASE("expert parallel: bad setups fail on every rank with a clear error, never a hang") {
+  using EP = moe::expert_parallel<float, moe::in_process_communicator, moe::top_k>;
+  EP::config c{};
+  c.d_model = 4;
+  c.d_ff = 4;
+  c.num_experts = 6;
+
+  SUBCASE("experts not divisible by the ranks") {
+    const auto errors = run_ranks(4, [&](int, moe::in_process_communicator& comm) { EP ep(c, comm); });
+    for (const auto& e : errors) {
+      REQUIRE(e);
+      CHECK(message(e).find("num_experts=6 is not divisible by the 4 ranks") != std::string::npos);
+    }
+  }
+  SUBCASE("ranks that build different layers") {
+    const auto errors = run_ranks(2, [&](int r, moe::in_process_communicator& comm) {
+      EP::config mine = c;
+      mine.d_model = r == 0 ? 4 : 8;
+      EP ep(mine, comm);
+    });
+    for (const auto& e : errors) {
+      REQUIRE(e);
+      CHECK(message(e).find("d_model=8 but rank 0 has d_model=4") != std::string::npos);
+    }
+  }
+  SUBCASE("ranks that bring different token counts") {
+    const auto errors = run_ranks(2, [&](int r, moe::in_process_communicator& comm) {
+      EP ep(c, comm);
+      const int T = r == 0 ? 8 : 4;
+      std::vector<float> x(std::size_t(T) * 4, 0.5f), y(x.size());
+      ep.forward({}, {x.data(), T, 4}, {y.data(), T, 4});
+    });
+    for (const auto& e : errors) {
+      REQUIRE(e);
+      CHECK(message(e).find("every rank must call forward with the same count") != std::string::npos);
+    }
+  }
+  SUBCASE("a rank that fails locally releases the others") {
+    const auto start = std::chrono::steady_clock::now();
+    const auto errors = run_ranks(3, [&](int r, moe::in_process_communicator& comm) {
+      EP ep(c, comm);
+      std::vector<float> x(8 * 4, 0.5f), y(x.size());
+      if (r == 1) x[5] = std::numeric_limits<float>::quiet_NaN();  // rank 1's router logits fail
+      ep.forward({}, {x.data(), 8, 4}, {y.data(), 8, 4});
+    });
+    REQUIRE(errors[1]);
+    CHECK(message(errors[1]).find("router logits: non-finite") != std::string::npos);
+    for (int r : {0, 2}) {
+      REQUIRE(errors[std::size_t(r)]);
+      CHECK(message(errors[std::size_t(r)]).find("rank 1 failed") != std::string::npos);
+    }
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(25));  // released, not timed out
+  }
+}
+
+TEST_CASE("in-process communicator: collectives, consistency checks and bounded waits") {
+  SUBCASE("all_to_all_v, all_gather, all_reduce_sum") {
+    const auto errors = run_ranks(3, [&](int r, moe::in_process_communicator& comm) {
+      // rank r sends (q + 1) ints with value 100·r + q to rank q
+      std::vector<int> send;
+      std::vector<std::size_t> sb(3), rb(3);
+      for (int q = 0; q < 3; ++q) {
+        for (int k = 0; k <= q; ++k) send.push_back(100 * r + q);
+        sb[std::size_t(q)] = std::size_t(q + 1) * sizeof(int);
+        rb[std::size_t(q)] = std::size_t(r + 1) * sizeof(int);
+      }
+      std::vector<int> recv(static_cast<std::size_t>(3 * (r + 1)));
+      comm.all_to_all_v(send.data(), sb.data(), recv.data(), rb.data());
+      for (int p = 0; p < 3; ++p)
+        for (int k = 0; k <= r; ++k) REQUIRE(recv[std::size_t(p * (r + 1) + k)] == 100 * p + r);
+      const double mine = 0.1 * (r + 1);
+      std::vector<double> all(3);
+      comm.all_gather(&mine, sizeof mine, all.data());
+      REQUIRE(all == std::vector<double>{0.1, 0.2, 0.30000000000000004});
+      double sum[2] = {0.1 * (r + 1), 1.0};
+      comm.all_reduce_sum(sum, 2);
+      REQUIRE(sum[0] == (0.1 + 0.2) + 0.30000000000000004);  // rank order
+      REQUIRE(sum[1] == 3.0);
+    });
+    require_no_errors(errors);
+  }
+  SUBCASE("inconsistent sizes fail on every rank") {
+    const auto errors = run_ranks(2, [&](int r, moe::in_process_communicator& comm) {
+      std::vector<char> buf(64);
+      std::size_t sb[2] = {8, 8}, rb[2] = {8, std::size_t(r == 0 ? 16 : 8)};  // rank 0 expects 16 from rank 1
+      comm.all_to_all_v(buf.data(), sb, buf.data() + 32, rb);
+    });
+    for (const auto& e : errors) {
+      REQUIRE(e);
+      INFO(message(e));
+      CHECK(message(e).find("rank 1 sends 8 bytes to rank 0, which expects 16") != std::string::npos);
+    }
+  }
+  SUBCASE("different collectives fail on every rank") {
+    const auto errors = run_ranks(2, [&](int r, moe::in_process_communicator& comm) {
+      if (r == 0) comm.barrier();
+      else {
+        double v = 1;
+        comm.all_reduce_sum(&v, 1);
+      }
+    });
+    for (const auto& e : errors) {
+      REQUIRE(e);
+      CHECK(message(e).find("called") != std::string::npos);
+    }
+  }
+  SUBCASE("a rank that never arrives ends in a timeout, not a hang") {
+    const auto errors = run_ranks(
+        2,
+        [&](int r, moe::in_process_communicator& comm) {
+          if (r == 0) comm.barrier();  // rank 1 returns without calling it
+        },
+        std::chrono::milliseconds(300));
+    REQUIRE(errors[0]);
+    CHECK(message(errors[0]).find("waited 0.3 s in barrier") != std::string::npos);
+    CHECK(!errors[1]);
+  }
+  SUBCASE("bad ranks and worlds") {
+    CHECK_THROWS_WITH_AS(moe::in_process_world(0), doctest::Contains("ranks=0"), moe::invalid_argument);
+    auto world = std::make_shared<moe::in_process_world>(2);
+    CHECK_THROWS_WITH_AS(moe::in_process_communicator(world, 2), doctest::Contains("rank=2 is outside the world of 2"),
+                         moe::invalid_argument);
+  }
+}
