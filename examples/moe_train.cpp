@@ -13,16 +13,14 @@
 
 namespace {
 
-template <class Space>
-int train_preset(const trainer::options& o, const Space& space) {
+int train_preset(const trainer::options& o) {
   using namespace trainer;
   switch (o.kind) {
     case preset::dense:  // builds no MoE layer: the preset type only completes the template
-      return train<moe::presets::switch_transformer<float, Space>, moe::relu_ffn>(o, space);
-    case preset::switch_transformer:
-      return train<moe::presets::switch_transformer<float, Space>, moe::relu_ffn>(o, space);
-    case preset::glam: return train<moe::presets::glam<float, Space>, moe::geglu_ffn>(o, space);
-    case preset::st_moe: return train<moe::presets::st_moe<float, Space>, moe::geglu_ffn>(o, space);
+      return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
+    case preset::switch_transformer: return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
+    case preset::glam: return train<moe::presets::glam<float>, moe::geglu_ffn>(o);
+    case preset::st_moe: return train<moe::presets::st_moe<float>, moe::geglu_ffn>(o);
   }
   return 2;
 }
@@ -46,8 +44,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "moe-train: --device cuda: this build has no CUDA execution space yet; use --device host\n");
       return 2;
     }
-    const moe::host space = o.threads > 0 ? moe::host(o.threads) : moe::host();
-    return train_preset(o, space);
+    return train_preset(o);
   } catch (const trainer::checkpoint_error& e) {
     std::fprintf(stderr, "moe-train: %s\n", e.what());
     return 3;

@@ -36,6 +36,7 @@ struct options {
   int eval_every = 250;
   int eval_batches = 4;
   int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or all hardware threads)
+  int ranks = 1;    // in-process ranks: experts split over them, the rest data-parallel
   bool progress = true;
   // Testing only: kill the process at the start of this step / in the middle of the checkpoint
   // written at this step.
@@ -62,7 +63,8 @@ inline const char* usage_text =
     "  --log FILE                          JSONL log, one object per step\n"
     "  --checkpoint DIR --checkpoint-every N --resume\n"
     "  --eval-every N --eval-batches N     validation (250, 4)\n"
-    "  --threads N                         host threads\n"
+    "  --threads N                         host threads (per rank)\n"
+    "  --ranks R                           in-process ranks: MoE experts split over R, the rest data-parallel\n"
     "  --no-progress                       no live progress line\n";
 
 namespace detail {
@@ -181,6 +183,8 @@ inline options parse_options(int argc, char** argv) {
       o.eval_batches = parse_int(flag, take(), 1, 1 << 16);
     } else if (flag == "--threads") {
       o.threads = parse_int(flag, take(), 1, 4096);
+    } else if (flag == "--ranks") {
+      o.ranks = parse_int(flag, take(), 1, 1024);
     } else if (flag == "--no-progress") {
       flag_only();
       o.progress = false;
@@ -199,14 +203,25 @@ inline options parse_options(int argc, char** argv) {
 
   // Shapes that cannot work.
   if (o.d_model % o.heads != 0)
-    throw usage_error("--heads: " + std::to_string(o.heads) + " does not divide --d-model " + std::to_string(o.d_model));
+    throw usage_error("--heads: " + std::to_string(o.heads) + " does not divide --d-model " +
+                      std::to_string(o.d_model));
   const int k = experts_per_token(o.kind);
   if (o.kind != preset::dense && o.experts < k)
     throw usage_error("--experts: " + std::to_string(o.experts) + " is fewer than the " + std::to_string(k) +
                       " experts per token of --preset " + preset_name(o.kind));
-  if (o.group_size > 0 && (o.batch * o.seq) % o.group_size != 0)
+  if (o.batch % o.ranks != 0)
+    throw usage_error("--ranks: " + std::to_string(o.ranks) + " does not divide --batch " + std::to_string(o.batch) +
+                      " (each rank takes an equal share of the sequences)");
+  if (o.kind != preset::dense && o.experts % o.ranks != 0)
+    throw usage_error("--ranks: " + std::to_string(o.ranks) + " does not divide --experts " +
+                      std::to_string(o.experts) + " (each rank holds an equal share of the experts)");
+  if (o.ranks > 1 && o.device == "cuda")
+    throw usage_error("--ranks: several ranks run on the host only in this build (--device host)");
+  const int rank_tokens = o.batch / o.ranks * o.seq;
+  if (o.group_size > 0 && rank_tokens % o.group_size != 0)
     throw usage_error("--group-size: " + std::to_string(o.group_size) + " does not divide the " +
-                      std::to_string(o.batch * o.seq) + " tokens of a batch");
+                      std::to_string(rank_tokens) + " tokens of a batch" +
+                      (o.ranks > 1 ? " share (per rank)" : std::string()));
   if (o.resume && o.checkpoint.empty()) throw usage_error("--resume: needs --checkpoint DIR");
   if (o.crash_in_checkpoint_at_step > 0 && o.checkpoint.empty())
     throw usage_error("--crash-in-checkpoint-at-step: needs --checkpoint DIR");

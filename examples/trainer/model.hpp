@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,11 @@ struct param_view {
   int rank = 1;
   index_t shape[3] = {0, 0, 0};
   bool matrix = false;  // weight decay applies (not to norm gains)
+  // Expert tensors of an expert-parallel layer hold experts [first, first + shape[0]) of
+  // `global_leading`: the rest live on other ranks (checkpoints store whole tensors).
+  bool sharded = false;
+  index_t first = 0;
+  index_t global_leading = 0;
   index_t size() const {
     index_t n = 1;
     for (int i = 0; i < rank; ++i) n *= shape[i];
@@ -47,14 +53,23 @@ struct moe_step_stats {
   int block = 0;
 };
 
-template <class T, class Space, class MoePreset, class DenseFFN>
+template <class T, class Space, class MoePreset, class DenseFFN, class MoeLayer = typename MoePreset::layer>
 class model {
-  using MoeLayer = typename MoePreset::layer;
   static_assert(std::is_same_v<typename MoeLayer::compute_type, T>,
                 "the trainer keeps one element type for all parameters (float, or double for tests)");
 
  public:
-  model(const model_config& cfg, const Space& space = Space{}) : cfg_(cfg), space_(space), blocks_spec_(make_layout(cfg)) {
+  using moe_factory = std::function<std::unique_ptr<MoeLayer>(const typename MoeLayer::config&)>;
+
+  // `make_moe` builds each MoE layer from its config (an expert-parallel layer needs its
+  // communicator); by default MoeLayer(config, space).
+  model(const model_config& cfg, const Space& space = Space{}, moe_factory make_moe = {})
+      : cfg_(cfg), space_(space), blocks_spec_(make_layout(cfg)), make_moe_(std::move(make_moe)) {
+    if constexpr (std::is_constructible_v<MoeLayer, const typename MoeLayer::config&, const Space&>) {
+      if (!make_moe_)
+        make_moe_ = [this](const typename MoeLayer::config& c) { return std::make_unique<MoeLayer>(c, space_); };
+    }
+    moe::require(bool(make_moe_) || cfg.kind == preset::dense, "model", "no way to build the MoE layers given");
     moe::require(cfg.d_model % cfg.heads == 0, "--heads", cfg.heads, " does not divide --d-model ", cfg.d_model);
     build_parameters();
   }
@@ -75,6 +90,12 @@ class model {
         v.rank = p.rank;
         for (int r = 0; r < 3; ++r) v.shape[r] = p.shape[r];
         v.matrix = p.rank >= 2;
+        const auto& layer = *moe_layers_[i];
+        if (v.name.find(".experts.") != std::string::npos && layer.local_experts() < layer.get_config().num_experts) {
+          v.sharded = true;
+          v.first = layer.first_expert();
+          v.global_leading = layer.get_config().num_experts;
+        }
         all.push_back(v);
       });
     }
@@ -87,9 +108,11 @@ class model {
   }
 
   // Forward over a batch of B sequences of S tokens: inputs [B·S] and targets [B·S] in space
-  // memory, by_token/offsets the CSR of positions by token id (for the embedding gradient).
-  // Returns the mean cross-entropy (host value; synchronises). Keeps activations for backward.
-  double forward(const int* tokens, const int* targets, int B, bool training, std::uint32_t step) {
+  // memory. Returns the mean cross-entropy over these tokens (host value; synchronises) and keeps
+  // activations for backward. The backward is that of Σ cross-entropy / loss_tokens (default B·S;
+  // a data-parallel rank passes the global token count so that the ranks' gradients add up).
+  double forward(const int* tokens, const int* targets, int B, bool training, std::uint32_t step,
+                 index_t loss_tokens = 0) {
     const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab;
     const index_t H = cfg_.heads, dh = d / H;
     ensure_activations(B);
@@ -124,7 +147,7 @@ class model {
     act_.x_last = x;
     rmsnorm_forward(sp, x, p_.g_final, N, d, act_.h_final, act_.rinv_final);
     sp.gemm(moe::op::none, moe::op::transpose, N, V, d, T(1), act_.h_final, d, p_.tok_emb, d, T(0), act_.logits, V);
-    cross_entropy(sp, act_.logits, targets, N, V, /*grad=*/true, act_.token_loss);
+    cross_entropy(sp, act_.logits, targets, N, V, loss_tokens > 0 ? loss_tokens : N, act_.token_loss);
     sp.reduce_sum(act_.token_loss, N, act_.scalar);
     T loss = 0;
     sp.copy_to_host(&loss, act_.scalar, sizeof(T));
@@ -291,7 +314,7 @@ class model {
         auto& n = next();
         s.g = n.value, s.dg = n.grad;
         if (f.moe) {
-          moe_layers_.push_back(std::make_unique<MoeLayer>(moe_config(f, int(l)), space_));
+          moe_layers_.push_back(make_moe_(moe_config(f, int(l))));
           moe_block_.push_back(int(l));
           s.moe = moe_layers_.back().get();
         } else {
@@ -327,7 +350,8 @@ class model {
     }
     // Philox stream keyed by (seed, tensor): the same values on every space.
     const moe::rng_stream s{cfg_.seed, moe::rng_purpose::user, id, 0};
-    space_.parallel_for(v.size(), [=] MOE_LAMBDA(index_t i) { data[i] = T(moe::truncated_normal(s, std::uint64_t(i), stddev)); });
+    space_.parallel_for(v.size(),
+                        [=] MOE_LAMBDA(index_t i) { data[i] = T(moe::truncated_normal(s, std::uint64_t(i), stddev)); });
   }
 
   void ensure_activations(int B) {
@@ -394,6 +418,7 @@ class model {
   model_config cfg_;
   Space space_;
   std::vector<block_spec> blocks_spec_;
+  moe_factory make_moe_;
   moe::buffer<Space> values_, grads_, act_buffer_, rows_buffer_;
   std::vector<param_view<T>> dense_params_;
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;

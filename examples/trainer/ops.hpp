@@ -109,8 +109,8 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
   });
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h)
-      sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), P + (b * H + h) * S * S, S, qkv + b * S * ld + 2 * d + h * dh,
-              ld, T(0), o + b * S * d + h * dh, d);
+      sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), P + (b * H + h) * S * S, S,
+              qkv + b * S * ld + 2 * d + h * dh, ld, T(0), o + b * S * d + h * dh, d);
 }
 
 // From dout = ∂L/∂o: writes dqkv (all of it). dS holds ∂L/∂scores [B, H, S, S] on return.
@@ -150,9 +150,9 @@ void attention_backward(const Space& sp, const T* qkv, const T* P, const T* dout
 }
 
 // Softmax cross-entropy of logits [N, V] against targets: loss[t] = −log p(target_t); the logits are
-// overwritten with ∂(mean loss)/∂logits = (p − onehot) / N when `grad` is set.
+// overwritten with ∂(Σ loss / norm)/∂logits = (p − onehot) / norm (norm = N for the mean).
 template <class Space, class T>
-void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, index_t V, bool grad, T* loss) {
+void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, index_t V, index_t norm, T* loss) {
   sp.parallel_for(N, [=] MOE_LAMBDA(index_t t) {
     T* row = logits + t * V;
     T m = -INFINITY;
@@ -161,10 +161,8 @@ void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, in
     for (index_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
     const T lse = m + std::log(sum);
     loss[t] = lse - row[targets[t]];
-    if (grad) {
-      for (index_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - lse) / T(N);
-      row[targets[t]] -= T(1) / T(N);
-    }
+    for (index_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - lse) / T(norm);
+    row[targets[t]] -= T(1) / T(norm);
   });
 }
 

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,33 +44,45 @@ inline double learning_rate(const optim_config& c, int t) {
   return c.lr * (0.1 + 0.9 * 0.5 * (1 + std::cos(3.141592653589793 * progress)));
 }
 
-// One named optimiser state tensor (for checkpoints).
+// One named optimiser state tensor (for checkpoints). For a tensor of experts it holds
+// `components` blocks (AdamW: m then v), each made of `leading` equal per-expert chunks, so a
+// checkpoint can store the state of all experts and a run with another number of ranks can take
+// its own experts' chunks back.
 template <class T>
 struct state_view {
   std::string name;
   T* data;
   index_t size;
+  int components = 1;
+  index_t leading = 0;  // experts in this tensor (0: not an expert tensor)
+  bool sharded = false;
+  index_t first = 0, global_leading = 0;
 };
 
 template <class T, class Space>
 class optimizer {
  public:
-  optimizer(const optim_config& c, std::vector<param_view<T>> params, const Space& space)
-      : cfg_(c), params_(std::move(params)), space_(space) {
+  // `sum_over_ranks` (expert parallelism): adds a value over all ranks; the squared norms of the
+  // sharded expert gradients go through it (replicated gradients are the same on every rank).
+  optimizer(const optim_config& c, std::vector<param_view<T>> params, const Space& space,
+            std::function<double(double)> sum_over_ranks = {})
+      : cfg_(c), params_(std::move(params)), space_(space), sum_over_ranks_(std::move(sum_over_ranks)) {
     index_t total = 0, largest = 1;
     for (const auto& p : params_) {
       layout l;
       l.offset = total;
+      const bool experts = is_expert_tensor(p);
+      l.clip_slices = experts ? p.shape[0] : 1;
       if (c.kind == optimizer_kind::adamw) {
         l.size = 2 * p.size();  // m, v
-      } else if (p.rank >= 2) {
-        // Factored: per slice (the leading dimension of a rank-3 tensor) rows + cols.
+      } else if (p.rank == 3 || (p.rank == 2 && !experts)) {
+        // Factored: per slice (per expert for [E, a, b]) row sums + column sums.
         l.slices = p.rank == 3 ? p.shape[0] : 1;
         l.rows = p.shape[p.rank - 2];
         l.cols = p.shape[p.rank - 1];
         l.size = l.slices * (l.rows + l.cols);
       } else {
-        l.size = p.size();
+        l.size = p.size();  // vectors, and per-expert vectors [E, f]: unfactored
       }
       total += l.size;
       largest = std::max(largest, p.size());
@@ -79,8 +93,8 @@ class optimizer {
     scratch_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(largest));
     squares_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(largest));
     norms_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(params_.size()));
-    for (const auto& l : layouts_) max_slices_ = std::max(max_slices_, l.slices);
-    totals_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(max_slices_ + 1));
+    for (const auto& l : layouts_) max_slices_ = std::max({max_slices_, l.slices, l.clip_slices});
+    totals_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(2 * max_slices_ + 1));
   }
 
   int steps_taken() const { return t_; }
@@ -97,9 +111,10 @@ class optimizer {
     }
     std::vector<T> host(params_.size());
     space_.copy_to_host(host.data(), norms, sizeof(T) * host.size());
-    double total = 0;
-    for (T v : host) total += double(v);
-    return std::sqrt(total);
+    double replicated = 0, sharded = 0;
+    for (std::size_t i = 0; i < params_.size(); ++i) (params_[i].sharded ? sharded : replicated) += double(host[i]);
+    if (sum_over_ranks_) sharded = sum_over_ranks_(sharded);
+    return std::sqrt(replicated + sharded);
   }
 
   // Clips, then applies one update at learning rate `lr`. Returns the pre-clipping gradient norm.
@@ -118,14 +133,25 @@ class optimizer {
 
   std::vector<state_view<T>> state() {
     std::vector<state_view<T>> out;
-    for (std::size_t i = 0; i < params_.size(); ++i)
-      out.push_back({"opt." + params_[i].name, state_.template as<T>() + layouts_[i].offset, layouts_[i].size});
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const auto& p = params_[i];
+      state_view<T> v{"opt." + p.name, state_.template as<T>() + layouts_[i].offset, layouts_[i].size};
+      v.components = cfg_.kind == optimizer_kind::adamw ? 2 : 1;
+      v.leading = is_expert_tensor(p) ? p.shape[0] : 0;
+      v.sharded = p.sharded;
+      v.first = p.first;
+      v.global_leading = p.global_leading;
+      out.push_back(v);
+    }
     return out;
   }
+
+  static bool is_expert_tensor(const param_view<T>& p) { return p.name.find(".experts.") != std::string::npos; }
 
   // Public so that nvcc accepts the extended lambdas inside (they may not sit in private members).
   struct layout {
     index_t offset = 0, size = 0, slices = 0, rows = 0, cols = 0;
+    index_t clip_slices = 1;  // Adafactor update clipping per expert (independent of the sharding)
   };
 
   void adamw_update(const param_view<T>& p, const layout& l, T clip_scale, T lr) {
@@ -152,7 +178,7 @@ class optimizer {
     const T beta2 = T(1 - std::pow(double(t_), -0.8));
     const T eps1 = T(1e-30);
     const index_t n = p.size();
-    if (l.slices == 0) {  // unfactored (vectors)
+    if (l.slices == 0) {  // unfactored
       space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
         const T gi = g[i] * clip_scale;
         st[i] = beta2 * st[i] + (T(1) - beta2) * (gi * gi + eps1);
@@ -196,13 +222,16 @@ class optimizer {
         u[i] = g[i] * clip_scale / std::sqrt(vhat);
       });
     }
-    // Update clipping (threshold 1): u /= max(1, RMS(u)).
-    T* sq = squares_.template as<T>();
-    T* total = totals_.template as<T>() + max_slices_;
-    space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) { sq[i] = u[i] * u[i]; });
-    space_.reduce_sum(sq, n, total);
+    // Update clipping (threshold 1): u /= max(1, RMS(u)), per expert for expert tensors.
+    const index_t slices = l.clip_slices, per = n / slices;
+    T* sq_sum = totals_.template as<T>() + max_slices_;
+    space_.parallel_for(slices, [=] MOE_LAMBDA(index_t e) {
+      T acc = 0;
+      for (index_t i = e * per; i < (e + 1) * per; ++i) acc += u[i] * u[i];
+      sq_sum[e] = acc;
+    });
     space_.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
-      const T rms = std::sqrt(total[0] / T(n));
+      const T rms = std::sqrt(sq_sum[i / per] / T(per));
       w[i] -= lr * u[i] / (rms > T(1) ? rms : T(1));
     });
   }
@@ -211,6 +240,7 @@ class optimizer {
   optim_config cfg_;
   std::vector<param_view<T>> params_;
   Space space_;
+  std::function<double(double)> sum_over_ranks_;
   std::vector<layout> layouts_;
   moe::buffer<Space> state_, scratch_, squares_, norms_, totals_;
   index_t max_slices_ = 0;

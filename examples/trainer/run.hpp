@@ -8,11 +8,14 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <sys/stat.h>
+#include <thread>
 #include <vector>
 
 #include <moe/moe.hpp>
@@ -66,10 +69,51 @@ inline void truncate_log(const std::string& path, int step) {
   std::rename(tmp.c_str(), path.c_str());
 }
 
-template <class MoePreset, class DenseFFN, class Space>
-int train(const options& opt, const Space& space) {
+// One rank of a run. With several ranks (threads of this process, an in-process communicator):
+// the dense weights are replicated and their gradients summed over ranks (data parallelism); the
+// MoE layers are expert-parallel (moe::expert_parallel); each rank takes an equal share of every
+// batch's sequences. Rank 0 prints, logs and writes checkpoints.
+struct rank_context {
+  int rank = 0, ranks = 1;
+  moe::in_process_communicator* comm = nullptr;  // null with one rank
+
+  bool main() const { return rank == 0; }
+  double sum(double v) const {
+    if (comm) comm->all_reduce_sum(&v, 1);
+    return v;
+  }
+  void sum(float* data, index_t n) const {
+    if (comm) comm->all_reduce_sum(data, std::size_t(n));
+  }
+  void sum(double* data, index_t n) const {
+    if (comm) comm->all_reduce_sum(data, std::size_t(n));
+  }
+  // Every rank's n values, in rank order (host memory).
+  template <class T>
+  std::vector<T> gather(const T* local, index_t n) const {
+    std::vector<T> all(std::size_t(n) * std::size_t(ranks));
+    if (comm) comm->all_gather(local, sizeof(T) * std::size_t(n), all.data());
+    else std::copy(local, local + n, all.begin());
+    return all;
+  }
+};
+
+// This rank's share (sequences [r·B/R, (r+1)·B/R)) of a global batch.
+inline void take_share(const batch& global, int rank, int ranks, int vocab, batch& out) {
+  const int B = global.B / ranks, S = global.S;
+  out.B = B;
+  out.S = S;
+  const auto first = std::ptrdiff_t(rank) * B * S, count = std::ptrdiff_t(B) * S;
+  out.inputs.assign(global.inputs.begin() + first, global.inputs.begin() + first + count);
+  out.targets.assign(global.targets.begin() + first, global.targets.begin() + first + count);
+  out.domain.assign(global.domain.begin() + rank * B, global.domain.begin() + (rank + 1) * B);
+  out.index_tokens(vocab);
+}
+
+template <class Model, class Space>
+int run_rank(const options& opt, const Space& space, const rank_context& rc,
+             typename Model::moe_factory make_moe = {}) {
   using T = float;
-  using model_t = model<T, Space, MoePreset, DenseFFN>;
 
   // ---- data ------------------------------------------------------------------------------------
   std::unique_ptr<corpus> data;
@@ -86,18 +130,21 @@ int train(const options& opt, const Space& space) {
   mc.experts = opt.experts;
   mc.group_size = opt.group_size;
   mc.seed = opt.seed;
-  if (!opt.checkpoint.empty()) {
+  if (!opt.checkpoint.empty() && rc.main()) {
     ::mkdir(opt.checkpoint.c_str(), 0755);
     struct stat st {};
     if (::stat(opt.checkpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
       moe::fail("--checkpoint", "'", opt.checkpoint, "' is not a directory and cannot be created");
   }
 
-  model_t net(mc, space);
+  Model net(mc, space, std::move(make_moe));
   const model_cost cost_info = cost(mc);
-  optimizer<T, Space> opt_state(opt.optim, net.parameters(), space);
+  std::function<double(double)> sum_over_ranks;
+  if (rc.comm) sum_over_ranks = [&rc](double v) { return rc.sum(v); };
+  optimizer<T, Space> opt_state(opt.optim, net.parameters(), space, sum_over_ranks);
 
-  // The header of every checkpoint: what must match to resume.
+  // The header of every checkpoint: what must match to resume (not the number of ranks: a
+  // checkpoint holds whole tensors and resumes with any).
   std::map<std::string, std::string> header = {
       {"preset", preset_name(opt.kind)},      {"d_model", std::to_string(opt.d_model)},
       {"layers", std::to_string(opt.layers)}, {"heads", std::to_string(opt.heads)},
@@ -119,62 +166,92 @@ int train(const options& opt, const Space& space) {
     }
     std::map<std::string, const checkpoint_tensor*> by_name;
     for (const auto& t : ck.tensors) by_name[t.name] = &t;
-    auto restore = [&](const std::string& name, T* dst, index_t count) {
+    // Copies this rank's part of a whole tensor: `components` blocks of `global` chunks each, of
+    // which this rank holds chunks [first, first + local).
+    auto restore = [&](const std::string& name, T* dst, index_t count, int components, index_t first, index_t local,
+                       index_t global) {
       const auto it = by_name.find(name);
       if (it == by_name.end()) throw checkpoint_error("--resume: checkpoint has no tensor '" + name + "'");
-      if (it->second->element_size != sizeof(T) || it->second->bytes.size() != sizeof(T) * std::size_t(count))
+      const index_t chunk = count / (components * local);
+      const std::size_t whole = sizeof(T) * std::size_t(components * global * chunk);
+      if (it->second->element_size != sizeof(T) || it->second->bytes.size() != whole)
         throw checkpoint_error("--resume: tensor '" + name + "' has the wrong size in the checkpoint");
-      space.copy_from_host(dst, it->second->bytes.data(), it->second->bytes.size());
+      const T* src = reinterpret_cast<const T*>(it->second->bytes.data());
+      for (int c = 0; c < components; ++c)
+        space.copy_from_host(dst + c * local * chunk, src + (c * global + first) * chunk,
+                             sizeof(T) * std::size_t(local * chunk));
     };
-    for (const auto& p : net.parameters()) restore(p.name, p.value, p.size());
-    for (const auto& s : opt_state.state()) restore(s.name, s.data, s.size);
+    for (const auto& p : net.parameters()) {
+      if (p.sharded) restore(p.name, p.value, p.size(), 1, p.first, p.shape[0], p.global_leading);
+      else restore(p.name, p.value, p.size(), 1, 0, 1, 1);
+    }
+    for (const auto& s : opt_state.state()) {
+      if (s.sharded) restore(s.name, s.data, s.size, s.components, s.first, s.leading, s.global_leading);
+      else restore(s.name, s.data, s.size, 1, 0, 1, 1);
+    }
     start_step = std::stoi(ck.header.at("step"));
     opt_state.set_steps_taken(std::stoi(ck.header.at("optimizer_steps")));
   }
 
   // ---- header ----------------------------------------------------------------------------------
   const double floor = data->entropy_floor(opt.eval_batches, opt.batch, opt.seq);
-  std::printf("moe-train: preset %s, %s space%s\n", preset_name(opt.kind), Space::name,
-              start_step ? (", resuming after step " + std::to_string(start_step)).c_str() : "");
-  std::printf("  model    d_model %d, %d layers, %d heads, seq %d, vocab %d", opt.d_model, opt.layers, opt.heads,
-              opt.seq, mc.vocab);
-  if (opt.kind != preset::dense) std::printf(", %d experts in %zu MoE layers", opt.experts, net.moe_layers().size());
-  std::printf("\n  params   %.3fM total, %.3fM active per token;  FLOPs/token %.2fM forward (%.2fM training)\n",
-              cost_info.total_params / 1e6, cost_info.active_params / 1e6, cost_info.flops_per_token / 1e6,
-              3 * cost_info.flops_per_token / 1e6);
-  std::printf("  ffn      ");
-  for (std::size_t l = 0; l < net.layout().size(); ++l) {
-    for (const ffn_spec& f : net.layout()[l].ffns)
-      std::printf("%s%s%d", l || &f != &net.layout()[l].ffns[0] ? " " : "", f.moe ? "moe:" : "dense:", f.d_ff);
-    if (l + 1 < net.layout().size()) std::printf(" |");
+  if (rc.main()) {
+    std::printf("moe-train: preset %s, %s space%s%s\n", preset_name(opt.kind), Space::name,
+                rc.ranks > 1 ? (", " + std::to_string(rc.ranks) + " ranks (in-process; experts split, the rest "
+                                "data-parallel)").c_str() : "",
+                start_step ? (", resuming after step " + std::to_string(start_step)).c_str() : "");
+    std::printf("  model    d_model %d, %d layers, %d heads, seq %d, vocab %d", opt.d_model, opt.layers, opt.heads,
+                opt.seq, mc.vocab);
+    if (opt.kind != preset::dense)
+      std::printf(", %d experts in %zu MoE layers", opt.experts, net.moe_layers().size());
+    std::printf("\n  params   %.3fM total, %.3fM active per token;  FLOPs/token %.2fM forward (%.2fM training)\n",
+                cost_info.total_params / 1e6, cost_info.active_params / 1e6, cost_info.flops_per_token / 1e6,
+                3 * cost_info.flops_per_token / 1e6);
+    std::printf("  ffn      ");
+    for (std::size_t l = 0; l < net.layout().size(); ++l) {
+      for (const ffn_spec& f : net.layout()[l].ffns)
+        std::printf("%s%s%d", l || &f != &net.layout()[l].ffns[0] ? " " : "", f.moe ? "moe:" : "dense:", f.d_ff);
+      if (l + 1 < net.layout().size()) std::printf(" |");
+    }
+    std::printf("\n  data     %s\n", data->describe().c_str());
+    if (std::isfinite(floor))
+      std::printf("  floor    %.4f nats/token (Bayes-optimal loss on the validation set)\n", floor);
+    std::printf("  train    %d steps x %d sequences x %d tokens, %s lr %.3g, warm-up %d, clip %.3g\n", opt.steps,
+                opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
+                opt.optim.warmup, opt.optim.clip);
+    std::fflush(stdout);
   }
-  std::printf("\n  data     %s\n", data->describe().c_str());
-  if (std::isfinite(floor)) std::printf("  floor    %.4f nats/token (Bayes-optimal loss on the validation set)\n", floor);
-  std::printf("  train    %d steps x %d sequences x %d tokens, %s lr %.3g, warm-up %d, clip %.3g\n", opt.steps,
-              opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
-              opt.optim.warmup, opt.optim.clip);
-  std::fflush(stdout);
 
   // ---- logging ---------------------------------------------------------------------------------
   std::FILE* log = nullptr;
-  if (!opt.log.empty()) {
+  if (!opt.log.empty() && rc.main()) {
     if (opt.resume) truncate_log(opt.log, start_step);
     log = std::fopen(opt.log.c_str(), opt.resume ? "a" : "w");
     if (!log) moe::fail("--log", "cannot open '", opt.log, "' for writing");
   }
 
-  // Batch buffers in the space's memory.
-  const index_t N = index_t(opt.batch) * opt.seq;
+  // Batch buffers (this rank's share) in the space's memory.
+  const int B = opt.batch / rc.ranks;
+  const index_t N = index_t(B) * opt.seq, N_global = index_t(opt.batch) * opt.seq;
   moe::buffer<Space> tokens_buf(space, sizeof(int) * std::size_t(4 * N + mc.vocab + 1));
   int* d_inputs = tokens_buf.template as<int>();
   int* d_targets = d_inputs + N;
   int* d_by_token = d_targets + N;
   int* d_offsets = d_by_token + N;
+  batch global, mine;
   auto upload = [&](const batch& b) {
-    space.copy_from_host(d_inputs, b.inputs.data(), sizeof(int) * std::size_t(N));
-    space.copy_from_host(d_targets, b.targets.data(), sizeof(int) * std::size_t(N));
-    space.copy_from_host(d_by_token, b.by_token.data(), sizeof(int) * std::size_t(N));
-    space.copy_from_host(d_offsets, b.token_offsets.data(), sizeof(int) * b.token_offsets.size());
+    take_share(b, rc.rank, rc.ranks, mc.vocab, mine);
+    space.copy_from_host(d_inputs, mine.inputs.data(), sizeof(int) * std::size_t(N));
+    space.copy_from_host(d_targets, mine.targets.data(), sizeof(int) * std::size_t(N));
+    space.copy_from_host(d_by_token, mine.by_token.data(), sizeof(int) * std::size_t(N));
+    space.copy_from_host(d_offsets, mine.token_offsets.data(), sizeof(int) * mine.token_offsets.size());
+  };
+  // The dense gradients of all ranks add up (the router's are summed inside the MoE layers).
+  std::vector<param_view<T>> replicated;
+  for (const auto& p : net.parameters())
+    if (p.name.rfind("moe", 0) != 0) replicated.push_back(p);
+  auto sum_dense_grads = [&]() {
+    for (const auto& p : replicated) rc.sum(p.grad, p.size());
   };
 
   const int D = data->domains(), E = opt.experts;
@@ -185,43 +262,46 @@ int train(const options& opt, const Space& space) {
   auto evaluate = [&]() {
     double total = 0;
     for (auto& m : expert_domain) std::fill(m.begin(), m.end(), 0.0);
-    batch b;
     for (int i = 0; i < opt.eval_batches; ++i) {
-      data->valid_batch(i, opt.batch, opt.seq, b);
-      upload(b);
-      total += net.forward(d_inputs, d_targets, opt.batch, /*training=*/false, 0);
+      data->valid_batch(i, opt.batch, opt.seq, global);
+      upload(global);
+      total += rc.sum(net.forward(d_inputs, d_targets, B, /*training=*/false, 0)) / rc.ranks;
       for (std::size_t l = 0; l < L; ++l) {
         const moe::routing_decisions r = net.moe_layers()[l]->routing();
         for (int t = 0; t < r.tokens; ++t) {
           const int e = r.expert[std::size_t(r.index(t, 0))];
-          expert_domain[l][std::size_t(e * D + b.domain[std::size_t(t / opt.seq)])] += 1;
+          expert_domain[l][std::size_t(e * D + mine.domain[std::size_t(t / opt.seq)])] += 1;
         }
       }
     }
+    for (auto& m : expert_domain) rc.sum(m.data(), index_t(m.size()));
     return total / opt.eval_batches;
   };
 
   // ---- training --------------------------------------------------------------------------------
-  const bool tty = opt.progress && ::isatty(STDOUT_FILENO);
+  const bool tty = opt.progress && rc.main() && ::isatty(STDOUT_FILENO);
   const auto t_begin = std::chrono::steady_clock::now();
   double last_val = NAN, tokens_seen = 0, train_seconds = 0;
-  batch b;
   for (int step = start_step + 1; step <= opt.steps; ++step) {
     if (step == opt.crash_at_step) std::raise(SIGKILL);  // testing: a crash between checkpoints
     const auto t0 = std::chrono::steady_clock::now();
-    data->train_batch(std::uint32_t(step), opt.batch, opt.seq, b);
-    upload(b);
+    data->train_batch(std::uint32_t(step), opt.batch, opt.seq, global);
+    upload(global);
     net.zero_grad();
-    const double loss = net.forward(d_inputs, d_targets, opt.batch, /*training=*/true, std::uint32_t(step));
-    if (!std::isfinite(loss)) throw moe::numeric_error("training loss is " + fmt("%g", loss) + " at step " + std::to_string(step));
-    net.backward(d_by_token, d_offsets, opt.batch);
+    const double local_loss =
+        net.forward(d_inputs, d_targets, B, /*training=*/true, std::uint32_t(step), N_global);
+    const double loss = rc.sum(local_loss) / rc.ranks;
+    if (!std::isfinite(loss))
+      throw moe::numeric_error("training loss is " + fmt("%g", loss) + " at step " + std::to_string(step));
+    net.backward(d_by_token, d_offsets, B);
+    sum_dense_grads();
     const double lr = learning_rate(opt.optim, step);
     const double gnorm = opt_state.step(lr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     train_seconds += seconds;
-    tokens_seen += double(N);
+    tokens_seen += double(N_global);
 
-    // Routing statistics of this step.
+    // Routing statistics of this step (over all ranks).
     double aux = 0, z = 0, dropped = 0, logit_max = 0;
     std::string loads = "[";
     for (std::size_t l = 0; l < L; ++l) {
@@ -247,7 +327,7 @@ int train(const options& opt, const Space& space) {
                          ",\"aux_loss\":" + exact(aux) + ",\"z_loss\":" + exact(z) +
                          ",\"dropped_fraction\":" + exact(dropped) + ",\"expert_load\":" + loads +
                          ",\"router_logit_max\":" + exact(logit_max) + ",\"lr\":" + exact(lr) +
-                         ",\"grad_norm\":" + exact(gnorm) + ",\"tokens_per_s\":" + fmt("%.1f", N / seconds);
+                         ",\"grad_norm\":" + exact(gnorm) + ",\"tokens_per_s\":" + fmt("%.1f", N_global / seconds);
       if (eval_now) {
         line += ",\"val_loss\":" + exact(last_val) + ",\"expert_domain\":[";
         for (std::size_t l = 0; l < L; ++l) {
@@ -266,8 +346,8 @@ int train(const options& opt, const Space& space) {
     }
 
     const double rate = tokens_seen / train_seconds;
-    const double eta = double(opt.steps - step) * double(N) / rate;
-    if (tty || (opt.progress && (eval_now || step == start_step + 1))) {
+    const double eta = double(opt.steps - step) * double(N_global) / rate;
+    if (rc.main() && (tty || (opt.progress && (eval_now || step == start_step + 1)))) {
       std::printf("%sstep %*d/%d | loss %.4f | aux %.4f | val %s | %.0f tok/s | ETA %s%s", tty ? "\r" : "",
                   int(std::to_string(opt.steps).size()), step, opt.steps, loss, aux,
                   std::isfinite(last_val) ? fmt("%.4f", last_val).c_str() : "  -   ", rate,
@@ -276,35 +356,49 @@ int train(const options& opt, const Space& space) {
     }
 
     if (!opt.checkpoint.empty() && (step % opt.checkpoint_every == 0 || step == opt.steps)) {
+      // Whole tensors: the expert slices of every rank are gathered (collective), rank 0 writes.
       checkpoint_data ck;
       ck.header = header;
       ck.header["step"] = std::to_string(step);
       ck.header["optimizer_steps"] = std::to_string(opt_state.steps_taken());
-      auto save = [&](const std::string& name, const T* src, index_t count) {
+      auto save = [&](const std::string& name, const T* src, index_t count, bool sharded, int components) {
+        std::vector<T> local(static_cast<std::size_t>(count));
+        space.copy_to_host(local.data(), src, sizeof(T) * local.size());
         checkpoint_tensor t;
         t.name = name;
         t.element_size = sizeof(T);
-        t.bytes.resize(sizeof(T) * std::size_t(count));
-        space.copy_to_host(t.bytes.data(), src, t.bytes.size());
+        std::vector<T> whole;
+        if (!sharded) {
+          whole = std::move(local);
+        } else {
+          const index_t block = count / components;  // one component of this rank's slice
+          std::vector<std::vector<T>> parts;
+          for (int c = 0; c < components; ++c) parts.push_back(rc.gather(local.data() + c * block, block));
+          for (const auto& part : parts) whole.insert(whole.end(), part.begin(), part.end());
+        }
+        t.bytes.resize(sizeof(T) * whole.size());
+        std::memcpy(t.bytes.data(), whole.data(), t.bytes.size());
         ck.tensors.push_back(std::move(t));
       };
-      for (const auto& p : net.parameters()) save(p.name, p.value, p.size());
-      for (const auto& s : opt_state.state()) save(s.name, s.data, s.size);
-      write_checkpoint(opt.checkpoint, ck, step == opt.crash_in_checkpoint_at_step ? 4096 : -1);
+      for (const auto& p : net.parameters()) save(p.name, p.value, p.size(), p.sharded, 1);
+      for (const auto& s : opt_state.state()) save(s.name, s.data, s.size, s.sharded, s.components);
+      if (rc.main()) write_checkpoint(opt.checkpoint, ck, step == opt.crash_in_checkpoint_at_step ? 4096 : -1);
+      if (rc.comm) rc.comm->barrier();  // no rank runs ahead of a checkpoint being written
     }
   }
   if (tty) std::printf("\n");
   if (log) std::fclose(log);
 
   // ---- summary ---------------------------------------------------------------------------------
+  if (!rc.main()) return 0;
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
   std::printf("\nsummary: preset %s after %d steps\n", preset_name(opt.kind), opt.steps);
   std::printf("  val loss        %.4f nats/token", last_val);
   if (std::isfinite(floor)) std::printf("   (floor %.4f, gap %.4f)", floor, last_val - floor);
-  std::printf("\n  throughput      %.0f tokens/s training (%s wall)\n", train_seconds > 0 ? tokens_seen / train_seconds : 0.0,
-              duration(wall).c_str());
-  std::printf("  params          %.3fM total, %.3fM active;  FLOPs/token %.2fM forward\n", cost_info.total_params / 1e6,
-              cost_info.active_params / 1e6, cost_info.flops_per_token / 1e6);
+  std::printf("\n  throughput      %.0f tokens/s training (%s wall)\n",
+              train_seconds > 0 ? tokens_seen / train_seconds : 0.0, duration(wall).c_str());
+  std::printf("  params          %.3fM total, %.3fM active;  FLOPs/token %.2fM forward\n",
+              cost_info.total_params / 1e6, cost_info.active_params / 1e6, cost_info.flops_per_token / 1e6);
   if (L > 0 && D > 1) {
     // How specialised each expert is: the share of its (first-choice) tokens from its top domain.
     std::printf("  experts by domain (validation, first choices; share of each expert's tokens per domain)\n");
@@ -323,6 +417,42 @@ int train(const options& opt, const Space& space) {
       std::printf("\n");
     }
   }
+  return 0;
+}
+
+// A run of one preset: one rank, or `--ranks` in-process ranks (threads).
+template <class MoePreset, class DenseFFN>
+int train(const options& opt) {
+  using T = float;
+  if (opt.ranks == 1) {
+    const moe::host space = opt.threads > 0 ? moe::host(opt.threads) : moe::host();
+    return run_rank<model<T, moe::host, MoePreset, DenseFFN>>(opt, space, rank_context{});
+  }
+  using parallel_layer = typename MoePreset::template parallel_layer<moe::in_process_communicator>;
+  using model_t = model<T, moe::host, MoePreset, DenseFFN, parallel_layer>;
+  auto world = std::make_shared<moe::in_process_world>(opt.ranks, std::chrono::minutes(10));
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()) / opt.ranks);
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(opt.ranks));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < opt.ranks; ++r)
+    ranks.emplace_back([&, r] {
+      try {
+        moe::in_process_communicator comm(world, r);
+        const moe::host space(threads);
+        rank_context rc{r, opt.ranks, &comm};
+        typename model_t::moe_factory make = [&comm, space](const typename parallel_layer::config& c) {
+          return std::make_unique<parallel_layer>(c, comm, space);
+        };
+        run_rank<model_t>(opt, space, rc, make);
+      } catch (const std::exception& e) {
+        errors[std::size_t(r)] = std::current_exception();
+        // The first abort message is the one every other rank reports: name the cause.
+        world->abort("rank " + std::to_string(r) + " stopped: " + e.what());
+      }
+    });
+  for (auto& t : ranks) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);  // every rank's message names the first failure
   return 0;
 }
 

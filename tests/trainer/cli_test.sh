@@ -37,6 +37,9 @@ expect 2 '--heads: 5 does not divide --d-model 96' --heads 5 --d-model 96
 expect 2 '--experts: 1 is fewer than the 2 experts per token of --preset glam' --preset glam --experts 1
 expect 2 '--group-size: 100 does not divide the 1024 tokens' --group-size 100
 expect 2 '--resume: needs --checkpoint' --resume
+expect 2 '--ranks: 3 does not divide --batch 16' --ranks 3
+expect 2 '--ranks: 16 does not divide --experts 8' --ranks 16 --batch 32
+expect 2 '--group-size: 512 does not divide the 256 tokens of a batch share \(per rank\)' --ranks 4 --group-size 512
 expect 2 '--resume: takes no value' --resume=yes --checkpoint "$tmp/x"
 expect 1 "--data: cannot open '$tmp/missing.txt'" --data "$tmp/missing.txt"
 expect 1 "--data: '$tmp/empty.txt' is empty" --data "$tmp/empty.txt"
