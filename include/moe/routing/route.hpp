@@ -68,8 +68,7 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
     if (jitter) {
       // Factors first, then the products: the generator's loop vectorises on its own.
       float factor[width];
-      for (index_t j = run.first; j < run.end; ++j)
-        factor[j - run.first] = jitter_factor(jitter_rng, eps, base + t, j, d);
+      jitter_factors<width>(jitter_rng, eps, base + t, run.first, run.end, d, factor);
       for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]) * R(factor[j - run.first]);
     } else {
       for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]);
@@ -314,8 +313,7 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
     const index_t t = run.row, i0 = t * d;
     if (jitter) {
       float factor[width];
-      for (index_t j = run.first; j < run.end; ++j)
-        factor[j - run.first] = jitter_factor(jitter_rng, eps, base + t, j, d);
+      jitter_factors<width>(jitter_rng, eps, base + t, run.first, run.end, d, factor);
       for (index_t j = run.first; j < run.end; ++j)
         dx[i0 + j] = convert<T>(dx_acc[i0 + j] + dxr[i0 + j] * R(factor[j - run.first]));
     } else {

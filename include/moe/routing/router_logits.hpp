@@ -55,10 +55,30 @@ struct router_streams {
   }
 };
 
-// Multiplier of router-input element (t, j): U[1−ε, 1+ε].
+// Multiplier of router-input element (t, j): U[1−ε, 1+ε]. Element i = t·d + j takes lane i mod 4 of
+// Philox block i / 4: one generator call serves four elements (jitter draws one number per input
+// element, and the generator dominated its cost when each element had its own call).
+MOE_HOST_DEVICE float jitter_from_word(std::uint32_t word, float epsilon) {
+  return 1.0f - epsilon + 2.0f * epsilon * uniform01(word);
+}
 MOE_HOST_DEVICE float jitter_factor(const rng_stream& s, float epsilon, index_t t, index_t j, index_t d_model) {
-  const float u = uniform(s, std::uint64_t(t * d_model + j));
-  return 1.0f - epsilon + 2.0f * epsilon * u;
+  const auto i = std::uint64_t(t * d_model + j);
+  return jitter_from_word(s.bits(i >> 2).v[i & 3u], epsilon);
+}
+// jitter_factor(s, ε, t, j, d) for j in [first, end), into factor[0 .. end − first); at most
+// MaxColumns columns. The blocks are generated in a loop of their own, which vectorises.
+template <index_t MaxColumns>
+MOE_HOST_DEVICE void jitter_factors(const rng_stream& s, float epsilon, index_t t, index_t first, index_t end,
+                                    index_t d_model, float* factor) {
+  const auto i0 = std::uint64_t(t * d_model + first), i1 = std::uint64_t(t * d_model + end);
+  const std::uint64_t b0 = i0 >> 2, blocks = ((i1 + 3) >> 2) - b0;
+  std::uint32_t words[4 * ((MaxColumns + 6) / 4 + 1)];
+  for (std::uint64_t b = 0; b < blocks; ++b) {
+    const philox4x32 w = s.bits(b0 + b);
+    for (int lane = 0; lane < 4; ++lane) words[4 * b + std::uint64_t(lane)] = w.v[lane];
+  }
+  const std::uint64_t skip = i0 - 4 * b0;
+  for (index_t j = 0; j < end - first; ++j) factor[j] = jitter_from_word(words[skip + std::uint64_t(j)], epsilon);
 }
 
 // Forward of one token: raw logits (and learned-noise pre-activations) to final logits h,
