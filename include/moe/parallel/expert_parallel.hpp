@@ -223,6 +223,9 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     st.stats = w.take<double>(R_ * this->stats_size());
   }
 
+ public:
+  // The steps of forward and backward: not part of the API. They are public only because nvcc
+  // rejects extended (__device__) lambdas inside private or protected member functions.
   void forward_impl(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
     this->check_io(x, y);
     const index_t tokens = x.extent[0];
@@ -437,6 +440,7 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     });
   }
 
+ private:
   // All ranks' statistics buffers → one: losses and per-expert counts summed, means weighted by
   // tokens (equal on every rank), the logit maximum maximised.
   std::vector<double> combine_statistics(const std::vector<double>& all, int n) const {
