@@ -40,6 +40,8 @@ concept execution_space =
       s.histogram(ci, n, i, 1);
       s.reduce_sum(cf, n, f);
       s.reduce_max(cf, n, 0.0f, f);
+      // Raises (host) or records for the next synchronize() (device) the first non-finite element.
+      s.check_finite(cf, n, n, "what", "row", "col");
       { S::radix_sort_scratch_bytes(n) } -> std::convertible_to<std::size_t>;
       s.radix_sort_pairs(ck, k, ci, i, n, 64, p, bytes);
       s.gemm(op::none, op::none, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);

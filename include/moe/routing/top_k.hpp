@@ -112,6 +112,17 @@ struct top_k {
           }
         }
       }
+      // NaN probabilities (non-finite logits) match no comparison and leave best at -1. The host
+      // space has thrown before this point; the CUDA space reports them after the step (device
+      // code cannot throw), so the token takes the lowest free expert to keep every index in range.
+      if (best < 0) {
+        for (int e = E - 1; e >= 0; --e) {
+          bool taken = false;
+          for (int i = 0; i < j; ++i) taken |= expert[i] == e;
+          if (!taken) best = e;
+        }
+        best_p = probs[best];
+      }
       expert[j] = best;
       gate[j] = best_p;
       active[j] = 1;

@@ -1,0 +1,75 @@
+// moe/cuda/tiles.cuh — launch-shape and tile-mapping arithmetic of the CUDA kernels.
+//
+// Plain MOE_HOST_DEVICE arithmetic with no CUDA API in it, so that a host test (compiled by any C++
+// compiler, run where there is no GPU) checks the very functions the kernels use.
+//
+// Grouped GEMM tiles. Rows of group g are [offsets[g], offsets[g+1]) and the offsets live in device
+// memory: the host never learns how many rows a group has, so it cannot enumerate the tiles. Instead
+// every group g owns a fixed range of "virtual" row tiles starting at
+//   first_tile(g) = g + offsets[g] / TM,
+// which is computable from the offsets alone and strictly increasing in g. Group g needs
+// ceil(rows_g / TM) tiles and owns first_tile(g+1) − first_tile(g) = 1 + ⌊off[g+1]/TM⌋ − ⌊off[g]/TM⌋
+// ≥ ceil(rows_g / TM) of them (write off[g] = qa·TM + ra, off[g+1] = qb·TM + rb: rows_g < (qb−qa+1)·TM),
+// so no group runs out; the surplus tiles (at most one per group) find no rows and return. The total,
+// first_tile(groups) = groups + total_rows / TM, is the upper bound the issue asks for; the kernel
+// reads it from the device and loops over it (a persistent grid), so the host needs no copy of the
+// counts and the launch stays capturable in a CUDA graph.
+#pragma once
+
+#include "moe/core/config.hpp"
+
+namespace moe::cuda_detail {
+
+// Threads per block of the element-wise kernels (parallel_for).
+inline constexpr int for_threads = 256;
+// Blocks of a grid-stride loop over n elements: enough for one element per thread, at most
+// `max_blocks` (the loop covers the rest). 0 for n <= 0 (nothing is launched).
+MOE_HOST_DEVICE index_t grid_stride_blocks(index_t n, int threads, index_t max_blocks) {
+  if (n <= 0) return 0;
+  const index_t b = (n + threads - 1) / threads;
+  return b < max_blocks ? b : max_blocks;
+}
+
+// The first virtual row tile of group g (see the top of this file).
+MOE_HOST_DEVICE index_t group_first_tile(const int* offsets, int g, int tile_rows) {
+  return index_t(g) + index_t(offsets[g]) / tile_rows;
+}
+// Virtual row tiles of all groups: groups + total_rows / tile_rows.
+MOE_HOST_DEVICE index_t group_tile_count(const int* offsets, int groups, int tile_rows) {
+  return group_first_tile(offsets, groups, tile_rows);
+}
+
+// Where virtual tile `tile` falls: its group and its first row (row_end = the group's end). A tile
+// past its group's rows has row_begin >= row_end and does nothing.
+struct group_tile {
+  int group;
+  index_t row_begin;
+  index_t row_end;
+};
+// Binary search for the last group whose first tile is <= tile (first_tile is strictly increasing).
+// Requires 0 <= tile < group_tile_count(offsets, groups, tile_rows) and groups >= 1.
+MOE_HOST_DEVICE group_tile find_group_tile(const int* offsets, int groups, int tile_rows, index_t tile) {
+  int lo = 0, hi = groups - 1;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo + 1) / 2;
+    if (group_first_tile(offsets, mid, tile_rows) <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const index_t local = tile - group_first_tile(offsets, lo, tile_rows);
+  return {lo, index_t(offsets[lo]) + local * tile_rows, index_t(offsets[lo + 1])};
+}
+
+// Tiles of `extent` in steps of `tile` (columns of C, the m × n tiles of a weight gradient).
+MOE_HOST_DEVICE index_t tiles_of(index_t extent, index_t tile) { return extent <= 0 ? 0 : (extent + tile - 1) / tile; }
+
+// Blocks in x of a persistent grouped-GEMM grid: about `target_blocks` in all over `col_tiles`
+// columns of tiles, at least one, at most the grid limit.
+MOE_HOST_DEVICE index_t persistent_row_blocks(index_t target_blocks, index_t col_tiles) {
+  index_t b = col_tiles > 0 ? target_blocks / col_tiles : target_blocks;
+  if (b < 1) b = 1;
+  return b < 65535 ? b : 65535;
+}
+
+}  // namespace moe::cuda_detail
