@@ -159,6 +159,7 @@ void register_dispatch_benchmarks();
 void register_expert_benchmarks();
 void register_layer_top1_benchmarks();
 void register_layer_top2_benchmarks();
+void register_expert_parallel_benchmarks();
 
 // Common settings: real time (the work runs on a thread pool and in OpenBLAS threads), milliseconds.
 inline benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {

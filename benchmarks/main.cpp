@@ -4,7 +4,7 @@
 //
 // --smoke registers every family at tiny sizes (d_model 64, d_ff 128, 512 tokens, 8 experts): CI runs
 // it to show that every benchmark runs; its timings mean nothing.
-// Families (see each source file): router/, dispatch/, expert_gemm/, dense/, layer/. docs/benchmarks.md
+// Families (see each source file): router/, dispatch/, expert_gemm/, dense/, layer/, ep/. docs/benchmarks.md
 // says how the numbers in it were taken. The context block records the thread counts and the BLAS.
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   register_expert_benchmarks();
   register_layer_top1_benchmarks();
   register_layer_top2_benchmarks();
+  register_expert_parallel_benchmarks();
 
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
