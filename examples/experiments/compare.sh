@@ -68,6 +68,6 @@ open(f"{out}/results.md", "w").write(table + "\n")
 print(table)
 PY
 /usr/bin/python3 scripts/plot.py --out "$out" --title "moe-train, equal FLOPs per token" \
-  --floor "$(grep -oP 'floor\s+\K[0-9.]+' "$out/dense.txt")" \
+  --floor "$(grep -oP 'floor\s+\K[0-9.]+' "$out/dense.txt" | head -n 1)" \
   "$out/dense.jsonl=dense" "$out/switch.jsonl=switch" "$out/glam.jsonl=glam" "$out/st-moe.jsonl=st-moe"
 echo "wrote $out/results.md, $out/loss.png and $out/expert_load_*.png"
