@@ -90,3 +90,37 @@ TEST_CASE("launch shapes") {
   CHECK(cd::persistent_row_blocks(1 << 30, 1) == 65535);
   CHECK(cd::persistent_row_blocks(528, 0) == 528);
 }
+
+TEST_CASE("stage_panel: every (outer, k) element of a GEMM panel, both storage orders, zero outside") {
+  constexpr int TK = 16, W = 64, threads = 256;
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> value(0.5f, 2.0f);
+  for (const bool k_major : {false, true}) {
+    // An operand with outer extent 70 and depth 21 (neither a multiple of the tile), stored with
+    // leading dimension ld ≥ its contiguous extent.
+    const moe::index_t outer = 70, k = 21, ld = k_major ? 75 : 23;
+    const moe::index_t stored_rows = k_major ? k : outer;
+    std::vector<moe::bfloat16> src(static_cast<std::size_t>(stored_rows * ld));
+    for (auto& v : src) v = moe::bfloat16(value(gen));
+    auto at = [&](moe::index_t i, moe::index_t p) {
+      return float(src[static_cast<std::size_t>(k_major ? p * ld + i : i * ld + p)]);
+    };
+    for (const moe::index_t outer0 : {moe::index_t(0), moe::index_t(64)})
+      for (const moe::index_t p0 : {moe::index_t(0), moe::index_t(16)}) {
+        CAPTURE(k_major);
+        CAPTURE(outer0);
+        CAPTURE(p0);
+        float dst[TK][W + 1];
+        for (auto& row : dst)
+          for (float& v : row) v = -1.0f;  // every element must be written
+        for (int tid = 0; tid < threads; ++tid)
+          cd::stage_panel<TK, W>(dst, src.data(), ld, k_major, outer0, outer, p0, k, tid, threads);
+        for (int p = 0; p < TK; ++p)
+          for (int i = 0; i < W; ++i) {
+            const moe::index_t gi = outer0 + i, gp = p0 + p;
+            const float want = gi < outer && gp < k ? at(gi, gp) : 0.0f;
+            REQUIRE(dst[p][i] == want);
+          }
+      }
+  }
+}

@@ -56,35 +56,8 @@ __device__ void gemm_tile(const tile_job<TA, TB, TC, Acc>& job, index_t row0, in
 
   for (index_t p0 = 0; p0 < job.k; p0 += gemm_tk) {
     // Stage op(A)[row0.., p0..] and op(B)[p0.., col0..]: 1024 elements each, 4 per thread.
-    for (int e = tid; e < gemm_tk * gemm_tm; e += gemm_threads) {
-      // Consecutive threads walk the contiguous dimension of the stored matrix (coalesced).
-      int i, p;
-      if (job.a_trans) {
-        i = e % gemm_tm;
-        p = e / gemm_tm;
-      } else {
-        p = e % gemm_tk;
-        i = e / gemm_tk;
-      }
-      const index_t gi = row0 + i, gp = p0 + p;
-      Acc v = Acc(0);
-      if (gi < job.m && gp < job.k) v = convert<Acc>(job.a_trans ? job.a[gp * job.lda + gi] : job.a[gi * job.lda + gp]);
-      as[p][i] = v;
-    }
-    for (int e = tid; e < gemm_tk * gemm_tn; e += gemm_threads) {
-      int j, p;
-      if (job.b_trans) {
-        p = e % gemm_tk;
-        j = e / gemm_tk;
-      } else {
-        j = e % gemm_tn;
-        p = e / gemm_tn;
-      }
-      const index_t gj = col0 + j, gp = p0 + p;
-      Acc v = Acc(0);
-      if (gj < job.n && gp < job.k) v = convert<Acc>(job.b_trans ? job.b[gj * job.ldb + gp] : job.b[gp * job.ldb + gj]);
-      bs[p][j] = v;
-    }
+    stage_panel<gemm_tk, gemm_tm>(as, job.a, job.lda, job.a_trans, row0, job.m, p0, job.k, tid, gemm_threads);
+    stage_panel<gemm_tk, gemm_tn>(bs, job.b, job.ldb, !job.b_trans, col0, job.n, p0, job.k, tid, gemm_threads);
     __syncthreads();
     for (int p = 0; p < gemm_tk; ++p) {
       Acc av[4], bv[4];

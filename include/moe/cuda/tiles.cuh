@@ -17,6 +17,7 @@
 #pragma once
 
 #include "moe/core/config.hpp"
+#include "moe/core/numeric.hpp"
 
 namespace moe::cuda_detail {
 
@@ -70,6 +71,24 @@ MOE_HOST_DEVICE index_t persistent_row_blocks(index_t target_blocks, index_t col
   index_t b = col_tiles > 0 ? target_blocks / col_tiles : target_blocks;
   if (b < 1) b = 1;
   return b < 65535 ? b : 65535;
+}
+
+// One K-deep panel of a GEMM operand staged for a tile: dst[p][i] = element (outer0 + i, p0 + p) of
+// the operand for p < TK, i < W, widened to Acc, zero outside [0, outer) × [0, k). k_major: the
+// element (i, p) is stored at src[p·ld + i] (op(A) with A transposed, or B not transposed); else at
+// src[i·ld + p]. Thread `tid` of `threads` copies elements tid, tid + threads, …, and consecutive
+// threads walk the stored matrix's contiguous dimension, so the loads coalesce. The grouped GEMM
+// stages both operands with it (grouped_gemm.cuh).
+template <int TK, int W, class T, class Acc>
+MOE_HOST_DEVICE void stage_panel(Acc (*dst)[W + 1], const T* src, index_t ld, bool k_major, index_t outer0,
+                                 index_t outer, index_t p0, index_t k, int tid, int threads) {
+  for (int e = tid; e < TK * W; e += threads) {
+    const int i = k_major ? e % W : e / TK, p = k_major ? e / W : e % TK;
+    const index_t gi = outer0 + i, gp = p0 + p;
+    Acc v = Acc(0);
+    if (gi < outer && gp < k) v = convert<Acc>(k_major ? src[gp * ld + gi] : src[gi * ld + gp]);
+    dst[p][i] = v;
+  }
 }
 
 }  // namespace moe::cuda_detail
