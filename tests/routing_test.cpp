@@ -313,3 +313,28 @@ TEST_CASE("reproducible and independent of the thread count") {
   CHECK(moe_test::run_forward(serial, x, T, {.training = false, .step = 1}) ==
         moe_test::run_forward(serial, x, T, {.training = false, .step = 2}));
 }
+
+TEST_CASE("jitter_factors: one Philox block per four elements gives jitter_factor element by element") {
+  // The layer draws jitter per column run (four elements per generator call); jitter_factor is the
+  // element-wise definition. Runs of any start and length, rows whose start is not 4-aligned.
+  const moe::rng_stream s{17, moe::rng_purpose::router_jitter, 2, 9};
+  constexpr moe::index_t max_columns = 64;
+  for (const moe::index_t d : {moe::index_t(5), moe::index_t(64), moe::index_t(97)})
+    for (const moe::index_t t : {moe::index_t(0), moe::index_t(3), moe::index_t(1001)})
+      for (moe::index_t first = 0; first < d; first += 13) {
+        const moe::index_t end = std::min(d, first + max_columns);
+        float got[max_columns];
+        moe::jitter_factors<max_columns>(s, 0.05f, t, first, end, d, got);
+        for (moe::index_t j = first; j < end; ++j) {
+          CAPTURE(d);
+          CAPTURE(t);
+          CAPTURE(j);
+          const float want = moe::jitter_factor(s, 0.05f, t, j, d);
+          REQUIRE(got[j - first] == want);
+          REQUIRE(want >= 0.95f);
+          REQUIRE(want <= 1.05f);
+        }
+      }
+  // Neighbouring elements take different lanes of a block: not all equal.
+  CHECK(moe::jitter_factor(s, 0.05f, 0, 0, 8) != moe::jitter_factor(s, 0.05f, 0, 1, 8));
+}
