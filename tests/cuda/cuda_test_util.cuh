@@ -146,6 +146,19 @@ struct step_result {
   moe::routing_statistics stats;
 };
 
+// What a device layer (moe::layer or moe::expert_parallel) holds after forward and backward wrote
+// y and dx: outputs, parameters and gradients, routing and statistics, on the host.
+template <class CudaLayer, class T>
+step_result<T> collect_step(CudaLayer& g, const device_vector<T>& y, const device_vector<T>& dx) {
+  step_result<T> r;
+  r.y = y.download();
+  r.dx = dx.download();
+  r.params = snapshot(g, true);
+  r.routing = g.routing();
+  r.stats = g.statistics();
+  return r;
+}
+
 // zero_grad, forward and backward of a device layer with its own workspace (x, dy on the host).
 template <class CudaLayer, class T>
 step_result<T> device_step(CudaLayer& g, const std::vector<T>& x, const std::vector<T>& dy, int tokens,
@@ -156,13 +169,7 @@ step_result<T> device_step(CudaLayer& g, const std::vector<T>& x, const std::vec
   g.zero_grad();
   g.forward(ctx, {xd.p, tokens, d}, {yd.p, tokens, d}, {ws.p, ws.n});
   g.backward({dyd.p, tokens, d}, {dxd.p, tokens, d}, {ws.p, ws.n});
-  step_result<T> r;
-  r.y = yd.download();
-  r.dx = dxd.download();
-  r.params = snapshot(g, true);
-  r.routing = g.routing();
-  r.stats = g.statistics();
-  return r;
+  return collect_step(g, yd, dxd);
 }
 
 template <class HostLayer, class T>
