@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the GPU test and benchmark binaries here (x86-64, nvcc, sm_90) and packs them into DIR
+# (default .gpu) for a GPU machine that lacks doctest and Google Benchmark: then, there,
+#   MOE_GPU_BIN=.gpu/bin scripts/gpu-check.sh OUT
+# The host reference inside the tests uses the portable GEMM (MOE_USE_BLAS=OFF), so nothing but the
+# CUDA libraries (cudart, cuBLAS, NCCL: present on the GPU machine) and libbenchmark is needed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+dir=${1:-.gpu}
+build=build/gpu
+targets=(cuda_primitives_test cuda_layer_test cuda_layer_modes_test cuda_expert_parallel_test moe_bench_cuda)
+cmake --preset cuda -B "$build" -DMOE_USE_BLAS=OFF -DMOE_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
+rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/lib"
+for t in "${targets[@]}"; do
+  f=$(find "$build" -type f -name "$t" -perm -u+x | head -n 1)
+  strip -o "$dir/bin/$t" "$f"
+done
+# Google Benchmark is a shared library on Debian; the GPU image does not have it.
+for lib in $(ldd "$dir/bin/moe_bench_cuda" | awk '/libbenchmark/ {print $3}'); do cp -L "$lib" "$dir/lib/"; done
+mkdir -p .git/info
+grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >>.git/info/exclude
+du -sh "$dir"
