@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -35,6 +36,7 @@ static_assert(!moe::execution_space<not_a_space>);
 namespace {
 
 constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
+constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
 
 // ---- GEMM helpers ------------------------------------------------------------------------------
 
@@ -703,6 +705,68 @@ TEST_CASE("grouped_gemm_tn matches per-group naive loops, empty groups scaled by
   check_grouped_gemm_tn<double, double, double>(h);
   check_grouped_gemm_tn<moe::bfloat16, moe::bfloat16, float>(h);
   check_grouped_gemm_tn<moe::float16, moe::float16, float>(h);
+}
+
+TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give zeros") {
+  const moe::host h(2);
+  for (const auto& [groups, rows, cols] : {std::tuple{1, 1000, 8}, std::tuple{5, 37, 1}, std::tuple{3, 64, 33}}) {
+    CAPTURE(groups);
+    CAPTURE(rows);
+    CAPTURE(cols);
+    const auto v = random_values<float>(std::size_t(groups) * std::size_t(rows) * std::size_t(cols), 61);
+    std::vector<float> out(std::size_t(groups * cols), nan_f);
+    h.group_row_sums(groups, rows, cols,
+                     [&](moe::index_t r, moe::index_t c) { return v[std::size_t(r * cols + c)]; }, out.data());
+    for (int g = 0; g < groups; ++g)
+      for (moe::index_t c = 0; c < cols; ++c) {
+        float want = 0;  // the documented order: rows ascending, in float
+        for (moe::index_t r = 0; r < rows; ++r) want += v[std::size_t((g * rows + r) * cols + c)];
+        REQUIRE(out[std::size_t(g * cols + c)] == want);
+      }
+  }
+  std::vector<double> out(6, nan_d);
+  h.group_row_sums(2, 0, 3, [](moe::index_t, moe::index_t) { return 1.0; }, out.data());
+  for (double x : out) CHECK(x == 0.0);
+}
+
+TEST_CASE("batched_gemm equals one gemm per batch entry (bits) and naive loops, every transposition") {
+  const moe::host h(2);
+  const int batch = 4;
+  const moe::index_t m = 7, n = 9, k = 5;
+  for (moe::op opa : ops)
+    for (moe::op opb : ops) {
+      CAPTURE(int(opa));
+      CAPTURE(int(opb));
+      const moe::index_t lda = (opa == moe::op::none ? k : m) + 1, ldb = (opb == moe::op::none ? n : k) + 2;
+      const moe::index_t ldc = n + 3;
+      const moe::index_t a_stride = (opa == moe::op::none ? m : k) * lda + 3;
+      const moe::index_t b_stride = (opb == moe::op::none ? k : n) * ldb + 1, c_stride = m * ldc + 2;
+      const auto a = random_values<float>(std::size_t(batch * a_stride), 51);
+      const auto b = random_values<float>(std::size_t(batch * b_stride), 52);
+      const auto c0 = random_values<float>(std::size_t(batch * c_stride), 53);
+      std::vector<float> c = c0, ref = c0;
+      h.batched_gemm(opa, opb, batch, m, n, k, 1.5f, a.data(), lda, a_stride, b.data(), ldb, b_stride, 0.5f, c.data(),
+                     ldc, c_stride);
+      for (int i = 0; i < batch; ++i)
+        h.gemm(opa, opb, m, n, k, 1.5f, a.data() + i * a_stride, lda, b.data() + i * b_stride, ldb, 0.5f,
+               ref.data() + i * c_stride, ldc);
+      REQUIRE(c == ref);  // the same calls: the same bits
+      for (int i = 0; i < batch; ++i)
+        for (moe::index_t r = 0; r < m; ++r)
+          for (moe::index_t j = 0; j < n; ++j) {
+            double s = 0, sa = 0;
+            for (moe::index_t p = 0; p < k; ++p) {
+              const double av = a[std::size_t(i * a_stride + (opa == moe::op::none ? r * lda + p : p * lda + r))];
+              const double bv = b[std::size_t(i * b_stride + (opb == moe::op::none ? p * ldb + j : j * ldb + p))];
+              s += av * bv;
+              sa += std::fabs(av * bv);
+            }
+            const std::size_t at = std::size_t(i * c_stride + r * ldc + j);
+            const double want = 1.5 * s + 0.5 * double(c0[at]);
+            INFO("entry " << i << " C(" << r << ", " << j << ")");
+            REQUIRE(std::fabs(double(c[at]) - want) <= 1e-5 * (1.5 * sa + 0.5 * std::fabs(double(c0[at]))) + 1e-30);
+          }
+    }
 }
 
 // ---- workspace -----------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 // grouped GEMMs whose offsets stay on the device (including empty groups).
 #include <algorithm>
 #include <limits>
+#include <numeric>
 #include <random>
+#include <tuple>
 
 #include "cuda_test_util.cuh"
 
@@ -119,6 +121,152 @@ TEST_CASE("reductions: sum within rounding, max exact, NaN skipped, n = 0") {
   CHECK(out.download()[0] == a);
 }
 
+TEST_CASE("group_row_sums matches the host: one or many chunks, narrow and wide columns, empty groups") {
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  const moe::host host(1);
+  for (const auto& [groups, rows, cols] : {std::tuple{1, 32768, 8}, std::tuple{4, 1000, 1}, std::tuple{3, 4097, 33},
+                                          std::tuple{7, 5, 256}, std::tuple{2, 0, 3}}) {
+    const std::size_t n = std::size_t(groups) * std::size_t(rows) * std::size_t(cols);
+    const auto v = moe_test::random_vector<float>(std::max<std::size_t>(n, 1), 9);
+    device_vector<float> dv(v), dout(std::vector<float>(std::size_t(groups * cols), -7.0f));
+    std::vector<float> ref(std::size_t(groups * cols), -7.0f);
+    const moe::index_t c_ = cols;
+    const float* hv = v.data();
+    host.group_row_sums(groups, rows, cols, [=](moe::index_t r, moe::index_t c) { return hv[r * c_ + c]; }, ref.data());
+    const float* p = dv.p;
+    const auto f = [=] MOE_LAMBDA(moe::index_t r, moe::index_t c) -> float { return p[r * c_ + c]; };
+    space.group_row_sums(groups, rows, cols, f, dout.p);
+    INFO("group_row_sums groups=", groups, " rows=", rows, " cols=", cols);
+    const std::vector<float> got = dout.download();
+    // Float sums of up to 32768 terms in two orders: 1e-4 (the reduce_sum test uses the same bound).
+    check_close(widened(got), widened(ref), 1e-4, "group_row_sums");
+    space.group_row_sums(groups, rows, cols, f, dout.p);  // the same call twice: the same bits
+    CHECK(dout.download() == got);
+  }
+}
+
+namespace {
+
+// The dispatchers' row kernels (rows.cuh) against plain loops, at a width that takes 16-byte pieces
+// and at widths or offsets that do not.
+template <class T>
+void row_kernels_case(moe::index_t d, moe::index_t base_offset, double rtol) {
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  using R = moe::acc_t<T>;
+  const int tokens = 37, K = 2, pairs = tokens * K, rows = 90;
+  std::mt19937 gen(unsigned(d * 31 + base_offset));
+  // Rows: expert of row r (-1 for the tail), its pair or -1 (an empty padded slot).
+  std::vector<int> row_expert(rows), row_pair(rows, -1), row_token(rows, -1), pair_row(pairs, -1);
+  std::vector<int> order(pairs);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), gen);
+  int used = 0;
+  for (int r = 0; r < rows; ++r) {
+    row_expert[r] = r < 80 ? r / 10 : -1;
+    if (r < 80 && r % 7 != 3 && used < pairs - 5) {  // some empty slots, some dropped pairs
+      const int p = order[std::size_t(used++)];
+      row_pair[r] = p;
+      row_token[r] = p / K;
+      pair_row[p] = r;
+    }
+  }
+  std::vector<int> offsets(tokens + 1, 0), token_pairs;
+  for (int t = 0; t < tokens; ++t) {
+    for (int j = 0; j < K; ++j)
+      if (pair_row[t * K + j] >= 0) token_pairs.push_back(t * K + j);
+    offsets[t + 1] = int(token_pairs.size());
+  }
+  token_pairs.resize(std::max<std::size_t>(token_pairs.size(), 1));
+  const auto x = moe_test::random_vector<T>(std::size_t(base_offset + tokens * d), 21);
+  const auto xr = moe_test::random_vector<T>(std::size_t(base_offset + rows * d), 22);
+  const auto gate = moe_test::random_vector<R>(std::size_t(pairs), 23);
+  const T* hx = x.data() + base_offset;
+  const T* hr = xr.data() + base_offset;
+
+  device_vector<int> d_expert(row_expert), d_pair(row_pair), d_token(row_token), d_pair_row(pair_row),
+      d_offsets(offsets), d_pairs(token_pairs);
+  device_vector<T> dx(x), drows(xr), dxp(std::vector<T>(std::size_t(base_offset + rows * d), T(5.0f))),
+      dy(std::vector<T>(std::size_t(base_offset + tokens * d), T(5.0f)));
+  device_vector<R> dgate(gate), dacc(std::vector<R>(std::size_t(tokens * d), R(5))), ddots(std::vector<R>(pairs, R(5)));
+
+  // gather, plain and gate-scaled
+  for (const bool scaled : {false, true}) {
+    space.gather_rows(moe::index_t(rows), d, d_token.p, d_expert.p, d_pair.p, scaled ? dgate.p : nullptr,
+                      dx.p + base_offset, dxp.p + base_offset);
+    const std::vector<T> got = dxp.download();
+    std::vector<double> g, want;
+    for (int r = 0; r < rows; ++r)
+      for (moe::index_t j = 0; j < d; ++j) {
+        const double v = double(moe::widen(got[std::size_t(base_offset + r * d + j)]));
+        double w = 5.0;  // rows of no expert: untouched
+        if (row_expert[r] >= 0)
+          w = row_token[r] < 0 ? 0.0
+                               : double(moe::widen(moe::convert<T>(
+                                     (scaled ? gate[std::size_t(row_pair[r])] : R(1)) *
+                                     R(moe::widen(hx[std::size_t(row_token[r]) * std::size_t(d) + std::size_t(j)])))));
+        g.push_back(v);
+        want.push_back(w);
+      }
+    INFO("gather_rows ", moe::type_name<T>(), " d=", d, " offset=", base_offset, " scaled=", scaled);
+    check_close(g, want, 1e-6, "gather_rows");
+  }
+  // combine into T (gate-weighted) and into R (unweighted: the permute backward)
+  space.combine_rows(moe::index_t(tokens), d, d_offsets.p, d_pairs.p, d_pair_row.p, dgate.p, drows.p + base_offset,
+                     dy.p + base_offset);
+  space.combine_rows(moe::index_t(tokens), d, d_offsets.p, d_pairs.p, d_pair_row.p, static_cast<const R*>(nullptr),
+                     drows.p + base_offset, dacc.p);
+  const std::vector<T> y = dy.download();
+  const std::vector<R> acc = dacc.download();
+  std::vector<double> gy, wy, ga, wa;
+  for (int t = 0; t < tokens; ++t)
+    for (moe::index_t j = 0; j < d; ++j) {
+      double sy = 0, sa = 0;
+      for (int q = offsets[t]; q < offsets[t + 1]; ++q) {
+        const int p = token_pairs[std::size_t(q)];
+        const double v = double(moe::widen(hr[std::size_t(pair_row[p]) * std::size_t(d) + std::size_t(j)]));
+        sy += double(gate[std::size_t(p)]) * v;
+        sa += v;
+      }
+      gy.push_back(double(moe::widen(y[std::size_t(base_offset + t * d + j)])));
+      wy.push_back(sy);
+      ga.push_back(double(acc[std::size_t(t * d + j)]));
+      wa.push_back(sa);
+    }
+  INFO("combine_rows ", moe::type_name<T>(), " d=", d, " offset=", base_offset);
+  check_close(gy, wy, rtol, "combine_rows (gated, stored as T)");
+  check_close(ga, wa, 1e-5, "combine_rows (unweighted, accumulator type)");
+  // gate-gradient dot products; dropped pairs get 0
+  space.pair_row_dots(moe::index_t(pairs), K, d, d_pair_row.p, dx.p + base_offset, drows.p + base_offset, ddots.p);
+  const std::vector<R> dots = ddots.download();
+  std::vector<double> gd, wd;
+  for (int p = 0; p < pairs; ++p) {
+    double s = 0;
+    if (pair_row[p] >= 0)
+      for (moe::index_t j = 0; j < d; ++j)
+        s += double(moe::widen(hx[std::size_t(p / K) * std::size_t(d) + std::size_t(j)])) *
+             double(moe::widen(hr[std::size_t(pair_row[p]) * std::size_t(d) + std::size_t(j)]));
+    gd.push_back(double(dots[std::size_t(p)]));
+    wd.push_back(s);
+  }
+  check_close(gd, wd, 1e-5, "pair_row_dots");
+  for (int p = 0; p < pairs; ++p)
+    if (pair_row[p] < 0) CHECK(dots[std::size_t(p)] == R(0));
+}
+
+}  // namespace
+
+TEST_CASE("row kernels (gather, combine, gate dots) match plain loops, 16-byte pieces or not") {
+  row_kernels_case<float>(64, 0, 1e-5);
+  row_kernels_case<float>(13, 0, 1e-5);       // width not a multiple of 4: one element per piece
+  row_kernels_case<float>(64, 1, 1e-5);       // misaligned base: one element per piece
+  row_kernels_case<moe::bfloat16>(136, 0, 1e-2);
+  row_kernels_case<moe::bfloat16>(136, 3, 1e-2);
+  row_kernels_case<moe::float16>(72, 0, 1e-3);
+  row_kernels_case<double>(30, 0, 1e-12);
+}
+
 TEST_CASE("radix_sort_pairs is stable and matches the host") {
   stream_holder stream;
   const moe::cuda space(stream.s);
@@ -220,6 +368,31 @@ void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, doubl
   check_close(widened(dcg.download()), widened(cg), rtol, "grouped_gemm_tn");
 }
 
+template <class TA, class TB, class TC>
+void batched_case(moe::op opa, moe::op opb, int batch, moe::index_t m, moe::index_t n, moe::index_t k, double rtol,
+                  double beta) {
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  const moe::host host(1);
+  const moe::index_t lda = (opa == moe::op::none ? k : m) + 1, ldb = (opb == moe::op::none ? n : k) + 2, ldc = n + 3;
+  const moe::index_t a_stride = (opa == moe::op::none ? m : k) * lda + 3;
+  const moe::index_t b_stride = (opb == moe::op::none ? k : n) * ldb + 1, c_stride = m * ldc + 2;
+  const auto a = moe_test::random_vector<TA>(std::size_t(batch * a_stride), 11);
+  const auto b = moe_test::random_vector<TB>(std::size_t(batch * b_stride), 12);
+  auto c = moe_test::random_vector<TC>(std::size_t(batch * c_stride), 13);
+  device_vector<TA> da(a);
+  device_vector<TB> db(b);
+  device_vector<TC> dc(c);
+  using Acc = moe::acc_t<TC>;
+  host.batched_gemm(opa, opb, batch, m, n, k, Acc(0.75), a.data(), lda, a_stride, b.data(), ldb, b_stride, Acc(beta),
+                    c.data(), ldc, c_stride);
+  space.batched_gemm(opa, opb, batch, m, n, k, Acc(0.75), da.p, lda, a_stride, db.p, ldb, b_stride, Acc(beta), dc.p,
+                     ldc, c_stride);
+  INFO("batched_gemm ", moe::type_name<TA>(), "·", moe::type_name<TB>(), "→", moe::type_name<TC>(), " opa=", int(opa),
+       " opb=", int(opb), " batch=", batch, " m=", m, " n=", n, " k=", k, " beta=", beta);
+  check_close(widened(dc.download()), widened(c), rtol, "batched_gemm");
+}
+
 }  // namespace
 
 TEST_CASE("gemm matches the host (cuBLAS and the tiled fallback)") {
@@ -236,6 +409,17 @@ TEST_CASE("gemm matches the host (cuBLAS and the tiled fallback)") {
       gemm_case<float, moe::bfloat16, float>(opa, opb, 70, 65, 33, 1e-5, 1.0);
     }
   gemm_case<float, float, float>(op::none, op::none, 8, 8, 0, 1e-5, 0.5);  // k = 0: C = beta · C
+}
+
+TEST_CASE("batched_gemm matches the host (cuBLAS strided-batched and the per-entry fallback)") {
+  using moe::op;
+  for (op opa : {op::none, op::transpose})
+    for (op opb : {op::none, op::transpose}) {
+      batched_case<float, float, float>(opa, opb, 5, 37, 45, 66, 1e-5, 0.5);
+      batched_case<moe::bfloat16, moe::bfloat16, moe::bfloat16>(opa, opb, 3, 40, 72, 96, 2e-2, 0.0);
+      batched_case<moe::bfloat16, moe::bfloat16, float>(opa, opb, 3, 40, 72, 96, 1e-5, 1.0);
+      batched_case<float, moe::bfloat16, float>(opa, opb, 2, 30, 20, 33, 1e-5, 1.0);  // fallback: mixed inputs
+    }
 }
 
 TEST_CASE("grouped GEMMs read the device offsets, including empty groups") {

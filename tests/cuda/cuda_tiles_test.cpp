@@ -2,7 +2,11 @@
 // the host: no GPU and no CUDA toolkit needed, so this runs in CI on every build with CUDA targets.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <random>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <moe/cuda/tiles.cuh>
@@ -89,6 +93,82 @@ TEST_CASE("launch shapes") {
   CHECK(cd::persistent_row_blocks(528, 1000) == 1);
   CHECK(cd::persistent_row_blocks(1 << 30, 1) == 65535);
   CHECK(cd::persistent_row_blocks(528, 0) == 528);
+}
+
+TEST_CASE("group_row_sums layout: every (group, row, column) falls in exactly one block and lane") {
+  for (const auto& [groups, rows, cols] : {std::tuple{1, 32768, 8}, std::tuple{3, 1000, 1}, std::tuple{2, 4097, 33},
+                                          std::tuple{7, 5, 256}, std::tuple{1, 1, 3}}) {
+    CAPTURE(groups);
+    CAPTURE(rows);
+    CAPTURE(cols);
+    const cd::group_sum_shape sh = cd::group_sum_layout(groups, rows, cols);
+    CHECK(sh.lanes >= 1);
+    CHECK(sh.lanes <= 32);
+    CHECK((sh.lanes & (sh.lanes - 1)) == 0);
+    CHECK(sh.lanes * sh.row_lanes == cd::group_sum_threads);
+    CHECK((sh.row_lanes & (sh.row_lanes - 1)) == 0);  // the block's tree halves it down to 1
+    CHECK(sh.blocks == groups * sh.chunks * sh.col_tiles);
+    // Walk the kernel's index arithmetic on the host.
+    std::vector<int> seen(std::size_t(groups) * std::size_t(rows) * std::size_t(cols), 0);
+    for (moe::index_t b = 0; b < sh.blocks; ++b) {
+      const moe::index_t tile = b % sh.col_tiles, rest = b / sh.col_tiles;
+      const moe::index_t chunk = rest % sh.chunks, g = rest / sh.chunks;
+      for (int t = 0; t < cd::group_sum_threads; ++t) {
+        const int lane = t % sh.lanes, row_lane = t / sh.lanes;
+        const moe::index_t c = tile * sh.lanes + lane;
+        const moe::index_t r0 = chunk * sh.chunk_rows, r1 = std::min<moe::index_t>(rows, r0 + sh.chunk_rows);
+        if (c >= cols) continue;
+        for (moe::index_t r = r0 + row_lane; r < r1; r += sh.row_lanes) ++seen[std::size_t((g * rows + r) * cols + c)];
+      }
+    }
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+  }
+  CHECK(cd::group_sum_layout(4, 0, 8).blocks == 0);
+  CHECK(cd::group_sum_layout(0, 100, 8).blocks == 0);
+}
+
+TEST_CASE("row pieces: 16 bytes of each element type, used only when the width and every base allow") {
+  CHECK(cd::row_piece_elements<double> == 2);
+  CHECK(cd::row_piece_elements<float> == 4);
+  CHECK(cd::row_piece_elements<std::uint16_t> == 8);  // bf16 and fp16 are two bytes
+  alignas(64) static float f[64];
+  alignas(64) static std::uint16_t h[64];
+  CHECK(cd::pieces_fit<8>(64, h, h + 8));
+  CHECK_FALSE(cd::pieces_fit<8>(60, h));      // width not a multiple of the piece
+  CHECK_FALSE(cd::pieces_fit<8>(64, h + 1));  // a base off by one element
+  CHECK(cd::pieces_fit<8>(64, h, f));         // a float output of bf16 rows: 32-byte pieces...
+  CHECK_FALSE(cd::pieces_fit<8>(64, h, f + 4));  // ...so 16-byte alignment is not enough for it
+  CHECK(cd::pieces_fit<1>(13, h + 3, f + 1));
+}
+
+TEST_CASE("stage_tile: the tensor-core operand tiles, both storage orders, edge tiles zero-filled") {
+  constexpr int R = 32, C = 16, LD = C + 8;
+  const moe::index_t rows = 45, cols = 21, ld = 50;
+  std::vector<float> src(std::size_t(ld * ld));
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = float(i) + 0.5f;  // distinct, never zero
+  for (const bool transposed : {false, true})
+    for (const auto& [r0, c0] : {std::pair<moe::index_t, moe::index_t>{0, 0}, {32, 16}, {32, 0}}) {
+      CAPTURE(transposed);
+      CAPTURE(r0);
+      CAPTURE(c0);
+      float dst[R][LD];
+      for (auto& row : dst)
+        for (float& v : row) v = -1.0f;
+      for (int tid = 0; tid < 64; ++tid)  // every thread of a 64-thread block, one after another
+        cd::stage_tile<R, C, LD>(dst, src.data(), ld, transposed, r0, rows, c0, cols, 0.0f,
+                                 [](float v) { return 2.0f * v; }, tid, 64);
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < LD; ++c) {
+          if (c >= C) {  // padding untouched
+            REQUIRE(dst[r][c] == -1.0f);
+            continue;
+          }
+          const moe::index_t gr = r0 + r, gc = c0 + c;
+          const float want = gr < rows && gc < cols ? 2.0f * src[std::size_t(transposed ? gc * ld + gr : gr * ld + gc)]
+                                                    : 0.0f;
+          REQUIRE(dst[r][c] == want);
+        }
+    }
 }
 
 TEST_CASE("stage_panel: every (outer, k) element of a GEMM panel, both storage orders, zero outside") {

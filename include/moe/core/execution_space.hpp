@@ -18,6 +18,9 @@ namespace detail {
 struct index_functor_archetype {
   MOE_HOST_DEVICE void operator()(index_t) const {}
 };
+struct element_functor_archetype {
+  MOE_HOST_DEVICE float operator()(index_t, index_t) const { return 0.0f; }
+};
 }  // namespace detail
 
 template <class S>
@@ -35,6 +38,7 @@ concept execution_space =
       s.fill_zero(p, bytes);
       s.synchronize();
       s.parallel_for(n, detail::index_functor_archetype{});
+      s.group_row_sums(1, n, n, detail::element_functor_archetype{}, f);
       s.exclusive_scan(ci, i, n);
       s.offsets_from_counts(ci, i, n);
       s.histogram(ci, n, i, 1);
@@ -45,6 +49,7 @@ concept execution_space =
       { S::radix_sort_scratch_bytes(n) } -> std::convertible_to<std::size_t>;
       s.radix_sort_pairs(ck, k, ci, i, n, 64, p, bytes);
       s.gemm(op::none, op::none, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);
+      s.batched_gemm(op::none, op::none, 1, n, n, n, 1.0f, cf, n, n, cf, n, n, 0.0f, f, n, n);
       s.grouped_gemm(op::none, 1, ci, n, n, 1.0f, cf, n, cf, n, n, 0.0f, f, n);
       s.grouped_gemm_tn(1, ci, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n, n);
     };

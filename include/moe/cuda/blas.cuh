@@ -49,4 +49,20 @@ void blas_gemm(cublasHandle_t handle, op opa, op opb, index_t m, index_t n, inde
              "cublasGemmEx");
 }
 
+// Strided-batched form (the padded dispatcher's experts): the same transposition as blas_gemm, one
+// call for every batch entry. Strides are in elements.
+template <class TA, class TB, class TC>
+void blas_gemm_strided_batched(cublasHandle_t handle, op opa, op opb, int batch, index_t m, index_t n, index_t k,
+                               acc_t<TC> alpha, const TA* a, index_t lda, index_t a_stride, const TB* b, index_t ldb,
+                               index_t b_stride, acc_t<TC> beta, TC* c, index_t ldc, index_t c_stride) {
+  static_assert(blas_supported<TA, TB, TC>);
+  constexpr bool dbl = std::is_same_v<TC, double>;
+  check_blas(cublasGemmStridedBatchedEx(handle, blas_op(opb), blas_op(opa), int(n), int(m), int(k), &alpha, b,
+                                        blas_type<TB>(), int(ldb), static_cast<long long>(b_stride), a,
+                                        blas_type<TA>(), int(lda), static_cast<long long>(a_stride), &beta, c,
+                                        blas_type<TC>(), int(ldc), static_cast<long long>(c_stride), batch,
+                                        dbl ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmStridedBatchedEx");
+}
+
 }  // namespace moe::cuda_detail

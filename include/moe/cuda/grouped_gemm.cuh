@@ -7,13 +7,22 @@
 // tiles.cuh for the mapping of blocks to (group, row tile)), so forward and backward stay
 // asynchronous and capturable.
 //
-// One TM × TN tile of C per block iteration, TK-deep panels of op(A) and op(B) staged in shared
-// memory and widened to the accumulation type (float for float/bf16/fp16, double for double). Each
-// output element is owned by one thread and summed in ascending k: deterministic, no atomics.
-// Also serves as the dense fallback for type combinations cuBLAS does not take.
+// Two tile engines, both deterministic (no atomics; every output element is summed in a fixed
+// order by one owner):
+//   - bf16/fp16 operands with float accumulation: tensor cores through WMMA (16×16×16 bf16/fp16
+//     MMAs, float accumulators), 128 × 128 tiles of C, 32-deep panels staged in shared memory in
+//     the operand type; each of the 8 warps owns a 64 × 32 block of the tile.
+//   - everything else (float, double, mixed inputs): a 64 × 64 SIMT tile, TK-deep panels widened to
+//     the accumulation type, each output element owned by one thread and summed in ascending k.
+//     Also the dense fallback for type combinations cuBLAS does not take.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
+
+#include <type_traits>
 
 #include "moe/core/config.hpp"
 #include "moe/core/numeric.hpp"
@@ -79,6 +88,132 @@ __device__ void gemm_tile(const tile_job<TA, TB, TC, Acc>& job, index_t row0, in
       *cp = convert<TC>(job.alpha * acc[i][j] + prior);
     }
   }
+}
+
+// ---- tensor cores (WMMA) ------------------------------------------------------------------------
+inline constexpr int tc_tm = 128, tc_tn = 128, tc_tk = 32;
+inline constexpr int tc_threads = 256;  // 8 warps: 2 (rows) × 4 (columns), 64 × 32 of C each
+inline constexpr int tc_pad = 8;        // row padding of the panels: 16 bytes, keeps ldm a multiple of 8
+
+// The CUDA type the WMMA fragments take for a 16-bit storage type (same bits).
+template <class T>
+struct wmma_operand;
+template <>
+struct wmma_operand<bfloat16> {
+  using type = __nv_bfloat16;
+  __device__ static type from(bfloat16 v) { return __ushort_as_bfloat16(v.bits); }
+};
+template <>
+struct wmma_operand<float16> {
+  using type = __half;
+  __device__ static type from(float16 v) { return __ushort_as_half(v.bits); }
+};
+
+// Whether a grouped GEMM takes the tensor-core tile: both operands of one 16-bit type, float sums.
+template <class TA, class TB, class Acc>
+inline constexpr bool tensor_core_operands = std::is_same_v<TA, TB> && is_half_v<TA> && std::is_same_v<Acc, float>;
+
+// Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with
+// tensor cores. All threads of the block must call it (it synchronises the block).
+template <class T, class TC>
+__device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // No bf16 WMMA before sm_80: the SIMT tile, four times.
+  for (int dr = 0; dr < tc_tm; dr += gemm_tm)
+    for (int dc = 0; dc < tc_tn; dc += gemm_tn) gemm_tile(job, row0 + dr, col0 + dc);
+#else
+  namespace wmma = nvcuda::wmma;
+  using W = typename wmma_operand<T>::type;
+  __shared__ __align__(32) W as[tc_tm][tc_tk + tc_pad];  // op(A)[row0 + i, p0 + p] at as[i][p]
+  __shared__ __align__(32) W bs[tc_tk][tc_tn + tc_pad];  // op(B)[p0 + p, col0 + j] at bs[p][j]
+  __shared__ __align__(32) float cs[tc_threads / 32][16][16 + 4];  // one accumulator tile per warp
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 4, wn = warp % 4;  // the warp's 64 × 32 block: rows wm·64, columns wn·32
+  const W zero = wmma_operand<T>::from(T(0.0f));
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+  // Fragments are indexed with compile-time constants only (unrolled loops), or they go to local memory.
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (index_t p0 = 0; p0 < job.k; p0 += tc_tk) {
+    const auto to_operand = [](T v) { return wmma_operand<T>::from(v); };
+    stage_tile<tc_tm, tc_tk, tc_tk + tc_pad>(as, job.a, job.lda, job.a_trans, row0, job.m, p0, job.k, zero, to_operand,
+                                             tid, tc_threads);
+    stage_tile<tc_tk, tc_tn, tc_tn + tc_pad>(bs, job.b, job.ldb, job.b_trans, p0, job.k, col0, job.n, zero,
+                                             to_operand, tid, tc_threads);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < tc_tk; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> af[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> bf[2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(af[i], &as[wm * 64 + i * 16][kk], tc_tk + tc_pad);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], &bs[kk][wn * 32 + j * 16], tc_tn + tc_pad);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  // Epilogue, one 16 × 16 accumulator at a time through the warp's shared tile: alpha, beta, the
+  // bounds and the conversion to TC.
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(&cs[warp][0][0], acc[i][j], 16 + 4, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int r = e / 16, c = e % 16;
+        const index_t gi = row0 + wm * 64 + i * 16 + r, gj = col0 + wn * 32 + j * 16 + c;
+        if (gi >= job.m || gj >= job.n) continue;
+        TC* cp = job.c + gi * job.ldc + gj;
+        const float prior = job.beta == 0.0f ? 0.0f : job.beta * convert<float>(*cp);
+        *cp = convert<TC>(job.alpha * cs[warp][r][c] + prior);
+      }
+      __syncwarp();
+    }
+#endif
+}
+
+// The grouped kernels below, with the tensor-core tile.
+template <class T, class TC>
+__global__ void __launch_bounds__(tc_threads)
+    grouped_gemm_tc_kernel(tile_job<T, T, TC, float> job, int groups, const int* offsets, index_t b_stride) {
+  const index_t virtual_tiles = group_tile_count(offsets, groups, tc_tm);
+  const index_t col_tiles = tiles_of(job.n, tc_tn);
+  for (index_t ct = blockIdx.y; ct < col_tiles; ct += gridDim.y)
+    for (index_t vt = blockIdx.x; vt < virtual_tiles; vt += gridDim.x) {
+      const group_tile t = find_group_tile(offsets, groups, tc_tm, vt);
+      if (t.row_begin >= t.row_end) continue;  // uniform over the block
+      tile_job<T, T, TC, float> g = job;
+      g.a = job.a + t.row_begin * job.lda;
+      g.b = job.b + index_t(t.group) * b_stride;
+      g.c = job.c + t.row_begin * job.ldc;
+      g.m = t.row_end - t.row_begin;
+      gemm_tile_tc(g, 0, ct * tc_tn);
+    }
+}
+
+template <class T, class TC>
+__global__ void __launch_bounds__(tc_threads)
+    grouped_gemm_tn_tc_kernel(tile_job<T, T, TC, float> job, int groups, const int* offsets, index_t c_stride) {
+  const index_t row_tiles = tiles_of(job.m, tc_tm), col_tiles = tiles_of(job.n, tc_tn);
+  for (index_t g = blockIdx.y; g < groups; g += gridDim.y)
+    for (index_t t = blockIdx.x; t < row_tiles * col_tiles; t += gridDim.x) {
+      const index_t r0 = offsets[g];
+      tile_job<T, T, TC, float> q = job;
+      q.a = job.a + r0 * job.lda;
+      q.b = job.b + r0 * job.ldb;
+      q.c = job.c + g * c_stride;
+      q.k = index_t(offsets[g + 1]) - r0;
+      gemm_tile_tc(q, (t / col_tiles) * tc_tm, (t % col_tiles) * tc_tn);
+    }
 }
 
 // Dense: tiles (blockIdx.x: rows, blockIdx.y: columns), grid-stride in both.
@@ -148,20 +283,34 @@ template <class TA, class TB, class TC, class Acc>
 void launch_grouped_gemm(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& job, int groups, const int* offsets,
                          index_t b_stride, index_t target_blocks) {
   if (groups <= 0 || job.n <= 0) return;
-  const index_t col_tiles = tiles_of(job.n, gemm_tn);
-  const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
-  grouped_gemm_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, b_stride);
-  check_launch("grouped_gemm_kernel", "(groups=", groups, " n=", job.n, " k=", job.k, ")");
+  if constexpr (tensor_core_operands<TA, TB, Acc>) {
+    const index_t col_tiles = tiles_of(job.n, tc_tn);
+    const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
+    grouped_gemm_tc_kernel<<<grid, tc_threads, 0, stream>>>(job, groups, offsets, b_stride);
+    check_launch("grouped_gemm_tc_kernel", "(groups=", groups, " n=", job.n, " k=", job.k, ")");
+  } else {
+    const index_t col_tiles = tiles_of(job.n, gemm_tn);
+    const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
+    grouped_gemm_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, b_stride);
+    check_launch("grouped_gemm_kernel", "(groups=", groups, " n=", job.n, " k=", job.k, ")");
+  }
 }
 
 template <class TA, class TB, class TC, class Acc>
 void launch_grouped_gemm_tn(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& job, int groups,
                             const int* offsets, index_t c_stride) {
   if (groups <= 0 || job.m <= 0 || job.n <= 0) return;
-  const index_t tiles = tiles_of(job.m, gemm_tm) * tiles_of(job.n, gemm_tn);
-  const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
-  grouped_gemm_tn_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, c_stride);
-  check_launch("grouped_gemm_tn_kernel", "(groups=", groups, " m=", job.m, " n=", job.n, ")");
+  if constexpr (tensor_core_operands<TA, TB, Acc>) {
+    const index_t tiles = tiles_of(job.m, tc_tm) * tiles_of(job.n, tc_tn);
+    const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
+    grouped_gemm_tn_tc_kernel<<<grid, tc_threads, 0, stream>>>(job, groups, offsets, c_stride);
+    check_launch("grouped_gemm_tn_tc_kernel", "(groups=", groups, " m=", job.m, " n=", job.n, ")");
+  } else {
+    const index_t tiles = tiles_of(job.m, gemm_tm) * tiles_of(job.n, gemm_tn);
+    const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
+    grouped_gemm_tn_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, c_stride);
+    check_launch("grouped_gemm_tn_kernel", "(groups=", groups, " m=", job.m, " n=", job.n, ")");
+  }
 }
 
 }  // namespace moe::cuda_detail

@@ -49,6 +49,8 @@
 #include "moe/cuda/error.cuh"
 #include "moe/cuda/grouped_gemm.cuh"
 #include "moe/cuda/nonfinite.cuh"
+#include "moe/cuda/reduce.cuh"
+#include "moe/cuda/rows.cuh"
 #include "moe/cuda/tiles.cuh"
 
 namespace moe {
@@ -214,6 +216,93 @@ class cuda {
     cuda_detail::check_launch("parallel_for kernel", "(n=", n, ")");
   }
 
+  // Per-group column sums (see moe::host::group_row_sums): two passes (reduce.cuh), the partials in
+  // the scratch block; f is copied to the kernel (capture by value).
+  template <class R, class F>
+  void group_row_sums(int groups, index_t rows, index_t cols, F&& f, R* out) const {
+    if (groups <= 0 || cols <= 0) return;
+    if (rows <= 0) {
+      fill_zero(out, sizeof(R) * std::size_t(groups) * std::size_t(cols));
+      return;
+    }
+    using Fn = std::decay_t<F>;
+    const cuda_detail::group_sum_shape sh = cuda_detail::group_sum_layout(groups, rows, cols);
+    require(sh.blocks <= index_t(2147483647), "group_row_sums", "groups=", groups, " rows=", rows, " cols=", cols,
+            " need more than 2^31 - 1 blocks");
+    R* partial = static_cast<R*>(scratch(sizeof(R) * std::size_t(groups) * std::size_t(sh.chunks) * std::size_t(cols)));
+    cuda_detail::group_row_partials_kernel<R, Fn>
+        <<<unsigned(sh.blocks), cuda_detail::group_sum_threads, 0, stream()>>>(sh, rows, cols, Fn(f), partial);
+    cuda_detail::check_launch("group_row_partials_kernel", "(groups=", groups, " rows=", rows, " cols=", cols, ")");
+    const index_t n = index_t(groups) * cols;
+    const index_t blocks = cuda_detail::grid_stride_blocks(n, cuda_detail::for_threads, max_grid_blocks());
+    cuda_detail::group_row_finish_kernel<R>
+        <<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(n, sh.chunks, cols, partial, out);
+    cuda_detail::check_launch("group_row_finish_kernel", "(groups=", groups, " cols=", cols, ")");
+  }
+
+  // ---- row gathers of the dispatchers (rows.cuh) --------------------------------------------
+  // moe/dispatch/rows.hpp calls these instead of its generic element loops when a space declares
+  // row_kernels: the same results, with 16-byte accesses where the rows allow.
+  static constexpr bool row_kernels = true;
+
+  // xp[r] = scale_r · x[row_token[r]] for rows with row_expert[r] >= 0 (zeros where row_token[r] < 0),
+  // scale_r = pair_scale[row_pair[r]], or 1 when pair_scale is null.
+  template <class T, class R>
+  void gather_rows(index_t rows, index_t d, const int* row_token, const int* row_expert, const int* row_pair,
+                   const R* pair_scale, const T* x, T* xp) const {
+    if (rows <= 0 || d <= 0) return;
+    const auto launch = [&](auto piece) {
+      constexpr int N = decltype(piece)::value;
+      const index_t blocks = cuda_detail::grid_stride_blocks(rows * (d / N), cuda_detail::for_threads,
+                                                             max_grid_blocks());
+      cuda_detail::gather_rows_kernel<T, R, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
+          rows, d, row_token, row_expert, row_pair, pair_scale, x, xp);
+      cuda_detail::check_launch("gather_rows_kernel", "(rows=", rows, " d=", d, " piece=", N, ")");
+    };
+    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, x, xp))
+      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  }
+
+  // y[t] = Σ over the token's pairs q (CSR offsets/pairs, in order) of gate[p_q] · rows[pair_row[p_q]]
+  // (gate null: 1), accumulated in R and stored as Out.
+  template <class T, class R, class Out>
+  void combine_rows(index_t tokens, index_t d, const int* offsets, const int* pairs, const int* pair_row,
+                    const R* gate, const T* rows, Out* y) const {
+    if (tokens <= 0 || d <= 0) return;
+    const auto launch = [&](auto piece) {
+      constexpr int N = decltype(piece)::value;
+      const index_t blocks = cuda_detail::grid_stride_blocks(tokens * (d / N), cuda_detail::for_threads,
+                                                             max_grid_blocks());
+      cuda_detail::combine_rows_kernel<T, R, Out, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
+          tokens, d, offsets, pairs, pair_row, gate, rows, y);
+      cuda_detail::check_launch("combine_rows_kernel", "(tokens=", tokens, " d=", d, " piece=", N, ")");
+    };
+    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, rows, y))
+      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  }
+
+  // dgate[p] = <dy[p / K], rows[pair_row[p]]> (0 where pair_row[p] < 0).
+  template <class T, class R>
+  void pair_row_dots(index_t pairs, int K, index_t d, const int* pair_row, const T* dy, const T* rows,
+                     R* dgate) const {
+    if (pairs <= 0) return;
+    const auto launch = [&](auto piece) {
+      constexpr int N = decltype(piece)::value;
+      const index_t blocks = cuda_detail::grid_stride_blocks(pairs, cuda_detail::pair_dot_warps, max_grid_blocks());
+      cuda_detail::pair_row_dots_kernel<T, R, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
+          pairs, K, d, pair_row, dy, rows, dgate);
+      cuda_detail::check_launch("pair_row_dots_kernel", "(pairs=", pairs, " d=", d, " piece=", N, ")");
+    };
+    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, dy, rows))
+      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+  }
+
   // ---- scans, sorts, histograms, reductions (CUB) -------------------------------------------
   // out[i] = in[0] + … + in[i-1]; out may alias in.
   template <class T>
@@ -367,6 +456,27 @@ class cuda {
     const cuda_detail::tile_job<TA, TB, TC, Acc> job{
         a, lda, opa == op::transpose, b, ldb, opb == op::transpose, c, ldc, m, n, k, alpha, beta};
     cuda_detail::launch_dense_gemm(stream(), job);
+  }
+
+  // Strided-batched GEMM (see moe::host::batched_gemm): one cublasGemmStridedBatchedEx where cuBLAS
+  // takes the types, else one gemm per batch entry.
+  template <class TA, class TB, class TC>
+  void batched_gemm(op opa, op opb, int batch, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
+                    index_t lda, index_t a_stride, const TB* b, index_t ldb, index_t b_stride, acc_t<TC> beta,
+                    TC* c, index_t ldc, index_t c_stride) const {
+    if (batch < 0 || m < 0 || n < 0 || k < 0)
+      fail("batched_gemm", "negative size batch=", batch, " m=", m, " n=", n, " k=", k);
+    if (batch == 0 || m == 0 || n == 0) return;
+    if constexpr (cuda_detail::blas_supported<TA, TB, TC>) {
+      constexpr index_t int_max = 2147483647;
+      if (m <= int_max && n <= int_max && k <= int_max && lda <= int_max && ldb <= int_max && ldc <= int_max) {
+        cuda_detail::blas_gemm_strided_batched(state().blas, opa, opb, batch, m, n, k, alpha, a, lda, a_stride, b,
+                                               ldb, b_stride, beta, c, ldc, c_stride);
+        return;
+      }
+    }
+    for (int i = 0; i < batch; ++i)
+      gemm(opa, opb, m, n, k, alpha, a + i * a_stride, lda, b + i * b_stride, ldb, beta, c + i * c_stride, ldc);
   }
 
   // Expert-contiguous grouped GEMM (see moe::host::grouped_gemm); `offsets` ([groups + 1]) stays in

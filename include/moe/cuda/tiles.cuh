@@ -16,6 +16,8 @@
 // counts and the launch stays capturable in a CUDA graph.
 #pragma once
 
+#include <cstdint>
+
 #include "moe/core/config.hpp"
 #include "moe/core/numeric.hpp"
 
@@ -89,6 +91,64 @@ MOE_HOST_DEVICE void stage_panel(Acc (*dst)[W + 1], const T* src, index_t ld, bo
     if (gi < outer && gp < k) v = convert<Acc>(k_major ? src[gp * ld + gi] : src[gi * ld + gp]);
     dst[p][i] = v;
   }
+}
+
+// One tile of a GEMM operand staged in its own type (the tensor-core grouped GEMM, grouped_gemm.cuh):
+// dst[r][c] = conv(element (r0 + r, c0 + c)) for r < R, c < C, `zero` outside [0, rows) × [0, cols).
+// Element (x, y) is stored at src[x·ld + y], or at src[y·ld + x] when `transposed`. Thread `tid` of
+// `threads` takes e = tid, tid + threads, …, and consecutive e walk the stored matrix's contiguous
+// dimension, so the loads coalesce.
+template <int R, int C, int LD, class Dst, class T, class Conv>
+MOE_HOST_DEVICE void stage_tile(Dst (*dst)[LD], const T* src, index_t ld, bool transposed, index_t r0, index_t rows,
+                                index_t c0, index_t cols, Dst zero, Conv conv, int tid, int threads) {
+  static_assert(LD >= C, "stage_tile: the row stride must hold a row");
+  for (int e = tid; e < R * C; e += threads) {
+    const int r = transposed ? e % R : e / C, c = transposed ? e / R : e % C;
+    const index_t gr = r0 + r, gc = c0 + c;
+    Dst v = zero;
+    if (gr < rows && gc < cols) v = conv(transposed ? src[gc * ld + gr] : src[gr * ld + gc]);
+    dst[r][c] = v;
+  }
+}
+
+// group_row_sums: a block of group_sum_threads threads covers `lanes` adjacent columns (a power of
+// two, at most 32: coalesced reads of a row) and threads / lanes "row lanes"; the rows of a group
+// are cut into chunks of row_lanes · group_sum_rows_per_thread rows, one block per (group, chunk,
+// column tile), so a long group still spreads over many blocks. Each block writes one partial sum
+// per column; a second pass adds a group's partials in chunk order.
+inline constexpr int group_sum_threads = 256;
+inline constexpr int group_sum_rows_per_thread = 16;
+struct group_sum_shape {
+  int lanes = 1;         // columns per block
+  int row_lanes = 1;     // threads per column
+  index_t chunk_rows = 0;
+  index_t chunks = 0;    // per group
+  index_t col_tiles = 0;
+  index_t blocks = 0;    // groups · chunks · col_tiles
+};
+MOE_HOST_DEVICE group_sum_shape group_sum_layout(int groups, index_t rows, index_t cols) {
+  group_sum_shape s;
+  while (s.lanes < 32 && s.lanes < cols) s.lanes *= 2;
+  s.row_lanes = group_sum_threads / s.lanes;
+  s.chunk_rows = index_t(s.row_lanes) * group_sum_rows_per_thread;
+  s.chunks = rows > 0 ? (rows + s.chunk_rows - 1) / s.chunk_rows : 0;
+  s.col_tiles = cols > 0 ? (cols + s.lanes - 1) / s.lanes : 0;
+  s.blocks = index_t(groups > 0 ? groups : 0) * s.chunks * s.col_tiles;
+  return s;
+}
+
+// Row pieces of the dispatchers' gathers (rows.cuh).
+// Elements of T in a 16-byte piece.
+template <class T>
+inline constexpr int row_piece_elements = 16 / int(sizeof(T)) > 0 ? 16 / int(sizeof(T)) : 1;
+
+// Whether rows of d elements at these base addresses can be read in pieces of N elements: d a
+// multiple of N and every base aligned to its own N-element piece (rows of another element type,
+// like a float output of bf16 rows, need their own wider alignment).
+template <int N, class... P>
+bool pieces_fit(index_t d, const P*... bases) {
+  if (d % N != 0) return false;
+  return ((reinterpret_cast<std::uintptr_t>(bases) % (sizeof(P) * N) == 0) && ...);
 }
 
 }  // namespace moe::cuda_detail

@@ -70,6 +70,7 @@ void assign_rows(const Space& sp, const routing_plan<R>& plan, row_state& st, bo
   int* row_token = st.rows.row_token;
   int* row_expert = st.rows.row_expert;
   const index_t rows_per_expert = index_t(G) * C;
+  st.rows.uniform_rows = padded ? rows_per_expert : 0;
   sp.parallel_for(st.rows.rows_bound, [=] MOE_LAMBDA(index_t r) {
     row_pair[r] = -1;
     row_token[r] = -1;
@@ -114,10 +115,19 @@ void assign_rows(const Space& sp, const routing_plan<R>& plan, row_state& st, bo
 
 // Element-wise loops below take runs of columns of one row per body (elementwise_columns, ffn.hpp);
 // sums over a token's pairs keep their order (choice order) for every element, whatever the run.
+// A space that declares row_kernels (moe::cuda: 16-byte vector accesses, moe/cuda/rows.cuh) runs
+// these gathers with its own kernels instead: the same sums in the same order.
+template <class Space>
+concept has_row_kernels = requires { Space::row_kernels; };
 
 // xp[r] = x[token of r] (zero for empty rows).
 template <class Space, class T>
 void gather_rows(const Space& sp, const row_state& st, index_t d, const T* x, T* xp) {
+  if constexpr (has_row_kernels<Space>) {
+    sp.gather_rows(st.rows.rows_bound, d, st.rows.row_token, st.rows.row_expert, st.rows.row_pair,
+                   static_cast<const acc_t<T>*>(nullptr), x, xp);
+    return;
+  }
   const int* row_token = st.rows.row_token;
   const int* row_expert = st.rows.row_expert;
   constexpr index_t width = elementwise_columns<Space>();
@@ -140,6 +150,10 @@ void gather_rows(const Space& sp, const row_state& st, index_t d, const T* x, T*
 // y[t] = Σ_{kept pairs p of t} gate[p] · out[row(p)]  (choice order; zero when all dropped).
 template <class Space, class T, class R>
 void combine_rows(const Space& sp, const row_state& st, int tokens, index_t d, const R* gate, const T* out, T* y) {
+  if constexpr (has_row_kernels<Space>) {
+    sp.combine_rows(index_t(tokens), d, st.token_offsets, st.token_pairs, st.pair_row, gate, out, y);
+    return;
+  }
   const int* off = st.token_offsets;
   const int* pairs = st.token_pairs;
   const int* pair_row = st.pair_row;
@@ -167,6 +181,13 @@ void combine_rows_backward(const Space& sp, const routing_plan<R>& plan, const r
                            const T* dy, R* dgate, T* dout) {
   const index_t d = plan.shape.d_model;
   const int K = plan.shape.pairs_per_token;
+  if constexpr (has_row_kernels<Space>) {
+    sp.pair_row_dots(plan.shape.pairs(), K, d, st.pair_row, dy, out, dgate);
+    // dout[r] = gate[pair of r] · dy[token of r]: a gather scaled by the pair's gate.
+    sp.gather_rows(st.rows.rows_bound, d, st.rows.row_token, st.rows.row_expert, st.rows.row_pair, plan.pair_gate,
+                   dy, dout);
+    return;
+  }
   const int* pair_row = st.pair_row;
   sp.parallel_for(plan.shape.pairs(), [=] MOE_LAMBDA(index_t p) {
     const int r = pair_row[p];
@@ -202,6 +223,11 @@ void combine_rows_backward(const Space& sp, const routing_plan<R>& plan, const r
 // dx_acc[t] = Σ_{kept pairs p of t} dxp[row(p)]  (overwrites).
 template <class Space, class T, class R>
 void gather_rows_backward(const Space& sp, const row_state& st, int tokens, index_t d, const T* dxp, R* dx_acc) {
+  if constexpr (has_row_kernels<Space>) {
+    sp.combine_rows(index_t(tokens), d, st.token_offsets, st.token_pairs, st.pair_row, static_cast<const R*>(nullptr),
+                    dxp, dx_acc);
+    return;
+  }
   const int* off = st.token_offsets;
   const int* pairs = st.token_pairs;
   const int* pair_row = st.pair_row;

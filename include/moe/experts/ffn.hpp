@@ -41,6 +41,9 @@ struct row_map {
   int* row_pair = nullptr;        // [rows_bound] the (token, choice) pair in row r, -1 if empty
   int* row_token = nullptr;       // [rows_bound] its token, -1 if empty
   int* row_expert = nullptr;      // [rows_bound] its expert, -1 past the last used row
+  // > 0 when every expert owns exactly this many rows (the padded layout: expert e's rows are
+  // [e·uniform_rows, (e+1)·uniform_rows)); its GEMMs then run as one strided-batched call.
+  index_t uniform_rows = 0;
 };
 
 struct expert_shape {
@@ -113,6 +116,32 @@ void expert_column_sums(const Space& sp, int E, const int* off, index_t cols, co
   });
 }
 
+// The experts' GEMMs: C[rows of e] = alpha · A[rows of e] · op(B_e) + beta · C[rows of e] for every
+// expert e (B_e = b + e·b_stride). One strided-batched GEMM when every expert has the same number
+// of rows (padded layout: static shapes, cuBLAS's batched kernels on the device), else the grouped
+// GEMM over the device-side offsets (no host copy of the counts). Same arguments as grouped_gemm.
+template <class Space, class TA, class TB, class TC>
+void expert_gemm(const Space& sp, const row_map& rows, op opb, int E, index_t n, index_t k, acc_t<TC> alpha,
+                 const TA* a, index_t lda, const TB* b, index_t b_stride, index_t ldb, acc_t<TC> beta, TC* c,
+                 index_t ldc) {
+  const index_t m = rows.uniform_rows;
+  if (m > 0)
+    sp.batched_gemm(op::none, opb, E, m, n, k, alpha, a, lda, m * lda, b, ldb, b_stride, beta, c, ldc, m * ldc);
+  else
+    sp.grouped_gemm(opb, E, rows.expert_offsets, n, k, alpha, a, lda, b, b_stride, ldb, beta, c, ldc);
+}
+// Weight gradients: C_e = alpha · A[rows of e]ᵀ · B[rows of e] + beta · C_e (C_e = c + e·c_stride, [m, n]).
+template <class Space, class TA, class TB, class TC>
+void expert_gemm_tn(const Space& sp, const row_map& rows, int E, index_t m, index_t n, acc_t<TC> alpha, const TA* a,
+                    index_t lda, const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t c_stride, index_t ldc) {
+  const index_t r = rows.uniform_rows;
+  if (r > 0)
+    sp.batched_gemm(op::transpose, op::none, E, m, n, r, alpha, a, lda, r * lda, b, ldb, r * ldb, beta, c, ldc,
+                    c_stride);
+  else
+    sp.grouped_gemm_tn(E, rows.expert_offsets, m, n, alpha, a, lda, b, ldb, beta, c, c_stride, ldc);
+}
+
 }  // namespace detail
 
 template <class Activation, bool Gated = false>
@@ -163,9 +192,9 @@ struct ffn {
     const index_t d = s.d_model, f = s.d_ff;
     const int E = s.experts;
     const int key_first = s.first_expert, key_E = s.total_experts ? s.total_experts : s.experts;
-    sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_in, d * f, f, R(0), a.pre, f);
+    detail::expert_gemm(sp, rows, op::none, E, f, d, R(1), xp, d, w.w_in, d * f, f, R(0), a.pre, f);
     if constexpr (Gated)
-      sp.grouped_gemm(op::none, E, rows.expert_offsets, f, d, R(1), xp, d, w.w_up, d * f, f, R(0), a.lin, f);
+      detail::expert_gemm(sp, rows, op::none, E, f, d, R(1), xp, d, w.w_up, d * f, f, R(0), a.lin, f);
 
     const bool drop = training && c.dropout > 0.0f;
     const float rate = c.dropout;
@@ -217,7 +246,7 @@ struct ffn {
       }
     });
 
-    sp.grouped_gemm(op::none, E, rows.expert_offsets, d, f, R(1), a.hidden, f, w.w_out, f * d, d, R(0), a.out, d);
+    detail::expert_gemm(sp, rows, op::none, E, d, f, R(1), a.hidden, f, w.w_out, f * d, d, R(0), a.out, d);
     if (c.bias) {
       const T* b_out = w.b_out;
       T* out = a.out;
@@ -244,8 +273,8 @@ struct ffn {
     const int key_first = s.first_expert, key_E = s.total_experts ? s.total_experts : s.experts;
     const int* off = rows.expert_offsets;
     // ∂L/∂hidden = dout · W_outᵀ;  ∂L/∂W_out += hiddenᵀ · dout
-    sp.grouped_gemm(op::transpose, E, off, f, d, R(1), dout, d, w.w_out, f * d, d, R(0), a.dhidden, f);
-    sp.grouped_gemm_tn(E, off, f, d, R(1), a.hidden, f, dout, d, R(1), g.w_out, f * d, d);
+    detail::expert_gemm(sp, rows, op::transpose, E, f, d, R(1), dout, d, w.w_out, f * d, d, R(0), a.dhidden, f);
+    detail::expert_gemm_tn(sp, rows, E, f, d, R(1), a.hidden, f, dout, d, R(1), g.w_out, f * d, d);
     if (c.bias) detail::expert_column_sums(sp, E, off, d, dout, g.b_out);
 
     const bool drop = training && c.dropout > 0.0f;
@@ -327,11 +356,11 @@ struct ffn {
       if constexpr (Gated) detail::expert_column_sums(sp, E, off, f, a.dlin, g.b_up);
     }
     // ∂L/∂W_in += xpᵀ · ∂pre;  ∂L/∂xp = ∂pre · W_inᵀ (+ ∂lin · W_upᵀ)
-    sp.grouped_gemm_tn(E, off, d, f, R(1), xp, d, a.dhidden, f, R(1), g.w_in, d * f, f);
-    if constexpr (Gated) sp.grouped_gemm_tn(E, off, d, f, R(1), xp, d, a.dlin, f, R(1), g.w_up, d * f, f);
-    sp.grouped_gemm(op::transpose, E, off, d, f, R(1), a.dhidden, f, w.w_in, d * f, f, R(0), dxp, d);
+    detail::expert_gemm_tn(sp, rows, E, d, f, R(1), xp, d, a.dhidden, f, R(1), g.w_in, d * f, f);
+    if constexpr (Gated) detail::expert_gemm_tn(sp, rows, E, d, f, R(1), xp, d, a.dlin, f, R(1), g.w_up, d * f, f);
+    detail::expert_gemm(sp, rows, op::transpose, E, d, f, R(1), a.dhidden, f, w.w_in, d * f, f, R(0), dxp, d);
     if constexpr (Gated)
-      sp.grouped_gemm(op::transpose, E, off, d, f, R(1), a.dlin, f, w.w_up, d * f, f, R(1), dxp, d);
+      detail::expert_gemm(sp, rows, op::transpose, E, d, f, R(1), a.dlin, f, w.w_up, d * f, f, R(1), dxp, d);
   }
 };
 

@@ -74,6 +74,21 @@ class host {
     });
   }
 
+  // Per-group column sums of a virtual [groups·rows, cols] matrix given element-wise:
+  //   out[g·cols + c] = Σ_{r < rows} f(g·rows + r, c)   (f(index_t row, index_t col) → R),
+  // added in row order (the CUDA space adds in a fixed tree order: the same bits run to run).
+  // The routing statistics the auxiliary losses read are such sums over each group's tokens.
+  template <class R, class F>
+  void group_row_sums(int groups, index_t rows, index_t cols, F&& f, R* out) const {
+    if (groups <= 0 || cols <= 0) return;
+    parallel_for(index_t(groups) * cols, [&](index_t i) {
+      const index_t g = i / cols, c = i - g * cols;
+      R acc = 0;
+      for (index_t r = g * rows; r < (g + 1) * rows; ++r) acc += f(r, c);
+      out[i] = acc;
+    });
+  }
+
   // ---- scans, sorts, histograms -------------------------------------------------------------
   // out[i] = in[0] + … + in[i-1]; out may alias in.
   template <class T>
@@ -178,6 +193,18 @@ class host {
   void gemm(op opa, op opb, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a, index_t lda,
             const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t ldc) const {
     host_gemm(pool_.get(), opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  // Strided-batched GEMM: for each b in [0, batch),
+  //   C_b = alpha · op(A_b) · op(B_b) + beta · C_b,  A_b = a + b·a_stride, B_b = b + b·b_stride,
+  //   C_b = c + b·c_stride (row-major, leading dimensions as in gemm).
+  // The padded dispatcher's experts, which all have the same number of rows, run as one such call.
+  template <class TA, class TB, class TC>
+  void batched_gemm(op opa, op opb, int batch, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
+                    index_t lda, index_t a_stride, const TB* b, index_t ldb, index_t b_stride, acc_t<TC> beta,
+                    TC* c, index_t ldc, index_t c_stride) const {
+    for (int i = 0; i < batch; ++i)
+      gemm(opa, opb, m, n, k, alpha, a + i * a_stride, lda, b + i * b_stride, ldb, beta, c + i * c_stride, ldc);
   }
 
   // Expert-contiguous grouped GEMM: for each group g with rows [offsets[g], offsets[g+1]),

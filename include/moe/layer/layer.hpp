@@ -113,7 +113,8 @@ void fill_value(const Space& sp, P* data, index_t n, float v) {
 inline constexpr int stat_fixed = 8;
 
 // Reduces the routing arrays of one call into `out` (space memory): per-token sums with the
-// space's reductions (deterministic order), then one small pass over the (expert, group) counts.
+// space's reductions (deterministic order), per-expert counts over the groups one thread per
+// expert, then one small pass for the totals (integers held exactly in doubles: order-free).
 template <int NumLosses, class Space, class R>
 void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_state& rows, double* out) {
   const routing_shape s = plan.shape;
@@ -130,26 +131,29 @@ void reduce_statistics(const Space& sp, const routing_plan<R>& plan, const row_s
   sp.reduce_sum(plan.lse_sq_sum, G, sums + 5);
   const R* loss_values = plan.loss_values;
   const int* seg_count = plan.segment_count;
+  double* q = out + 1 + NumLosses;
+  // Routed and kept pairs per expert, one thread per expert (over its groups), then the totals.
+  sp.parallel_for(E, [=] MOE_LAMBDA(index_t e) {
+    double r = 0, k = 0;
+    for (int g = 0; g < G; ++g) {
+      const int c = seg_count[e * G + g];
+      r += c;
+      k += c < C ? c : C;
+    }
+    q[stat_fixed + e] = r;
+    q[stat_fixed + E + e] = k;
+  });
   sp.parallel_for(1, [=] MOE_LAMBDA(index_t) {
     out[0] = double(loss_values[NumLosses]);
     for (int i = 0; i < NumLosses; ++i) out[1 + i] = double(loss_values[i]);
-    double* q = out + 1 + NumLosses;
     q[0] = double(sums[0]) / T_;
     q[1] = double(sums[1]) / T_;
     q[2] = double(sums[2]);
     q[3] = std::sqrt(double(sums[3]) / (double(T_) * E));
     double routed = 0, kept_total = 0;
     for (int e = 0; e < E; ++e) {
-      double r = 0, k = 0;
-      for (int g = 0; g < G; ++g) {
-        const int c = seg_count[e * G + g];
-        r += c;
-        k += c < C ? c : C;
-      }
-      q[stat_fixed + e] = r;
-      q[stat_fixed + E + e] = k;
-      routed += r;
-      kept_total += k;
+      routed += q[stat_fixed + e];
+      kept_total += q[stat_fixed + E + e];
     }
     q[4] = routed;
     q[5] = routed - kept_total;

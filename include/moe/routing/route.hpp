@@ -130,39 +130,43 @@ void routing_summary(const Space& sp, const typename LossSet::config& loss_cfg, 
   const int* pair_expert = plan.pair_expert;
   const R* pair_gate = plan.pair_gate;
   const std::uint8_t* pair_active = plan.pair_active;
-  R *prob_sum = plan.prob_sum, *first = plan.first_count, *choice = plan.choice_count, *gate_sum = plan.gate_sum;
-  sp.parallel_for(index_t(s.groups) * E, [=] MOE_LAMBDA(index_t i) {
-    const int g = int(i / E), e = int(i - index_t(g) * E);
-    R ps = 0, fc = 0, cc = 0, gs = 0;
-    for (index_t t = index_t(g) * S; t < index_t(g + 1) * S; ++t) {
-      ps += probs[t * E + e];
-      if (Router::token_choice) {
-        fc += pair_expert[t * K] == e ? R(1) : R(0);
-        for (int j = 0; j < K; ++j) {
-          const index_t p = t * K + j;
-          if (pair_active[p] && pair_expert[p] == e) {
-            cc += R(1);
-            gs += pair_gate[p];
-          }
-        }
-      } else {  // every token proposes to every expert: pair t·E + e
-        const index_t p = t * E + e;
-        cc += pair_active[p] ? R(1) : R(0);
-        gs += pair_active[p] ? pair_gate[p] : R(0);
-      }
-    }
-    prob_sum[i] = ps;
-    first[i] = fc;
-    choice[i] = cc;
-    gate_sum[i] = gs;
-  });
+  const int G = s.groups;
+  // Sums over each group's tokens t of per-token values, one column per expert e (group_row_sums:
+  // many blocks per group on a GPU, row order on the host).
+  sp.group_row_sums(G, S, E, [=] MOE_LAMBDA(index_t t, index_t e) -> R { return probs[t * E + e]; }, plan.prob_sum);
+  if (Router::token_choice) {
+    sp.group_row_sums(
+        G, S, E, [=] MOE_LAMBDA(index_t t, index_t e) -> R { return pair_expert[t * K] == int(e) ? R(1) : R(0); },
+        plan.first_count);
+    sp.group_row_sums(
+        G, S, E,
+        [=] MOE_LAMBDA(index_t t, index_t e) -> R {
+          R n = 0;
+          for (int j = 0; j < K; ++j) n += pair_active[t * K + j] && pair_expert[t * K + j] == int(e) ? R(1) : R(0);
+          return n;
+        },
+        plan.choice_count);
+    sp.group_row_sums(
+        G, S, E,
+        [=] MOE_LAMBDA(index_t t, index_t e) -> R {
+          R sum = 0;
+          for (int j = 0; j < K; ++j)
+            if (pair_active[t * K + j] && pair_expert[t * K + j] == int(e)) sum += pair_gate[t * K + j];
+          return sum;
+        },
+        plan.gate_sum);
+  } else {  // every token proposes to every expert: pair t·E + e
+    sp.fill_zero(plan.first_count, sizeof(R) * std::size_t(G) * std::size_t(E));
+    sp.group_row_sums(
+        G, S, E, [=] MOE_LAMBDA(index_t t, index_t e) -> R { return pair_active[t * E + e] ? R(1) : R(0); },
+        plan.choice_count);
+    sp.group_row_sums(
+        G, S, E,
+        [=] MOE_LAMBDA(index_t t, index_t e) -> R { return pair_active[t * E + e] ? pair_gate[t * E + e] : R(0); },
+        plan.gate_sum);
+  }
   const R* lse = plan.lse;
-  R* lse_sq = plan.lse_sq_sum;
-  sp.parallel_for(s.groups, [=] MOE_LAMBDA(index_t g) {
-    R acc = 0;
-    for (index_t t = g * S; t < (g + 1) * S; ++t) acc += lse[t] * lse[t];
-    lse_sq[g] = acc;
-  });
+  sp.group_row_sums(G, S, 1, [=] MOE_LAMBDA(index_t t, index_t) -> R { return lse[t] * lse[t]; }, plan.lse_sq_sum);
   const loss_inputs<R> in = make_loss_inputs(plan);
   const auto lc = loss_cfg;
   R* values = plan.loss_values;
