@@ -12,18 +12,26 @@
 //                                     the full layer on moe::cuda, with vs_dense = time of the dense FFN
 //                                     of equal active FLOPs (measured in the same benchmark, just
 //                                     before) / layer time
+//   dispatch/<permute|combine|permute_bwd|combine_bwd>/<sorted|padded|dropless>/cf:<CF>/E:<E>/T:<T>/skew:<s>
+//                                     one dispatcher stage on a device routing plan (top-2, routed
+//                                     once in setup), CF 1.0 / 1.25 / 2.0 (dropless: sorted, no
+//                                     capacity), GBps and vs_copy (bm_device_dispatch says what is
+//                                     counted)
+//   expert_gemm/<grouped|loop|padded>/<dtype>/E:<E>/T:<T>/skew:<s>
+//                                     the first expert projection over top-2 rows: grouped GEMM,
+//                                     one cuBLAS GEMM per expert, or one strided-batched GEMM over
+//                                     E·C padded rows; TFLOPps and useful_TFLOPps
 // Default sizes are the issue's CUDA target: d_model 2048, d_ff 8192, E = 8, ≥ 4096 tokens per
 // expert (T = 32768), bf16 storage. --smoke: tiny sizes, for CI to build and (on a GPU) run it.
 // Without a device the binary prints why and exits 77.
-//
-// Not here yet: permute/combine on their own with vs_copy, and the grouped-vs-loop-vs-padded expert
-// GEMM family (the host binary has both); they need the dispatcher stages on a device plan.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -257,6 +265,332 @@ void bm_layer(benchmark::State& st, int k, bool gated, bool backward, skew s) {
   st.counters["dropped"] = stats.dropped_fraction;
 }
 
+// ---- shared setup of the dispatch and expert-GEMM families -----------------------------------------
+// Random non-zero values in ±[lo, hi] written on the device (a hash of the index: no host transfer
+// of the large row buffers).
+template <class T>
+void device_random(const moe::cuda& sp, T* p, std::size_t n, std::uint64_t seed, float lo = 0.1f, float hi = 1.0f) {
+  const std::uint64_t key = seed * 0x9E3779B97F4A7C15ull;
+  sp.parallel_for(index_t(n), [=] MOE_LAMBDA(index_t i) {
+    std::uint64_t z = key + std::uint64_t(i) * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float m = lo + (hi - lo) * float(z >> 40) * (1.0f / 16777216.0f);
+    p[i] = T((z & 1u) ? m : -m);
+  });
+}
+
+// Top-2 routed inputs (common.hpp) and a second x with the same routing (rotating inputs). The
+// benchmarks are registered with the skew outermost, so one cached entry serves a run of them.
+struct routed_pair {
+  routed_inputs in;
+  std::vector<float> x1;
+};
+const routed_pair& cached_routed_inputs(int tokens, int d, int experts, skew s) {
+  static std::unique_ptr<routed_pair> cache;
+  static int key[4] = {-1, -1, -1, -1};
+  const int want[4] = {tokens, d, experts, int(s)};
+  if (!cache || !std::equal(key, key + 4, want)) {
+    cache.reset();  // free the previous entry first (a few hundred MB at full size)
+    auto r = std::make_unique<routed_pair>();
+    r->in = make_routed_inputs(tokens, d, experts, 2, s, 4321);
+    r->x1 = rerandomized_x(r->in, 4322);
+    cache = std::move(r);
+    std::copy(want, want + 4, key);
+  }
+  return *cache;
+}
+
+// Seconds of one cudaMemcpyAsync device to device of `bytes` bytes (median of 5 after 2 warm-ups),
+// measured once per size in this process: the reference of vs_copy.
+double device_copy_seconds(std::size_t bytes) {
+  static std::map<std::size_t, double> measured;
+  if (auto it = measured.find(bytes); it != measured.end()) return it->second;
+  stream_holder stream;
+  device_buffer<unsigned char> src(bytes), dst(bytes);
+  check(cudaMemsetAsync(src.p, 0x5a, bytes, stream.s), "cudaMemset");
+  event_timer timer;
+  auto copy = [&] {
+    check(cudaMemcpyAsync(dst.p, src.p, bytes, cudaMemcpyDeviceToDevice, stream.s), "cudaMemcpyAsync");
+  };
+  copy();
+  copy();
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) t.push_back(timer.seconds(stream.s, copy));
+  std::sort(t.begin(), t.end());
+  return measured[bytes] = t[t.size() / 2];
+}
+
+int capacity_for(double cf, int tokens, int experts) {
+  moe::capacity_factor::config c;
+  c.train = cf;
+  return moe::capacity_factor::capacity(c, true, tokens, experts, 1);
+}
+
+// ---- dispatch: the dispatcher stages on their own --------------------------------------------------
+enum class dispatch_stage { permute, combine, permute_bwd, combine_bwd };
+const char* to_string(dispatch_stage s) {
+  switch (s) {
+    case dispatch_stage::permute: return "permute";
+    case dispatch_stage::combine: return "combine";
+    case dispatch_stage::permute_bwd: return "permute_bwd";
+    case dispatch_stage::combine_bwd: return "combine_bwd";
+  }
+  return "?";
+}
+
+struct device_dispatch_case {
+  dispatch_stage what = dispatch_stage::permute;
+  double cf = 1.25;  // 0: dropless
+  int experts = 8, tokens = 32768;
+  skew routing = skew::uniform;
+};
+
+// A routing plan and a dispatcher's state carved from one device buffer, as moe::layer carves them.
+template <class T, class Dispatch>
+struct device_plan {
+  moe::routing_plan<float> plan;
+  typename Dispatch::state dispatch;
+  moe::buffer<moe::cuda> ws;
+
+  device_plan(const moe::cuda& sp, const moe::routing_shape& s) {
+    moe::workspace_carver measure;
+    carve(measure, s);
+    ws = moe::buffer<moe::cuda>(sp, measure.bytes());
+    moe::workspace_carver w(ws.data(), ws.bytes());
+    carve(w, s);
+  }
+  void carve(moe::workspace_carver& w, const moe::routing_shape& s) {
+    moe::routing_plan<float>::carve<moe::cuda>(w, s, false, false, 0, plan);
+    Dispatch::template carve<T, float>(w, s, dispatch);
+  }
+};
+
+// Top-2 routing (renormalised gates, router in float) on the device, once, outside the timing:
+// router_forward, assign_slots (position order) and the dispatcher's assign, as a layer's forward
+// runs them. Then one dispatcher stage per iteration, bf16 rows:
+//   permute      x → expert rows                      combine      expert rows → y (gate-weighted)
+//   permute_bwd  ∂rows → ∂x (float accumulator)       combine_bwd  ∂y → ∂rows and ∂gates
+// GBps counts the row bytes the stage's kernels read and write (kept = kept (token, expert) pairs,
+// written = rows the layout writes: kept for sorted, E·C for padded, whose empty slots are written
+// as zeros), with sT = sizeof(T) = 2 and sR = sizeof(float):
+//   permute      kept rows of x read + written rows            (kept + written)·d·sT
+//   combine      kept rows read + T rows of y written          (kept + T)·d·sT
+//   permute_bwd  kept rows read + T float rows written         kept·d·sT + T·d·sR
+//   combine_bwd  ∂gates: dy row + out row per kept pair; ∂rows: dy row per kept row, written rows
+//                                                              (3·kept + written)·d·sT
+// Index and gate reads (a few bytes per pair) are not counted. A repeated read of one token's row
+// (its two pairs) is counted twice: at this size it does not stay in L2. (The host family counts
+// the minimum a copy-based implementation moves instead; the two differ for combine_bwd.)
+// vs_copy = copy time / stage time, the copy being one cudaMemcpyAsync of bytes/2 (it reads and
+// writes bytes/2: the same bytes moved), i.e. achieved GBps / the copy's GBps.
+template <class T, class Dispatch, bool Padded>
+void bm_device_dispatch(benchmark::State& st, device_dispatch_case c) {
+  using R = float;
+  using router = moe::top_k;
+  const cuda_sizes& z = cuda_size();
+  stream_holder stream;
+  const moe::cuda sp(stream.s);
+  const int T_ = c.tokens, E = c.experts;
+  const index_t d = z.d_model;
+  const routed_pair& inputs = cached_routed_inputs(T_, int(d), E, c.routing);
+  router::config rcfg;
+  rcfg.k = 2;
+  rcfg.renormalize = true;
+  // Dropless: every expert may take all S tokens (moe::dropless::capacity).
+  const int C = c.cf > 0 ? capacity_for(c.cf, T_, E) : T_;
+  moe::routing_shape shape;
+  shape.tokens = T_;
+  shape.experts = E;
+  shape.groups = 1;
+  shape.group_tokens = T_;
+  shape.pairs_per_token = 2;
+  shape.capacity = C;
+  shape.d_model = d;
+  shape.total_tokens = T_;
+  shape.total_groups = 1;
+  device_plan<T, Dispatch> p(sp, shape);
+
+  const std::size_t token_values = std::size_t(T_) * std::size_t(d);
+  const bool permute = c.what == dispatch_stage::permute;
+  device_buffer<T> x0(inputs.in.x), x1(permute ? inputs.x1.size() : 0);  // x1: the permute's second input
+  if (permute) x1.upload(inputs.x1);
+  device_buffer<R> w_router(inputs.in.w_router);
+  const moe::router_streams rng = moe::router_streams::make(1, 0, 0);
+  moe::detail::router_forward<router>(sp, rcfg, p.plan, x0.p, w_router.p, static_cast<const R*>(nullptr), true, rng);
+  moe::detail::assign_slots<router>(sp, p.plan, moe::drop_order::position);
+  Dispatch::template assign<T>(sp, p.plan, p.dispatch);
+  sp.synchronize();
+
+  std::vector<int> seg(static_cast<std::size_t>(E));
+  sp.copy_to_host(seg.data(), p.plan.segment_count, seg.size() * sizeof(int));
+  double kept = 0, routed = 0;
+  std::vector<std::int64_t> per_expert(static_cast<std::size_t>(E));
+  for (int e = 0; e < E; ++e) {
+    kept += std::min(seg[std::size_t(e)], C);
+    routed += seg[std::size_t(e)];
+    per_expert[std::size_t(e)] = seg[std::size_t(e)];
+  }
+  const double written = Padded ? double(E) * C : kept;
+  const std::size_t row_values = std::size_t(p.dispatch.rows.rows.rows_bound) * std::size_t(d);
+
+  // Only the buffers of the timed stage; inputs in pairs (rotating).
+  const bool need_rows_in = c.what != dispatch_stage::permute;
+  const bool need_rows_out = c.what == dispatch_stage::permute || c.what == dispatch_stage::combine_bwd;
+  const bool need_dy = c.what == dispatch_stage::combine_bwd;
+  device_buffer<T> rows0(need_rows_in ? row_values : 0), rows1(need_rows_in ? row_values : 0);
+  device_buffer<T> rows_out(need_rows_out ? row_values : 0);
+  device_buffer<T> y(c.what == dispatch_stage::combine ? token_values : 0);
+  device_buffer<T> dy0(need_dy ? token_values : 0), dy1(need_dy ? token_values : 0);
+  if (need_rows_in) {
+    device_random(sp, rows0.p, row_values, 11);
+    device_random(sp, rows1.p, row_values, 12);
+  }
+  if (need_dy) {
+    device_random(sp, dy0.p, token_values, 13, 0.01f, 0.1f);
+    device_random(sp, dy1.p, token_values, 14, 0.01f, 0.1f);
+  }
+  sp.synchronize();
+
+  const double sT = sizeof(T), sR = sizeof(R), row = double(d);
+  double bytes = 0;
+  switch (c.what) {
+    case dispatch_stage::permute: bytes = (kept + written) * row * sT; break;
+    case dispatch_stage::combine: bytes = (kept + T_) * row * sT; break;
+    case dispatch_stage::permute_bwd: bytes = kept * row * sT + double(T_) * row * sR; break;
+    case dispatch_stage::combine_bwd: bytes = (3 * kept + written) * row * sT; break;
+  }
+  const T* xs[2] = {x0.p, x1.p};
+  const T* rs[2] = {rows0.p, rows1.p};
+  const T* dys[2] = {dy0.p, dy1.p};
+  unsigned step = 0;
+  auto pass = [&] {
+    const unsigned i = step++ & 1u;
+    switch (c.what) {
+      case dispatch_stage::permute: Dispatch::dispatch(sp, p.plan, p.dispatch, xs[i], rows_out.p); break;
+      case dispatch_stage::combine: Dispatch::combine(sp, p.plan, p.dispatch, rs[i], y.p); break;
+      case dispatch_stage::permute_bwd:
+        Dispatch::dispatch_backward(sp, p.plan, p.dispatch, rs[i], p.plan.dx_acc);
+        break;
+      case dispatch_stage::combine_bwd:
+        Dispatch::combine_backward(sp, p.plan, p.dispatch, rs[i], dys[i], p.plan.dgate, rows_out.p);
+        break;
+    }
+  };
+  pass();
+  pass();
+  sp.synchronize();
+  const double t_copy = device_copy_seconds(std::size_t(bytes / 2));
+  event_timer timer;
+  for (auto _ : st) st.SetIterationTime(timer.seconds(stream.s, pass));
+  sp.synchronize();
+
+  st.counters["tokens_per_s"] = rate(T_);
+  st.counters["GBps"] = rate(bytes * 1e-9);
+  st.counters["vs_copy"] = ratio_to(t_copy);
+  st.counters["copy_GBps"] = t_copy > 0 ? bytes / t_copy * 1e-9 : 0.0;
+  set_load_counters(st, per_expert, routed > 0 ? (routed - kept) / routed : 0.0);
+}
+
+std::string device_dispatch_name(const char* dispatcher, const device_dispatch_case& c) {
+  const std::string cf = c.cf > 0 ? std::to_string(c.cf).substr(0, 4) : "none";
+  return std::string("dispatch/") + to_string(c.what) + "/" + dispatcher + "/cf:" + cf + "/E:" +
+         std::to_string(c.experts) + "/T:" + std::to_string(c.tokens) + "/skew:" + to_string(c.routing);
+}
+
+// ---- expert_gemm: the first expert projection on its own -------------------------------------------
+// rows[e] · W_in[e] ([rows_e, d_model] · [d_model, d_ff], bf16 storage, float accumulation) for every
+// expert, top-2 routing (the loads of the dispatch family's inputs: T·K rows, K = 2):
+//   grouped  moe::cuda::grouped_gemm over the T·K packed rows, offsets in device memory (sorted
+//            dropless dispatch)
+//   loop     one moe::cuda::gemm (cuBLAS) per expert over the same rows; the offsets are read on
+//            the host once, in setup (a layer would copy the counts to the host every call)
+//   padded   one moe::cuda::batched_gemm (cuBLAS strided-batched) over E·C rows, C per expert
+//            whatever its load, C = ⌊1.25·T·K/E⌋ (capacity factor 1.25 of the pairs); an expert
+//            keeps min(load, C) real rows, the rest are zero rows
+// TFLOPps counts the rows computed (padded: E·C); useful_TFLOPps the real rows (grouped, loop: all
+// T·K; padded: Σ min(load, C)); rows = computed rows / real rows.
+enum class grouping { grouped, loop, padded };
+const char* to_string(grouping g) {
+  return g == grouping::grouped ? "grouped" : g == grouping::loop ? "loop" : "padded";
+}
+
+template <class T>
+void bm_device_expert_gemm(benchmark::State& st, grouping how, int E, int T_, skew s) {
+  using moe::op;
+  const cuda_sizes& z = cuda_size();
+  stream_holder stream;
+  const moe::cuda sp(stream.s);
+  const index_t d = z.d_model, f = z.d_ff;
+  constexpr int K = 2;
+  const std::vector<int> load = expert_loads(cached_routed_inputs(T_, int(d), E, s).in);
+  const int C = int(std::floor(1.25 * double(T_) * K / double(E)));
+  std::vector<int> offsets(static_cast<std::size_t>(E) + 1, 0);
+  std::vector<std::int64_t> routed(static_cast<std::size_t>(E));
+  double useful = 0;
+  for (int e = 0; e < E; ++e) {
+    const int l = load[std::size_t(e)];
+    const int real = how == grouping::padded ? std::min(l, C) : l;
+    offsets[std::size_t(e) + 1] = offsets[std::size_t(e)] + (how == grouping::padded ? C : l);
+    useful += real;
+    routed[std::size_t(e)] = l;
+  }
+  const index_t rows = offsets.back();
+  const std::size_t a_values = std::size_t(rows) * std::size_t(d);
+  device_buffer<T> a0(a_values), a1(a_values), w(std::size_t(E) * std::size_t(d) * std::size_t(f)),
+      out(std::size_t(rows) * std::size_t(f));
+  device_buffer<int> dev_offsets(offsets.size());
+  check(cudaMemcpyAsync(dev_offsets.p, offsets.data(), offsets.size() * sizeof(int), cudaMemcpyHostToDevice, stream.s),
+        "cudaMemcpyAsync (offsets)");
+  device_random(sp, a0.p, a_values, 21);
+  device_random(sp, a1.p, a_values, 22);
+  device_random(sp, w.p, w.n, 23, 0.01f, 0.05f);
+  if (how == grouping::padded) {  // empty slots are zero rows, as padded dispatch writes them
+    for (int e = 0; e < E; ++e) {
+      const index_t real = std::min(load[std::size_t(e)], C), first = index_t(e) * C + real;
+      const std::size_t n = std::size_t(C - real) * std::size_t(d) * sizeof(T);
+      check(cudaMemsetAsync(a0.p + first * d, 0, n, stream.s), "cudaMemsetAsync (padding)");
+      check(cudaMemsetAsync(a1.p + first * d, 0, n, stream.s), "cudaMemsetAsync (padding)");
+    }
+  }
+  sp.synchronize();
+
+  const T* as[2] = {a0.p, a1.p};
+  unsigned step = 0;
+  auto pass = [&] {
+    const T* a = as[step++ & 1u];
+    switch (how) {
+      case grouping::grouped:
+        sp.grouped_gemm(op::none, E, dev_offsets.p, f, d, 1.0f, a, d, w.p, d * f, f, 0.0f, out.p, f);
+        break;
+      case grouping::loop:
+        for (int e = 0; e < E; ++e) {
+          const index_t r0 = offsets[std::size_t(e)], n = offsets[std::size_t(e) + 1] - r0;
+          if (n > 0)
+            sp.gemm(op::none, op::none, n, f, d, 1.0f, a + r0 * d, d, w.p + e * d * f, f, 0.0f, out.p + r0 * f, f);
+        }
+        break;
+      case grouping::padded:
+        sp.batched_gemm(op::none, op::none, E, index_t(C), f, d, 1.0f, a, d, index_t(C) * d, w.p, f, d * f, 0.0f,
+                        out.p, f, index_t(C) * f);
+        break;
+    }
+  };
+  pass();
+  pass();
+  sp.synchronize();
+  event_timer timer;
+  for (auto _ : st) st.SetIterationTime(timer.seconds(stream.s, pass));
+  sp.synchronize();
+
+  const double flops_per_row = 2.0 * double(d) * double(f);
+  st.counters["tokens_per_s"] = rate(T_);
+  st.counters["TFLOPps"] = rate(double(rows) * flops_per_row * 1e-12);
+  st.counters["useful_TFLOPps"] = rate(useful * flops_per_row * 1e-12);
+  st.counters["rows"] = useful > 0 ? double(rows) / useful : 0.0;
+  set_load_counters(st, routed, (double(T_) * K - useful) / (double(T_) * K));
+}
 
 template <class T>
 void register_all() {
@@ -288,6 +622,31 @@ void register_all() {
       });
     }
   }
+  // Skew outermost: cached_routed_inputs keeps one entry.
+  for (skew sk : {skew::uniform, skew::zipf})
+    for (dispatch_stage s : {dispatch_stage::permute, dispatch_stage::combine, dispatch_stage::permute_bwd,
+                             dispatch_stage::combine_bwd}) {
+      device_dispatch_case c{s, 0.0, z.experts, z.tokens, sk};
+      for (double cf : {1.0, 1.25, 2.0}) {
+        c.cf = cf;
+        reg(device_dispatch_name("sorted", c), [=](benchmark::State& st) {
+          bm_device_dispatch<T, moe::sorted_dispatch, false>(st, c);
+        });
+        reg(device_dispatch_name("padded", c), [=](benchmark::State& st) {
+          bm_device_dispatch<T, moe::padded_dispatch, true>(st, c);
+        });
+      }
+      c.cf = 0.0;
+      reg(device_dispatch_name("dropless", c), [=](benchmark::State& st) {
+        bm_device_dispatch<T, moe::sorted_dispatch, false>(st, c);
+      });
+    }
+  for (skew sk : {skew::uniform, skew::zipf})
+    for (grouping g : {grouping::grouped, grouping::loop, grouping::padded}) {
+      const std::string name = std::string("expert_gemm/") + to_string(g) + "/" + dt + "/E:" +
+                               std::to_string(z.experts) + tok + "/skew:" + to_string(sk);
+      reg(name, [=](benchmark::State& st) { bm_device_expert_gemm<T>(st, g, z.experts, z.tokens, sk); });
+    }
 }
 
 }  // namespace
