@@ -1,6 +1,7 @@
 // moe-train — the reference trainer: a small decoder-only language model whose FFNs follow a
-// preset's layout (dense, Switch Transformer, GLaM or ST-MoE), trained end to end on the host (the
-// CUDA space is used once it exists). See examples/trainer/ and `moe-train --help`.
+// preset's layout (dense, Switch Transformer, GLaM or ST-MoE), trained end to end on the host or,
+// in builds with CUDA, on one GPU (--device cuda: moe_train_cuda.cu). See examples/trainer/ and
+// `moe-train --help`.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -10,6 +11,7 @@
 #include "trainer/checkpoint.hpp"
 #include "trainer/cli.hpp"
 #include "trainer/run.hpp"
+#include "trainer/train_cuda.hpp"
 
 namespace {
 
@@ -41,8 +43,13 @@ int main(int argc, char** argv) {
   }
   try {
     if (o.device == "cuda") {
-      std::fprintf(stderr, "moe-train: --device cuda: this build has no CUDA execution space yet; use --device host\n");
+#if defined(MOE_TRAIN_CUDA)
+      return trainer::train_cuda(o);
+#else
+      std::fprintf(stderr, "moe-train: --device cuda: this build has no CUDA (configure with nvcc on PATH); use "
+                           "--device host\n");
       return 2;
+#endif
     }
     return train_preset(o);
   } catch (const trainer::checkpoint_error& e) {

@@ -10,13 +10,13 @@
 #     and Google Benchmark);
 #   - prebuilt (MOE_GPU_BIN=DIR): runs the binaries that scripts/gpu-pack.sh built and packed on
 #     another x86-64 machine (the GPU machines have no doctest or Google Benchmark and no network).
-# env: STEPS (space-separated subset of: tests sanitize bench torch; default all), BENCH_FILTER,
+# env: STEPS (space-separated subset of: tests trainer sanitize bench torch; default all), BENCH_FILTER,
 #      BENCH_MIN_TIME, TEST_TIMEOUT, SANITIZE_TIMEOUT, SANITIZE_TOOLS, BENCH_TIMEOUT, TORCH_ARGS.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-build/gpu-check}
 mkdir -p "$out"
-steps=" ${STEPS:-tests sanitize bench torch} "
+steps=" ${STEPS:-tests trainer sanitize bench torch} "
 declare -a table=()
 gpu_tests=(cuda_primitives_test cuda_layer_test cuda_layer_modes_test cuda_expert_parallel_test)
 
@@ -42,6 +42,7 @@ run() {
 if [[ -n ${MOE_GPU_BIN:-} ]]; then
   bin_of() { echo "$MOE_GPU_BIN/$1"; }
   bench_bin=$MOE_GPU_BIN/moe_bench_cuda
+  train_bin=$MOE_GPU_BIN/moe-train
   # cuBLAS and NCCL: the toolkit's, else the PyTorch venv's wheels (nvidia-*-cu13).
   wheel_libs=$(python3 -c 'import nvidia; print("\n".join(nvidia.__path__))' 2>/dev/null |
                xargs -r -I{} find {} -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u)
@@ -53,6 +54,7 @@ if [[ -n ${MOE_GPU_BIN:-} ]]; then
 else
   bin_of() { echo "build/cuda/tests/cuda/$1"; }
   bench_bin=build/cuda/benchmarks/moe_bench_cuda
+  train_bin=build/cuda/examples/moe-train
   run "configure (cuda preset)" configure.log 600 cmake --preset cuda -DMOE_BUILD_EXAMPLES=ON || true
   run "build" build.log 1800 cmake --build --preset cuda -j "$(nproc)" || true
 fi
@@ -63,6 +65,11 @@ if [[ $steps == *" tests "* ]]; then
     [[ -x $b ]] || { table+=("  $t: not built"); continue; }
     run "test $t" "test_$t.log" "${TEST_TIMEOUT:-300}" "$b" || true
   done
+fi
+
+# moe-train --device cuda against --device host, each preset (loss gap, tokens/s).
+if [[ $steps == *" trainer "* && -x $train_bin ]]; then
+  run "trainer: cuda vs host" trainer_cuda.log "${TEST_TIMEOUT:-300}" bash tests/trainer/cuda_test.sh "$train_bin" python3 || true
 fi
 
 if [[ $steps == *" sanitize "* ]] && command -v compute-sanitizer >/dev/null 2>&1; then
@@ -95,6 +102,7 @@ echo "==== gpu-check: $(head -n 1 "$out/gpu.txt")"
 printf '%s\n' "${table[@]}"
 grep -hE "^\[doctest\] (test cases|assertions)" "$out"/test_*.log 2>/dev/null | sed 's/^/  /'
 grep -HE "ERROR SUMMARY|RACECHECK SUMMARY" "$out"/sanitize_*.log 2>/dev/null | sed "s|$out/||; s/^/  /"
+[[ -f $out/trainer_cuda.log ]] && grep -E "^(dense|switch|glam|st-moe):|FAIL" "$out/trainer_cuda.log" | sed 's/^/  trainer /'
 if [[ -f $out/bench_cuda.log ]]; then
   echo "  benchmarks:"
   grep -E "^(copy|dense|layer|dispatch|expert)" "$out/bench_cuda.log" | sed -E 's/ +/ /g' | cut -c1-170 | sed 's/^/    /'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU test and benchmark binaries here (x86-64, nvcc, sm_90) and packs them into DIR
+# Builds the GPU test and benchmark binaries and moe-train here (x86-64, nvcc, sm_90) and packs them into DIR
 # (default .gpu) for a GPU machine that lacks doctest and Google Benchmark: then, there,
 #   MOE_GPU_BIN=.gpu/bin scripts/gpu-check.sh OUT
 # The host reference inside the tests uses the portable GEMM (MOE_USE_BLAS=OFF), so nothing but the
@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dir=${1:-.gpu}
 build=build/gpu
-targets=(cuda_primitives_test cuda_layer_test cuda_layer_modes_test cuda_expert_parallel_test moe_bench_cuda)
-cmake --preset cuda -B "$build" -DMOE_USE_BLAS=OFF -DMOE_BUILD_EXAMPLES=OFF >/dev/null
+targets=(cuda_primitives_test cuda_layer_test cuda_layer_modes_test cuda_expert_parallel_test moe_bench_cuda moe-train)
+cmake --preset cuda -B "$build" -DMOE_USE_BLAS=OFF -DMOE_BUILD_EXAMPLES=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/lib"
 for t in "${targets[@]}"; do

@@ -52,7 +52,8 @@ class usage_error : public std::runtime_error {
 inline const char* usage_text =
     "usage: moe-train [flags]\n"
     "  --preset dense|switch|glam|st-moe   model (default switch)\n"
-    "  --device host|cuda                  execution space (default host)\n"
+    "  --device host|cuda                  execution space (default host; cuda: one GPU, float32, in\n"
+    "                                      builds with CUDA; exit code 4 when no GPU is usable)\n"
     "  --steps N --batch N --seq N         training length and batch shape (3000, 16, 64)\n"
     "  --d-model N --layers N --heads N    transformer size (96, 4, 4)\n"
     "  --experts N --group-size N          experts per MoE layer (8); routing group (0 = batch)\n"

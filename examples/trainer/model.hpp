@@ -200,6 +200,52 @@ class model {
     return a;
   }
 
+  // ---- implementation steps -------------------------------------------------------------------
+  // Public only because nvcc's extended lambdas (the parallel_for bodies) may not be defined in
+  // private or protected member functions; not part of the model's interface.
+  void init_tensor(const param_view<T>& v, float stddev, std::uint32_t id) {
+    T* data = v.value;
+    if (stddev == 0) {
+      space_.parallel_for(v.size(), [=] MOE_LAMBDA(index_t i) { data[i] = T(1); });
+      return;
+    }
+    // Philox stream keyed by (seed, tensor): the same values on every space.
+    const moe::rng_stream s{cfg_.seed, moe::rng_purpose::user, id, 0};
+    space_.parallel_for(v.size(),
+                        [=] MOE_LAMBDA(index_t i) { data[i] = T(moe::truncated_normal(s, std::uint64_t(i), stddev)); });
+  }
+
+  void ensure_activations(int B) {
+    if (B == act_batch_) return;
+    const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab, H = cfg_.heads;
+    moe::workspace_carver measure;
+    carve_activations(measure, N, B, S, d, V, H);
+    act_buffer_ = moe::buffer<Space>(space_, measure.bytes());
+    moe::workspace_carver w(act_buffer_.data(), act_buffer_.bytes());
+    carve_activations(w, N, B, S, d, V, H);
+    // The dense FFN runs as one expert over all N rows.
+    rows_buffer_ = moe::buffer<Space>(space_, sizeof(int) * std::size_t(2 + 4 * N) + 1024);
+    int* r = rows_buffer_.template as<int>();
+    dense_rows_.rows_bound = N;
+    dense_rows_.expert_offsets = r;
+    dense_rows_.row_pair = r + 2;
+    dense_rows_.row_token = r + 2 + N;
+    dense_rows_.row_expert = r + 2 + 2 * N;
+    int* off = r;
+    int *rp = dense_rows_.row_pair, *rt = dense_rows_.row_token, *re = dense_rows_.row_expert;
+    const int n = int(N);
+    space_.parallel_for(N, [=] MOE_LAMBDA(index_t i) {
+      rp[i] = int(i);
+      rt[i] = int(i);
+      re[i] = 0;
+      if (i == 0) {
+        off[0] = 0;
+        off[1] = n;
+      }
+    });
+    act_batch_ = B;
+  }
+
  private:
   struct sublayer {
     bool moe_kind = false;
@@ -340,49 +386,6 @@ class model {
     c.layer_id = std::uint32_t(block_index);
     c.group_size = cfg_.group_size;
     return c;
-  }
-
-  void init_tensor(const param_view<T>& v, float stddev, std::uint32_t id) {
-    T* data = v.value;
-    if (stddev == 0) {
-      space_.parallel_for(v.size(), [=] MOE_LAMBDA(index_t i) { data[i] = T(1); });
-      return;
-    }
-    // Philox stream keyed by (seed, tensor): the same values on every space.
-    const moe::rng_stream s{cfg_.seed, moe::rng_purpose::user, id, 0};
-    space_.parallel_for(v.size(),
-                        [=] MOE_LAMBDA(index_t i) { data[i] = T(moe::truncated_normal(s, std::uint64_t(i), stddev)); });
-  }
-
-  void ensure_activations(int B) {
-    if (B == act_batch_) return;
-    const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab, H = cfg_.heads;
-    moe::workspace_carver measure;
-    carve_activations(measure, N, B, S, d, V, H);
-    act_buffer_ = moe::buffer<Space>(space_, measure.bytes());
-    moe::workspace_carver w(act_buffer_.data(), act_buffer_.bytes());
-    carve_activations(w, N, B, S, d, V, H);
-    // The dense FFN runs as one expert over all N rows.
-    rows_buffer_ = moe::buffer<Space>(space_, sizeof(int) * std::size_t(2 + 4 * N) + 1024);
-    int* r = rows_buffer_.template as<int>();
-    dense_rows_.rows_bound = N;
-    dense_rows_.expert_offsets = r;
-    dense_rows_.row_pair = r + 2;
-    dense_rows_.row_token = r + 2 + N;
-    dense_rows_.row_expert = r + 2 + 2 * N;
-    int* off = r;
-    int *rp = dense_rows_.row_pair, *rt = dense_rows_.row_token, *re = dense_rows_.row_expert;
-    const int n = int(N);
-    space_.parallel_for(N, [=] MOE_LAMBDA(index_t i) {
-      rp[i] = int(i);
-      rt[i] = int(i);
-      re[i] = 0;
-      if (i == 0) {
-        off[0] = 0;
-        off[1] = n;
-      }
-    });
-    act_batch_ = B;
   }
 
   void carve_activations(moe::workspace_carver& w, index_t N, index_t B, index_t S, index_t d, index_t V, index_t H) {
