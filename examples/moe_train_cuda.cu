@@ -1,5 +1,5 @@
-// moe-train's CUDA half: the same trainer (examples/trainer/run.hpp) on moe::cuda, one GPU, float32
-// parameters and activations. Its own translation unit, compiled by nvcc, so that the host half
+// moe-train's CUDA half: the same trainer (examples/trainer/run.hpp) on moe::cuda, one GPU: float32,
+// or (--precision bf16) bf16 MoE layers with float32 master weights. Its own translation unit, compiled by nvcc, so that the host half
 // stays plain C++.
 #include <cuda_runtime_api.h>
 
@@ -42,11 +42,26 @@ int train_cuda(const options& o) {
   int code = 0;
   {
     const moe::cuda space(stream.s);
+    const bool bf16 = o.precision == "bf16";  // the parser rejects bf16 for the dense preset
+    using moe::bfloat16;
+    using moe::cuda;
+    namespace mp = moe::presets;
     switch (o.kind) {
       case preset::dense:  // builds no MoE layer: the preset type only completes the template
-      case preset::switch_transformer: code = run_on<moe::presets::switch_transformer<float, moe::cuda>, moe::relu_ffn>(o, space); break;
-      case preset::glam: code = run_on<moe::presets::glam<float, moe::cuda>, moe::geglu_ffn>(o, space); break;
-      case preset::st_moe: code = run_on<moe::presets::st_moe<float, moe::cuda>, moe::geglu_ffn>(o, space); break;
+        code = run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
+        break;
+      case preset::switch_transformer:
+        code = bf16 ? run_on<mp::switch_transformer<bfloat16, cuda>, moe::relu_ffn>(o, space)
+                    : run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
+        break;
+      case preset::glam:
+        code = bf16 ? run_on<mp::glam<bfloat16, cuda>, moe::geglu_ffn>(o, space)
+                    : run_on<mp::glam<float, cuda>, moe::geglu_ffn>(o, space);
+        break;
+      case preset::st_moe:
+        code = bf16 ? run_on<mp::st_moe<bfloat16, cuda>, moe::geglu_ffn>(o, space)
+                    : run_on<mp::st_moe<float, cuda>, moe::geglu_ffn>(o, space);
+        break;
     }
     space.synchronize();
   }

@@ -18,6 +18,10 @@ namespace trainer {
 struct options {
   preset kind = preset::switch_transformer;
   std::string device = "host";
+  // Storage type of the MoE layers (activations and expert weights): "fp32" or "bf16". With bf16 the
+  // optimiser keeps float32 master weights and rounds them into the layers after every update;
+  // attention, embeddings, norms and dense FFNs stay float32.
+  std::string precision = "fp32";
   int steps = 3000;
   int batch = 16;
   int seq = 64;
@@ -54,6 +58,8 @@ inline const char* usage_text =
     "  --preset dense|switch|glam|st-moe   model (default switch)\n"
     "  --device host|cuda                  execution space (default host; cuda: one GPU, float32, in\n"
     "                                      builds with CUDA; exit code 4 when no GPU is usable)\n"
+    "  --precision fp32|bf16               storage of the MoE layers (bf16: float32 master weights in the\n"
+    "                                      optimiser; the rest of the model stays float32)\n"
     "  --steps N --batch N --seq N         training length and batch shape (3000, 16, 64)\n"
     "  --d-model N --layers N --heads N    transformer size (96, 4, 4)\n"
     "  --experts N --group-size N          experts per MoE layer (8); routing group (0 = batch)\n"
@@ -125,6 +131,10 @@ inline options parse_options(int argc, char** argv) {
       else if (v == "glam") o.kind = preset::glam;
       else if (v == "st-moe") o.kind = preset::st_moe;
       else throw usage_error("--preset: '" + v + "' is not one of dense, switch, glam, st-moe");
+    } else if (flag == "--precision") {
+      o.precision = take();
+      if (o.precision != "fp32" && o.precision != "bf16")
+        throw usage_error("--precision: '" + o.precision + "' is not one of fp32, bf16");
     } else if (flag == "--device") {
       o.device = take();
       if (o.device != "host" && o.device != "cuda")
@@ -216,6 +226,8 @@ inline options parse_options(int argc, char** argv) {
   if (o.kind != preset::dense && o.experts % o.ranks != 0)
     throw usage_error("--ranks: " + std::to_string(o.ranks) + " does not divide --experts " +
                       std::to_string(o.experts) + " (each rank holds an equal share of the experts)");
+  if (o.precision != "fp32" && o.kind == preset::dense)
+    throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
   if (o.ranks > 1 && o.device == "cuda")
     throw usage_error("--ranks: several ranks run on the host only in this build (--device host)");
   const int rank_tokens = o.batch / o.ranks * o.seq;

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <moe/moe.hpp>
@@ -59,6 +60,12 @@ class model {
                 "the trainer keeps one element type for all parameters (float, or double for tests)");
 
  public:
+  // The MoE layers may store their activations and expert weights in 16 bits (--precision bf16):
+  // their inputs and outputs are converted at the layer boundary, and the optimiser updates float
+  // master copies of their 16-bit parameters (commit_parameters() rounds them into the layers).
+  using moe_element = typename MoeLayer::element_type;
+  static constexpr bool low_precision_moe = !std::is_same_v<moe_element, T>;
+
   using moe_factory = std::function<std::unique_ptr<MoeLayer>(const typename MoeLayer::config&)>;
 
   // `make_moe` builds each MoE layer from its config (an expert-parallel layer needs its
@@ -81,11 +88,14 @@ class model {
   // Every trainable tensor: the dense ones, then each MoE layer's.
   std::vector<param_view<T>> parameters() {
     std::vector<param_view<T>> all = dense_params_;
+    std::size_t next_master = 0;
     for (std::size_t i = 0; i < moe_layers_.size(); ++i) {
       moe_layers_[i]->for_each_parameter([&](const auto& p) {
         param_view<T> v;
         v.name = "moe" + std::to_string(moe_block_[i]) + "." + p.name;
-        v.value = p.value;
+        using stored = std::remove_cv_t<std::remove_pointer_t<decltype(p.value)>>;
+        if constexpr (std::is_same_v<stored, T>) v.value = p.value;
+        else v.value = masters_[next_master++].master;  // the optimiser works on the float master
         v.grad = p.grad;
         v.rank = p.rank;
         for (int r = 0; r < 3; ++r) v.shape[r] = p.shape[r];
@@ -105,6 +115,12 @@ class model {
   void zero_grad() {
     space_.fill_zero(grads_.data(), grads_.bytes());
     for (auto& l : moe_layers_) l->zero_grad();
+  }
+
+  // Rounds the float master weights into the MoE layers' 16-bit storage (after every optimiser
+  // update and after restoring a checkpoint); nothing to do when the layers are float.
+  void commit_parameters() {
+    for (const master_copy& m : masters_) convert_into(space_, m.master, m.size, m.stored);
   }
 
   // Forward over a batch of B sequences of S tokens: inputs [B·S] and targets [B·S] in space
@@ -133,7 +149,13 @@ class model {
         s.x_in = x;
         rmsnorm_forward(sp, x, s.g, N, d, s.h, s.rinv);
         if (s.moe) {
-          s.moe->forward({training, step}, {s.h, N, d}, {s.y, N, d});
+          if constexpr (low_precision_moe) {
+            convert_into(sp, s.h, N * d, s.h_moe);
+            s.moe->forward({training, step}, {s.h_moe, N, d}, {s.y_moe, N, d});
+            convert_into(sp, s.y_moe, N * d, s.y);
+          } else {
+            s.moe->forward({training, step}, {s.h, N, d}, {s.y, N, d});
+          }
         } else {
           DenseFFN::forward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), dense_rows_, s.h, s.act, false,
                             moe::rng_stream{});
@@ -170,7 +192,13 @@ class model {
         sublayer& s = b.ffns[i];
         // x_out = x_in + FFN(RMSNorm(x_in)): dx passes through and gains the FFN branch.
         if (s.moe) {
-          s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
+          if constexpr (low_precision_moe) {
+            convert_into(sp, act_.dx, N * d, act_.dy_moe);
+            s.moe->backward({act_.dy_moe, N, d}, {act_.dx_moe, N, d});
+            convert_into(sp, act_.dx_moe, N * d, act_.dh);
+          } else {
+            s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
+          }
         } else {
           DenseFFN::backward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), s.dw, dense_rows_, s.h, s.act, act_.dx,
                              act_.dh, false, moe::rng_stream{});
@@ -256,6 +284,7 @@ class model {
     // activations
     const T* x_in = nullptr;
     T *h = nullptr, *rinv = nullptr, *y = nullptr, *x_out = nullptr;
+    moe_element *h_moe = nullptr, *y_moe = nullptr;  // the MoE layer's input and output (16-bit layers)
     moe::ffn_activations<T> act;
   };
   struct block {
@@ -273,6 +302,12 @@ class model {
       *scalar = nullptr;
     const T* x_last = nullptr;
     T *dx = nullptr, *dh = nullptr, *dattn = nullptr, *dqkv = nullptr, *dscores = nullptr;
+    moe_element *dy_moe = nullptr, *dx_moe = nullptr;  // a 16-bit MoE layer's output and input gradients
+  };
+  struct master_copy {
+    moe_element* stored;  // the layer's 16-bit parameter
+    T* master;            // its float master copy
+    index_t size;
   };
 
   static moe::ffn_tensors<const T> const_view(const moe::ffn_tensors<T>& w) {
@@ -379,6 +414,29 @@ class model {
     auto& gf = next();
     p_.g_final = gf.value;
     g_.g_final = gf.grad;
+
+    // Float masters of the MoE layers' 16-bit parameters, initialised from the layers' values
+    // (widening is exact), in the order parameters() visits them.
+    if constexpr (low_precision_moe) {
+      index_t total_masters = 0;
+      for (auto& l : moe_layers_)
+        l->for_each_parameter([&](const auto& p) {
+          using stored = std::remove_cv_t<std::remove_pointer_t<decltype(p.value)>>;
+          if constexpr (!std::is_same_v<stored, T>) {
+            index_t n = 1;
+            for (int r = 0; r < p.rank; ++r) n *= p.shape[r];
+            masters_.push_back({p.value, nullptr, n});
+            total_masters += n;
+          }
+        });
+      master_values_ = moe::buffer<Space>(space_, sizeof(T) * std::size_t(total_masters));
+      T* next_master = master_values_.template as<T>();
+      for (master_copy& m : masters_) {
+        m.master = next_master;
+        next_master += m.size;
+        convert_into(space_, m.stored, m.size, m.master);
+      }
+    }
   }
 
   typename MoeLayer::config moe_config(const ffn_spec& f, int block_index) const {
@@ -404,6 +462,10 @@ class model {
         s.y = w.take<T>(N * d);
         s.x_out = w.take<T>(N * d);
         if (!s.moe) DenseFFN::template carve<T>(w, {1, d, s.d_ff}, N, s.act);
+        if (s.moe && low_precision_moe) {
+          s.h_moe = w.take<moe_element>(N * d);
+          s.y_moe = w.take<moe_element>(N * d);
+        }
       }
     }
     act_.h_final = w.take<T>(N * d);
@@ -416,6 +478,10 @@ class model {
     act_.dattn = w.take<T>(N * d);
     act_.dqkv = w.take<T>(N * 3 * d);
     act_.dscores = w.take<T>(B * H * S * S);
+    if (low_precision_moe && !moe_layers_.empty()) {
+      act_.dy_moe = w.take<moe_element>(N * d);
+      act_.dx_moe = w.take<moe_element>(N * d);
+    }
   }
 
   model_config cfg_;
@@ -426,6 +492,8 @@ class model {
   std::vector<param_view<T>> dense_params_;
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
   std::vector<int> moe_block_;
+  std::vector<master_copy> masters_;  // 16-bit MoE parameters, in parameters() order
+  moe::buffer<Space> master_values_;
   std::vector<block> blocks_;
   globals p_, g_;
   activations act_;

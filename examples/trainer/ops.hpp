@@ -166,6 +166,12 @@ void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, in
   });
 }
 
+// dst[i] = src[i] in dst's type (rounded to nearest even when narrowing; exact when widening)
+template <class Space, class From, class To>
+void convert_into(const Space& sp, const From* src, index_t n, To* dst) {
+  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { dst[i] = moe::convert<To>(moe::widen(src[i])); });
+}
+
 // y += x (element-wise)
 template <class Space, class T>
 void add_into(const Space& sp, const T* x, index_t n, T* y) {

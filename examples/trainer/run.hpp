@@ -152,6 +152,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
       {"experts", std::to_string(opt.experts)}, {"group_size", std::to_string(opt.group_size)},
       {"seed", std::to_string(opt.seed)},     {"data", opt.data.empty() ? "synthetic" : opt.data},
       {"optimizer", opt.optim.kind == optimizer_kind::adamw ? "adamw" : "adafactor"},
+      {"precision", opt.precision},
       {"vocab", std::to_string(mc.vocab)}};
 
   int start_step = 0;
@@ -159,6 +160,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
     const checkpoint_data ck = read_checkpoint(opt.checkpoint);
     for (const auto& [k, v] : header) {
       const auto it = ck.header.find(k);
+      if (it == ck.header.end() && k == "precision" && v == "fp32") continue;  // written before --precision
       if (it == ck.header.end() || it->second != v)
         throw checkpoint_error("--resume: the checkpoint was written with " + k + "=" +
                                (it == ck.header.end() ? std::string("<missing>") : it->second) +
@@ -189,6 +191,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
       if (s.sharded) restore(s.name, s.data, s.size, s.components, s.first, s.leading, s.global_leading);
       else restore(s.name, s.data, s.size, 1, 0, 1, 1);
     }
+    net.commit_parameters();
     start_step = std::stoi(ck.header.at("step"));
     opt_state.set_steps_taken(std::stoi(ck.header.at("optimizer_steps")));
   }
@@ -219,6 +222,8 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
     std::printf("  train    %d steps x %d sequences x %d tokens, %s lr %.3g, warm-up %d, clip %.3g\n", opt.steps,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
+    if (Model::low_precision_moe)
+      std::printf("  precision MoE layers bf16 (float32 master weights), the rest float32\n");
     std::fflush(stdout);
   }
 
@@ -297,6 +302,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
     sum_dense_grads();
     const double lr = learning_rate(opt.optim, step);
     const double gnorm = opt_state.step(lr);
+    net.commit_parameters();  // 16-bit MoE layers: the updated float masters, rounded
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     train_seconds += seconds;
     tokens_seen += double(N_global);

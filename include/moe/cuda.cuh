@@ -16,5 +16,6 @@
 
 #include "moe/moe.hpp"
 #include "moe/cuda/space.cuh"
+#include "moe/cuda/gating.cuh"  // the warp-per-token gating kernel (a specialisation used by route.hpp)
 
 static_assert(moe::execution_space<moe::cuda>, "moe::cuda must satisfy moe::execution_space");

@@ -112,6 +112,30 @@ TEST_CASE("batch-prioritised routing on cuda matches the host") {
   compare_layer<H, G>(hc, gc, space, 96, 131, float_rtol, true);
 }
 
+TEST_CASE("the gating kernel (a warp per token, E <= 256) and the generic path beyond match the host") {
+  // Top-2, renormalised, with logit noise and a soft cap in training: every piece of the gating
+  // step. E = 256 and 64 take the warp-per-token kernel (moe/cuda/gating.cuh), E = 300 the generic
+  // per-token loop.
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  using H = dropless_layer<moe::host>;
+  using G = dropless_layer<moe::cuda>;
+  for (const int experts : {64, 256, 300}) {
+    CAPTURE(experts);
+    auto hc = dropless_config<H>(9);
+    auto gc = dropless_config<G>(9);
+    hc.num_experts = gc.num_experts = experts;
+    hc.d_model = gc.d_model = 32;
+    hc.d_ff = gc.d_ff = 16;
+    hc.router.noise_stddev = gc.router.noise_stddev = 0.3f;
+    hc.router.logit_soft_cap = gc.router.logit_soft_cap = 4.0f;
+    moe::step_context ctx;
+    ctx.training = true;
+    ctx.step = 3;
+    compare_layer<H, G>(hc, gc, space, 160, 141, float_rtol, true, ctx);
+  }
+}
+
 TEST_CASE("every token routed to one expert: worst-case buffers") {
   stream_holder stream;
   const moe::cuda space(stream.s);

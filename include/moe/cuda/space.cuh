@@ -146,6 +146,7 @@ class cuda {
   }
 
   cudaStream_t stream() const { return state().stream; }
+  int multiprocessors() const { return state().sm_count; }
   cublasHandle_t blas_handle() const { return state().blas; }
 
   // ---- memory -------------------------------------------------------------------------------
@@ -578,3 +579,14 @@ class cuda {
 };
 
 }  // namespace moe
+
+namespace moe::detail {
+// The routing step's gating kernel for this space is defined in moe/cuda/gating.cuh, which
+// <moe/cuda.cuh> includes. Declared here so that a translation unit that included this header alone
+// cannot route with the generic loop while another uses the kernel: using it without the
+// definition is a compile error.
+template <class Space>
+struct token_gating;
+template <>
+struct token_gating<cuda>;
+}  // namespace moe::detail

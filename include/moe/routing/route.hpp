@@ -47,6 +47,15 @@ loss_inputs<R> make_loss_inputs(const routing_plan<R>& p) {
   return in;
 }
 
+// A space may run the per-token gating step below (noise, soft cap, softmax, statistics, selection,
+// segments) with its own kernel: moe::cuda does for E <= 256 (moe/cuda/gating.cuh, a warp per
+// token). It must compute what the per-token loop computes, with the same single-source pieces
+// (token_logit, Router::select).
+template <class Space>
+struct token_gating {
+  static constexpr bool available = false;
+};
+
 template <class Router, class Space, class T, class R>
 void router_forward(const Space& sp, const typename Router::config& cfg, const routing_plan<R>& plan, const T* x,
                     const R* w_router, const R* w_noise, bool training, const router_streams& rng) {
@@ -90,6 +99,12 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
 
   const auto c = cfg;
   const rng_stream noise_rng = rng.noise, second_rng = rng.second_expert;
+  if constexpr (token_gating<Space>::available) {
+    if (token_gating<Space>::handles(E)) {
+      token_gating<Space>::template run<Router>(sp, c, training, noise_rng, second_rng, plan);
+      return;
+    }
+  }
   const R *raw = plan.raw, *noise_pre = plan.noise_pre;
   R *logits = plan.logits, *probs = plan.probs, *lse = plan.lse, *top1 = plan.top1;
   R *entropy = plan.entropy, *absmax = plan.logit_absmax, *sumsq = plan.logit_sumsq;

@@ -81,6 +81,25 @@ MOE_HOST_DEVICE void jitter_factors(const rng_stream& s, float epsilon, index_t 
   for (index_t j = 0; j < end - first; ++j) factor[j] = jitter_from_word(words[skip + std::uint64_t(j)], epsilon);
 }
 
+// Final logit h of expert e of token t from its raw logit (and learned-noise pre-activation): noise
+// (only when `noisy`, training) then the soft cap. One element: the per-token loop below and the
+// CUDA gating kernel (a warp per token, moe/cuda/gating.cuh) both call it.
+template <class R, class Config>
+MOE_HOST_DEVICE R token_logit(const Config& cfg, bool noisy, const rng_stream& noise_rng, index_t t, int num_experts,
+                              int e, R raw, R noise_pre) {
+  R h = raw;
+  if (noisy && (cfg.learned_noise || cfg.noise_stddev > 0.0f)) {
+    const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(num_experts) + std::uint64_t(e)));
+    const R sigma = cfg.learned_noise ? detail::softplus(noise_pre) : R(cfg.noise_stddev);
+    h += sigma * n;
+  }
+  if (cfg.logit_soft_cap > 0.0f) {
+    const R c = R(cfg.logit_soft_cap);
+    h = c * std::tanh(h / c);
+  }
+  return h;
+}
+
 // Forward of one token: raw logits (and learned-noise pre-activations) to final logits h,
 // probabilities p and log-sum-exp. Noise is drawn only when `noisy` (training).
 template <class R, class Config>
@@ -90,16 +109,7 @@ MOE_HOST_DEVICE void token_logits_forward(const Config& cfg, bool noisy, const r
   const int E = num_experts;
   R m = -INFINITY;
   for (int e = 0; e < E; ++e) {
-    R h = raw[e];
-    if (noisy && (cfg.learned_noise || cfg.noise_stddev > 0.0f)) {
-      const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(E) + std::uint64_t(e)));
-      const R sigma = cfg.learned_noise ? detail::softplus(noise_pre[e]) : R(cfg.noise_stddev);
-      h += sigma * n;
-    }
-    if (cfg.logit_soft_cap > 0.0f) {
-      const R c = R(cfg.logit_soft_cap);
-      h = c * std::tanh(h / c);
-    }
+    const R h = token_logit(cfg, noisy, noise_rng, t, E, e, raw[e], noise_pre ? noise_pre[e] : R(0));
     logits[e] = h;
     m = h > m ? h : m;
   }
