@@ -17,19 +17,13 @@ namespace {
 
 int train_preset(const trainer::options& o) {
   using namespace trainer;
-  const bool bf16 = o.precision == "bf16";  // the parser rejects bf16 for the dense preset
+  if (o.precision != "fp32") return train_host_low_precision(o);  // moe_train_lowp.cpp
   switch (o.kind) {
     case preset::dense:  // builds no MoE layer: the preset type only completes the template
       return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
-    case preset::switch_transformer:
-      return bf16 ? train<moe::presets::switch_transformer<moe::bfloat16>, moe::relu_ffn>(o)
-                  : train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
-    case preset::glam:
-      return bf16 ? train<moe::presets::glam<moe::bfloat16>, moe::geglu_ffn>(o)
-                  : train<moe::presets::glam<float>, moe::geglu_ffn>(o);
-    case preset::st_moe:
-      return bf16 ? train<moe::presets::st_moe<moe::bfloat16>, moe::geglu_ffn>(o)
-                  : train<moe::presets::st_moe<float>, moe::geglu_ffn>(o);
+    case preset::switch_transformer: return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
+    case preset::glam: return train<moe::presets::glam<float>, moe::geglu_ffn>(o);
+    case preset::st_moe: return train<moe::presets::st_moe<float>, moe::geglu_ffn>(o);
   }
   return 2;
 }

@@ -1,14 +1,13 @@
-// moe-train's CUDA half: the same trainer (examples/trainer/run.hpp) on moe::cuda, one GPU: float32,
-// or (--precision bf16) bf16 MoE layers with float32 master weights. Its own translation unit, compiled by nvcc, so that the host half
-// stays plain C++.
+// moe-train's CUDA half: the same trainer (examples/trainer/run.hpp) on moe::cuda, one GPU, float32
+// (16-bit MoE layers: moe_train_cuda_lowp.cu, which compiles in parallel). Compiled by nvcc in
+// translation units of their own, so that the host half stays plain C++.
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
 
 #include <moe/cuda.cuh>
 
-#include "trainer/run.hpp"
-#include "trainer/train_cuda.hpp"
+#include "trainer/run_cuda.hpp"
 
 namespace trainer {
 
@@ -22,11 +21,6 @@ struct owned_stream {
   owned_stream(const owned_stream&) = delete;
   owned_stream& operator=(const owned_stream&) = delete;
 };
-
-template <class Preset, class DenseFFN>
-int run_on(const options& o, const moe::cuda& space) {
-  return run_rank<model<float, moe::cuda, Preset, DenseFFN>>(o, space, rank_context{});
-}
 
 }  // namespace
 
@@ -42,26 +36,19 @@ int train_cuda(const options& o) {
   int code = 0;
   {
     const moe::cuda space(stream.s);
-    const bool bf16 = o.precision == "bf16";  // the parser rejects bf16 for the dense preset
-    using moe::bfloat16;
-    using moe::cuda;
-    namespace mp = moe::presets;
-    switch (o.kind) {
-      case preset::dense:  // builds no MoE layer: the preset type only completes the template
-        code = run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
-        break;
-      case preset::switch_transformer:
-        code = bf16 ? run_on<mp::switch_transformer<bfloat16, cuda>, moe::relu_ffn>(o, space)
-                    : run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
-        break;
-      case preset::glam:
-        code = bf16 ? run_on<mp::glam<bfloat16, cuda>, moe::geglu_ffn>(o, space)
-                    : run_on<mp::glam<float, cuda>, moe::geglu_ffn>(o, space);
-        break;
-      case preset::st_moe:
-        code = bf16 ? run_on<mp::st_moe<bfloat16, cuda>, moe::geglu_ffn>(o, space)
-                    : run_on<mp::st_moe<float, cuda>, moe::geglu_ffn>(o, space);
-        break;
+    if (o.precision != "fp32") {
+      code = train_cuda_low_precision(o, space);  // moe_train_cuda_lowp.cu
+    } else {
+      namespace mp = moe::presets;
+      using moe::cuda;
+      switch (o.kind) {
+        case preset::dense:  // builds no MoE layer: the preset type only completes the template
+        case preset::switch_transformer:
+          code = run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
+          break;
+        case preset::glam: code = run_on<mp::glam<float, cuda>, moe::geglu_ffn>(o, space); break;
+        case preset::st_moe: code = run_on<mp::st_moe<float, cuda>, moe::geglu_ffn>(o, space); break;
+      }
     }
     space.synchronize();
   }

@@ -102,7 +102,7 @@ echo "==== gpu-check: $(head -n 1 "$out/gpu.txt")"
 printf '%s\n' "${table[@]}"
 grep -hE "^\[doctest\] (test cases|assertions)" "$out"/test_*.log 2>/dev/null | sed 's/^/  /'
 grep -HE "ERROR SUMMARY|RACECHECK SUMMARY" "$out"/sanitize_*.log 2>/dev/null | sed "s|$out/||; s/^/  /"
-[[ -f $out/trainer_cuda.log ]] && grep -E "^(dense|switch|glam|st-moe)(/bf16)?:|FAIL" "$out/trainer_cuda.log" | sed 's/^/  trainer /'
+[[ -f $out/trainer_cuda.log ]] && grep -E "^(dense|switch|glam|st-moe)(/bf16|/fp16)?:|FAIL" "$out/trainer_cuda.log" | sed 's/^/  trainer /'
 if [[ -f $out/bench_cuda.log ]]; then
   echo "  benchmarks:"
   grep -E "^(copy|dense|layer|dispatch|expert)" "$out/bench_cuda.log" | sed -E 's/ +/ /g' | cut -c1-170 | sed 's/^/    /'

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -18,10 +19,12 @@ namespace trainer {
 struct options {
   preset kind = preset::switch_transformer;
   std::string device = "host";
-  // Storage type of the MoE layers (activations and expert weights): "fp32" or "bf16". With bf16 the
-  // optimiser keeps float32 master weights and rounds them into the layers after every update;
-  // attention, embeddings, norms and dense FFNs stay float32.
+  // Storage type of the MoE layers (activations and expert weights): "fp32", "bf16" or "fp16". With
+  // 16 bits the optimiser keeps float32 master weights and rounds them into the layers after every
+  // update (fp16 also scales the loss dynamically); attention, embeddings, norms and dense FFNs stay
+  // float32.
   std::string precision = "fp32";
+  double loss_scale = 65536.0;  // fp16: the initial dynamic loss scale (a power of two)
   int steps = 3000;
   int batch = 16;
   int seq = 64;
@@ -58,8 +61,10 @@ inline const char* usage_text =
     "  --preset dense|switch|glam|st-moe   model (default switch)\n"
     "  --device host|cuda                  execution space (default host; cuda: one GPU, float32, in\n"
     "                                      builds with CUDA; exit code 4 when no GPU is usable)\n"
-    "  --precision fp32|bf16               storage of the MoE layers (bf16: float32 master weights in the\n"
-    "                                      optimiser; the rest of the model stays float32)\n"
+    "  --precision fp32|bf16|fp16          storage of the MoE layers (16-bit: float32 master weights in the\n"
+    "                                      optimiser; fp16 adds dynamic loss scaling; the rest of the\n"
+    "                                      model stays float32)\n"
+    "  --loss-scale S                      fp16: initial dynamic loss scale, a power of two (65536)\n"
     "  --steps N --batch N --seq N         training length and batch shape (3000, 16, 64)\n"
     "  --d-model N --layers N --heads N    transformer size (96, 4, 4)\n"
     "  --experts N --group-size N          experts per MoE layer (8); routing group (0 = batch)\n"
@@ -100,7 +105,7 @@ inline double parse_double(std::string_view flag, const std::string& v, double l
 // Parses argv; throws usage_error with a one-line message on any problem.
 inline options parse_options(int argc, char** argv) {
   options o;
-  bool lr_given = false, warmup_given = false;
+  bool lr_given = false, warmup_given = false, loss_scale_given = false;
   std::vector<std::string> args(argv + 1, argv + argc);
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string flag = args[i], value;
@@ -133,8 +138,14 @@ inline options parse_options(int argc, char** argv) {
       else throw usage_error("--preset: '" + v + "' is not one of dense, switch, glam, st-moe");
     } else if (flag == "--precision") {
       o.precision = take();
-      if (o.precision != "fp32" && o.precision != "bf16")
-        throw usage_error("--precision: '" + o.precision + "' is not one of fp32, bf16");
+      if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16")
+        throw usage_error("--precision: '" + o.precision + "' is not one of fp32, bf16, fp16");
+    } else if (flag == "--loss-scale") {
+      const std::string& v = take();
+      o.loss_scale = parse_double(flag, v, 1.0, 1e38);
+      int exponent = 0;
+      if (std::frexp(o.loss_scale, &exponent) != 0.5) throw usage_error("--loss-scale: '" + v + "' is not a power of two");
+      loss_scale_given = true;
     } else if (flag == "--device") {
       o.device = take();
       if (o.device != "host" && o.device != "cuda")
@@ -226,6 +237,8 @@ inline options parse_options(int argc, char** argv) {
   if (o.kind != preset::dense && o.experts % o.ranks != 0)
     throw usage_error("--ranks: " + std::to_string(o.ranks) + " does not divide --experts " +
                       std::to_string(o.experts) + " (each rank holds an equal share of the experts)");
+  if (loss_scale_given && o.precision != "fp16")
+    throw usage_error("--loss-scale: only fp16 scales the loss (this run has --precision " + o.precision + ")");
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
   if (o.ranks > 1 && o.device == "cuda")

@@ -65,6 +65,14 @@ class model {
   // master copies of their 16-bit parameters (commit_parameters() rounds them into the layers).
   using moe_element = typename MoeLayer::element_type;
   static constexpr bool low_precision_moe = !std::is_same_v<moe_element, T>;
+  // float16 MoE layers (--precision fp16) need loss scaling: the gradient entering a layer is
+  // multiplied by loss_scale() before it is rounded to 16 bits (float16's exponent range would flush
+  // most of it to zero), the layer's input gradient and parameter gradients are divided by it after.
+  // Dynamic, as in mixed-precision practice (PyTorch's GradScaler defaults): start at 2^16, halve
+  // and skip the update when a gradient is not finite, double after 2000 updates without overflow.
+  static constexpr bool loss_scaled = std::is_same_v<moe_element, moe::float16>;
+  static constexpr double initial_loss_scale = 65536.0;
+  static constexpr int loss_scale_growth_interval = 2000;
 
   using moe_factory = std::function<std::unique_ptr<MoeLayer>(const typename MoeLayer::config&)>;
 
@@ -115,6 +123,25 @@ class model {
   void zero_grad() {
     space_.fill_zero(grads_.data(), grads_.bytes());
     for (auto& l : moe_layers_) l->zero_grad();
+  }
+
+  double loss_scale() const { return loss_scale_; }
+  int loss_scale_good_steps() const { return good_steps_; }
+  void set_loss_scale(double scale, int good_steps) {
+    moe::require(scale > 0 && std::isfinite(scale), "loss_scale", "scale=", scale, " must be finite and > 0");
+    loss_scale_ = scale;
+    good_steps_ = good_steps;
+  }
+  // After an update (finite gradients) or a skipped one (overflow): the dynamic loss-scale rule.
+  void update_loss_scale(bool overflow) {
+    if (!loss_scaled) return;
+    if (overflow) {
+      loss_scale_ = std::max(1.0, loss_scale_ / 2);
+      good_steps_ = 0;
+    } else if (++good_steps_ >= loss_scale_growth_interval) {
+      loss_scale_ = std::min(loss_scale_ * 2, 16777216.0);
+      good_steps_ = 0;
+    }
   }
 
   // Rounds the float master weights into the MoE layers' 16-bit storage (after every optimiser
@@ -193,9 +220,17 @@ class model {
         // x_out = x_in + FFN(RMSNorm(x_in)): dx passes through and gains the FFN branch.
         if (s.moe) {
           if constexpr (low_precision_moe) {
-            convert_into(sp, act_.dx, N * d, act_.dy_moe);
-            s.moe->backward({act_.dy_moe, N, d}, {act_.dx_moe, N, d});
-            convert_into(sp, act_.dx_moe, N * d, act_.dh);
+            // ∂L/∂y · scale into 16 bits; the layer's own auxiliary-loss gradients get the same scale.
+            const T scale = T(loss_scale_), unscale = T(1.0 / loss_scale_);
+            scale_into(sp, act_.dx, N * d, scale, act_.dy_moe);
+            s.moe->backward({act_.dy_moe, N, d}, {act_.dx_moe, N, d}, loss_scale_);
+            scale_into(sp, act_.dx_moe, N * d, unscale, act_.dh);
+            if (loss_scaled)  // its parameter gradients hold scale × the true ones (zeroed every step)
+              s.moe->for_each_parameter([&](const auto& p) {
+                index_t n = 1;
+                for (int r = 0; r < p.rank; ++r) n *= p.shape[r];
+                scale_in_place(sp, p.grad, n, unscale);
+              });
           } else {
             s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
           }
@@ -501,6 +536,8 @@ class model {
   moe::row_map dense_rows_;
   const int* tokens_ = nullptr;
   int act_batch_ = 0;
+  double loss_scale_ = loss_scaled ? initial_loss_scale : 1.0;
+  int good_steps_ = 0;
 };
 
 }  // namespace trainer

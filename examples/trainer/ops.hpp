@@ -172,6 +172,17 @@ void convert_into(const Space& sp, const From* src, index_t n, To* dst) {
   sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { dst[i] = moe::convert<To>(moe::widen(src[i])); });
 }
 
+// dst[i] = src[i] · scale in dst's type (the loss scaling of 16-bit layers; scale is a power of two)
+template <class Space, class From, class To, class S>
+void scale_into(const Space& sp, const From* src, index_t n, S scale, To* dst) {
+  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { dst[i] = moe::convert<To>(moe::widen(src[i]) * scale); });
+}
+// x[i] *= scale
+template <class Space, class T, class S>
+void scale_in_place(const Space& sp, T* x, index_t n, S scale) {
+  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { x[i] = x[i] * scale; });
+}
+
 // y += x (element-wise)
 template <class Space, class T>
 void add_into(const Space& sp, const T* x, index_t n, T* y) {

@@ -118,9 +118,15 @@ class optimizer {
   }
 
   // Clips, then applies one update at learning rate `lr`. Returns the pre-clipping gradient norm.
-  double step(double lr) {
-    ++t_;
+  // A non-finite norm raises moe::numeric_error, or with `skip_nonfinite` (loss-scaled float16
+  // layers, whose gradients overflow now and then) returns it and leaves everything untouched.
+  double step(double lr, bool skip_nonfinite = false) {
     const double norm = gradient_norm();
+    if (!std::isfinite(norm)) {
+      if (skip_nonfinite) return norm;
+      throw moe::numeric_error("gradient norm is " + std::to_string(norm) + " at update " + std::to_string(t_ + 1));
+    }
+    ++t_;
     const T clip_scale = T(cfg_.clip > 0 && norm > cfg_.clip ? cfg_.clip / norm : 1.0);
     for (std::size_t i = 0; i < params_.size(); ++i) {
       if (cfg_.kind == optimizer_kind::adamw)

@@ -138,6 +138,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
   }
 
   Model net(mc, space, std::move(make_moe));
+  if (Model::loss_scaled) net.set_loss_scale(opt.loss_scale, 0);
   const model_cost cost_info = cost(mc);
   std::function<double(double)> sum_over_ranks;
   if (rc.comm) sum_over_ranks = [&rc](double v) { return rc.sum(v); };
@@ -192,6 +193,12 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
       else restore(s.name, s.data, s.size, 1, 0, 1, 1);
     }
     net.commit_parameters();
+    if (Model::loss_scaled) {
+      const auto scale = ck.header.find("loss_scale"), good = ck.header.find("loss_scale_good_steps");
+      if (scale == ck.header.end() || good == ck.header.end())
+        throw checkpoint_error("--resume: the checkpoint has no loss scale (it was not written by a fp16 run)");
+      net.set_loss_scale(std::stod(scale->second), std::stoi(good->second));
+    }
     start_step = std::stoi(ck.header.at("step"));
     opt_state.set_steps_taken(std::stoi(ck.header.at("optimizer_steps")));
   }
@@ -223,7 +230,8 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
     if (Model::low_precision_moe)
-      std::printf("  precision MoE layers bf16 (float32 master weights), the rest float32\n");
+      std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n", opt.precision.c_str(),
+                  Model::loss_scaled ? ", dynamic loss scaling from 2^16" : "");
     std::fflush(stdout);
   }
 
@@ -301,8 +309,11 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
     net.backward(d_by_token, d_offsets, B);
     sum_dense_grads();
     const double lr = learning_rate(opt.optim, step);
-    const double gnorm = opt_state.step(lr);
-    net.commit_parameters();  // 16-bit MoE layers: the updated float masters, rounded
+    const double gnorm = opt_state.step(lr, Model::loss_scaled);
+    const bool overflow = !std::isfinite(gnorm);  // float16 layers only: the update was skipped
+    const double loss_scale_used = net.loss_scale();
+    net.update_loss_scale(overflow);
+    if (!overflow) net.commit_parameters();  // 16-bit MoE layers: the updated float masters, rounded
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     train_seconds += seconds;
     tokens_seen += double(N_global);
@@ -333,7 +344,10 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
                          ",\"aux_loss\":" + exact(aux) + ",\"z_loss\":" + exact(z) +
                          ",\"dropped_fraction\":" + exact(dropped) + ",\"expert_load\":" + loads +
                          ",\"router_logit_max\":" + exact(logit_max) + ",\"lr\":" + exact(lr) +
-                         ",\"grad_norm\":" + exact(gnorm) + ",\"tokens_per_s\":" + fmt("%.1f", N_global / seconds);
+                         ",\"grad_norm\":" + (overflow ? std::string("null") : exact(gnorm)) +
+                         ",\"tokens_per_s\":" + fmt("%.1f", N_global / seconds);
+      if (Model::loss_scaled)
+        line += ",\"loss_scale\":" + exact(loss_scale_used) + (overflow ? ",\"skipped\":true" : "");
       if (eval_now) {
         line += ",\"val_loss\":" + exact(last_val) + ",\"expert_domain\":[";
         for (std::size_t l = 0; l < L; ++l) {
@@ -367,6 +381,10 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
       ck.header = header;
       ck.header["step"] = std::to_string(step);
       ck.header["optimizer_steps"] = std::to_string(opt_state.steps_taken());
+      if (Model::loss_scaled) {
+        ck.header["loss_scale"] = exact(net.loss_scale());
+        ck.header["loss_scale_good_steps"] = std::to_string(net.loss_scale_good_steps());
+      }
       auto save = [&](const std::string& name, const T* src, index_t count, bool sharded, int components) {
         std::vector<T> local(static_cast<std::size_t>(count));
         space.copy_to_host(local.data(), src, sizeof(T) * local.size());

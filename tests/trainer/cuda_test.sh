@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# moe-train --device cuda against --device host: each preset (and two with --precision bf16) trains
+# moe-train --device cuda against --device host: each preset (and glam in bf16, st-moe in fp16) trains
 # 20 steps with the same seed on both; the first step's loss (same initial weights, same batch) must agree to 1e-4 relative, every
 # later step within 0.02 nats (the runs drift apart through summation order and Adam's
 # normalisation of tiny gradients), and the CUDA run's loss must fall like the host's.
@@ -12,15 +12,16 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 args=(--steps 20 --batch 8 --seq 32 --d-model 32 --layers 2 --heads 2 --experts 4 --eval-every 10
       --eval-batches 2 --lr 1e-2 --no-progress)
-# name: preset[/bf16]; bf16 runs compare the 16-bit MoE layers (float32 masters) on both spaces, with
-# 1e-3 at step 1 (bf16 roundings of the layers' outputs may differ by one unit) and 0.05 nats after.
-for name in dense switch glam st-moe glam/bf16 st-moe/bf16; do
+# name: preset[/bf16|/fp16]: 16-bit MoE layers (float32 masters; fp16 with loss scaling) on both
+# spaces, with 1e-3 at step 1 (16-bit roundings of the layers' outputs may differ by one unit) and
+# 0.05 nats after.
+for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
   preset=${name%/*}
   extra=()
   step1=1e-4
   limit=0.02
-  if [[ $name == */bf16 ]]; then
-    extra=(--precision bf16)
+  if [[ $name == */* ]]; then
+    extra=(--precision "${name#*/}")
     step1=1e-3
     limit=0.05
   fi

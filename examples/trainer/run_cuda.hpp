@@ -1,0 +1,19 @@
+// examples/trainer/run_cuda.hpp — what the CUDA translation units of moe-train share (nvcc only).
+#pragma once
+
+#include <moe/cuda.cuh>
+
+#include "run.hpp"
+#include "train_cuda.hpp"
+
+namespace trainer {
+
+template <class Preset, class DenseFFN>
+int run_on(const options& o, const moe::cuda& space) {
+  return run_rank<model<float, moe::cuda, Preset, DenseFFN>>(o, space, rank_context{});
+}
+
+// --precision bf16 or fp16 on the device (moe_train_cuda_lowp.cu).
+int train_cuda_low_precision(const options& o, const moe::cuda& space);
+
+}  // namespace trainer
