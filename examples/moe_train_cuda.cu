@@ -32,6 +32,14 @@ int train_cuda(const options& o) {
                  status == cudaSuccess ? "ok" : cudaGetErrorName(status), devices);
     return exit_no_device;
   }
+  if (o.ranks > 1) {
+#if defined(MOE_TRAIN_NCCL)
+    return train_cuda_ranks(o, devices);  // moe_train_cuda_ranks.cu
+#else
+    std::fprintf(stderr, "moe-train: --ranks %d with --device cuda: this build has no NCCL\n", o.ranks);
+    return 2;
+#endif
+  }
   owned_stream stream;
   int code = 0;
   {

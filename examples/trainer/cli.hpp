@@ -76,7 +76,8 @@ inline const char* usage_text =
     "  --checkpoint DIR --checkpoint-every N --resume\n"
     "  --eval-every N --eval-batches N     validation (250, 4)\n"
     "  --threads N                         host threads (per rank)\n"
-    "  --ranks R                           in-process ranks: MoE experts split over R, the rest data-parallel\n"
+    "  --ranks R                           ranks: MoE experts split over R, the rest data-parallel (host:\n"
+    "                                      threads; cuda: one GPU per rank, NCCL, fp32)\n"
     "  --no-progress                       no live progress line\n";
 
 namespace detail {
@@ -241,8 +242,8 @@ inline options parse_options(int argc, char** argv) {
     throw usage_error("--loss-scale: only fp16 scales the loss (this run has --precision " + o.precision + ")");
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
-  if (o.ranks > 1 && o.device == "cuda")
-    throw usage_error("--ranks: several ranks run on the host only in this build (--device host)");
+  if (o.ranks > 1 && o.device == "cuda" && o.precision != "fp32")
+    throw usage_error("--ranks: several GPU ranks train in fp32 only (this run has --precision " + o.precision + ")");
   const int rank_tokens = o.batch / o.ranks * o.seq;
   if (o.group_size > 0 && rank_tokens % o.group_size != 0)
     throw usage_error("--group-size: " + std::to_string(o.group_size) + " does not divide the " +

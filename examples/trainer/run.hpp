@@ -69,32 +69,59 @@ inline void truncate_log(const std::string& path, int step) {
   std::rename(tmp.c_str(), path.c_str());
 }
 
-// One rank of a run. With several ranks (threads of this process, an in-process communicator):
-// the dense weights are replicated and their gradients summed over ranks (data parallelism); the
-// MoE layers are expert-parallel (moe::expert_parallel); each rank takes an equal share of every
-// batch's sequences. Rank 0 prints, logs and writes checkpoints.
+// One rank of a run. With several ranks (threads of this process: an in-process communicator on the
+// host, or NCCL with one GPU per rank): the dense weights are replicated and their gradients summed
+// over ranks (data parallelism); the MoE layers are expert-parallel (moe::expert_parallel); each rank
+// takes an equal share of every batch's sequences. Rank 0 prints, logs and writes checkpoints.
+// A communicator on device memory (NCCL) gets the host values it reduces or gathers staged through
+// the space's memory.
+template <class Comm = moe::in_process_communicator, class Space = moe::host>
 struct rank_context {
   int rank = 0, ranks = 1;
-  moe::in_process_communicator* comm = nullptr;  // null with one rank
+  Comm* comm = nullptr;          // null with one rank
+  const Space* space = nullptr;  // for staging host values (device communicators)
 
   bool main() const { return rank == 0; }
+  // Σ over ranks of a host value.
   double sum(double v) const {
-    if (comm) comm->all_reduce_sum(&v, 1);
+    if (comm) reduce_host(&v, 1);
     return v;
   }
+  // Σ over ranks, in place, of values in the space's memory (gradients).
   void sum(float* data, index_t n) const {
     if (comm) comm->all_reduce_sum(data, std::size_t(n));
   }
-  void sum(double* data, index_t n) const {
-    if (comm) comm->all_reduce_sum(data, std::size_t(n));
+  // Σ over ranks, in place, of host values.
+  void sum_host(double* data, index_t n) const {
+    if (comm) reduce_host(data, n);
   }
-  // Every rank's n values, in rank order (host memory).
+  // Every rank's n host values, in rank order (host memory).
   template <class T>
   std::vector<T> gather(const T* local, index_t n) const {
     std::vector<T> all(std::size_t(n) * std::size_t(ranks));
-    if (comm) comm->all_gather(local, sizeof(T) * std::size_t(n), all.data());
-    else std::copy(local, local + n, all.begin());
+    if (!comm) {
+      std::copy(local, local + n, all.begin());
+    } else if constexpr (Comm::host_memory) {
+      comm->all_gather(local, sizeof(T) * std::size_t(n), all.data());
+    } else {
+      moe::buffer<Space> in(*space, sizeof(T) * std::size_t(n)), out(*space, sizeof(T) * all.size());
+      space->copy_from_host(in.data(), local, in.bytes());
+      comm->all_gather(in.data(), in.bytes(), out.data());
+      space->copy_to_host(all.data(), out.data(), out.bytes());
+    }
     return all;
+  }
+
+ private:
+  void reduce_host(double* data, index_t n) const {
+    if constexpr (Comm::host_memory) {
+      comm->all_reduce_sum(data, std::size_t(n));
+    } else {
+      moe::buffer<Space> staged(*space, sizeof(double) * std::size_t(n));
+      space->copy_from_host(staged.data(), data, staged.bytes());
+      comm->all_reduce_sum(staged.template as<double>(), std::size_t(n));
+      space->copy_to_host(data, staged.data(), staged.bytes());
+    }
   }
 };
 
@@ -110,8 +137,8 @@ inline void take_share(const batch& global, int rank, int ranks, int vocab, batc
   out.index_tokens(vocab);
 }
 
-template <class Model, class Space>
-int run_rank(const options& opt, const Space& space, const rank_context& rc,
+template <class Model, class Space, class RankContext = rank_context<>>
+int run_rank(const options& opt, const Space& space, const RankContext& rc,
              typename Model::moe_factory make_moe = {}) {
   using T = float;
 
@@ -287,7 +314,7 @@ int run_rank(const options& opt, const Space& space, const rank_context& rc,
         }
       }
     }
-    for (auto& m : expert_domain) rc.sum(m.data(), index_t(m.size()));
+    for (auto& m : expert_domain) rc.sum_host(m.data(), index_t(m.size()));
     return total / opt.eval_batches;
   };
 
@@ -450,7 +477,7 @@ int train(const options& opt) {
   using T = float;
   if (opt.ranks == 1) {
     const moe::host space = opt.threads > 0 ? moe::host(opt.threads) : moe::host();
-    return run_rank<model<T, moe::host, MoePreset, DenseFFN>>(opt, space, rank_context{});
+    return run_rank<model<T, moe::host, MoePreset, DenseFFN>>(opt, space, rank_context<>{});
   }
   using parallel_layer = typename MoePreset::template parallel_layer<moe::in_process_communicator>;
   using model_t = model<T, moe::host, MoePreset, DenseFFN, parallel_layer>;
@@ -463,7 +490,7 @@ int train(const options& opt) {
       try {
         moe::in_process_communicator comm(world, r);
         const moe::host space(threads);
-        rank_context rc{r, opt.ranks, &comm};
+        rank_context<> rc{r, opt.ranks, &comm, &space};
         typename model_t::moe_factory make = [&comm, space](const typename parallel_layer::config& c) {
           return std::make_unique<parallel_layer>(c, comm, space);
         };

@@ -10,10 +10,15 @@ namespace trainer {
 
 template <class Preset, class DenseFFN>
 int run_on(const options& o, const moe::cuda& space) {
-  return run_rank<model<float, moe::cuda, Preset, DenseFFN>>(o, space, rank_context{});
+  return run_rank<model<float, moe::cuda, Preset, DenseFFN>>(o, space, rank_context<moe::in_process_communicator, moe::cuda>{});
 }
 
 // --precision bf16 or fp16 on the device (moe_train_cuda_lowp.cu).
 int train_cuda_low_precision(const options& o, const moe::cuda& space);
+
+#if defined(MOE_TRAIN_NCCL)
+// --ranks R > 1: R GPUs, NCCL (moe_train_cuda_ranks.cu); `devices` is the number visible.
+int train_cuda_ranks(const options& o, int devices);
+#endif
 
 }  // namespace trainer

@@ -53,3 +53,28 @@ print(f"{preset}: step 1 {h0:.5f} (host) {c0:.5f} (cuda); worst step gap {worst:
       f"tokens/s host {rate(host):.0f}, cuda {rate(cuda):.0f}")
 PY
 done
+
+# --ranks 2 on cuda (one GPU per rank, NCCL): with two GPUs it must follow the host's two-rank run;
+# with one it must refuse, naming the GPUs it needs.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [[ ${gpus:-0} -ge 2 ]]; then
+  "$bin" --preset switch --device cuda --ranks 2 "${args[@]}" --log "$tmp/r2.cuda.jsonl" >"$tmp/r2.cuda.out" 2>&1 ||
+    { cat "$tmp/r2.cuda.out"; echo "FAIL: --ranks 2 --device cuda"; exit 1; }
+  "$bin" --preset switch --device host --ranks 2 "${args[@]}" --log "$tmp/r2.host.jsonl" >/dev/null 2>&1 ||
+    { echo "FAIL: --ranks 2 --device host"; exit 1; }
+  "$py" - "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" <<'PY' || exit 1
+import json, sys
+host = [json.loads(l) for l in open(sys.argv[1])]
+cuda = [json.loads(l) for l in open(sys.argv[2])]
+worst = max(abs(h["loss"] - c["loss"]) for h, c in zip(host, cuda))
+assert len(cuda) == 20 and worst <= 0.02, f"--ranks 2: cuda and host {worst:.4f} nats apart"
+print(f"switch --ranks 2 (NCCL, 2 GPUs): worst step gap to the host {worst:.5f}")
+PY
+else
+  rc=0
+  "$bin" --preset switch --device cuda --ranks 2 "${args[@]}" >/dev/null 2>"$tmp/r2.err" || rc=$?
+  [[ $rc == 2 ]] && grep -q "needs 2 GPUs (one per rank), ${gpus:-0} visible" "$tmp/r2.err" ||
+    { cat "$tmp/r2.err"; echo "FAIL: --ranks 2 on ${gpus:-0} GPU(s) exited $rc"; exit 1; }
+  echo "--ranks 2 on ${gpus:-0} GPU: refused ($(cat "$tmp/r2.err"))"
+fi
+
