@@ -108,6 +108,7 @@ TEST_CASE("group_row_sums layout: every (group, row, column) falls in exactly on
     CHECK(sh.lanes * sh.row_lanes == cd::group_sum_threads);
     CHECK((sh.row_lanes & (sh.row_lanes - 1)) == 0);  // the block's tree halves it down to 1
     CHECK(sh.blocks == groups * sh.chunks * sh.col_tiles);
+    CHECK(sh.chunk_rows >= cd::group_sum_min_chunk_rows);  // the scratch reserve relies on it
     // Walk the kernel's index arithmetic on the host.
     std::vector<int> seen(std::size_t(groups) * std::size_t(rows) * std::size_t(cols), 0);
     for (moe::index_t b = 0; b < sh.blocks; ++b) {

@@ -9,9 +9,9 @@
 // can be captured in a CUDA graph (docs/cuda.md). The space is a cheap handle: copies share one
 // state (stream, cuBLAS handle and workspace, CUB scratch, the non-finite record).
 //
-// Scratch memory. CUB's scans, histograms and reductions need temporary storage; the concept's
-// signatures do not pass any (only the sort gets its scratch from the layer's workspace,
-// radix_sort_scratch_bytes). The space keeps one scratch block, reserved when the state is created
+// Scratch memory. CUB's scans, histograms and reductions (and group_row_sums's partial sums) need
+// temporary storage; the concept's signatures do not pass any (only the sort gets its scratch from
+// the layer's workspace, radix_sort_scratch_bytes). The space keeps one scratch block, reserved when the state is created
 // for every primitive on up to 2^24 elements and grown only when a call needs more. Growing is
 // stream-ordered (cudaFreeAsync + cudaMallocAsync on the stream: no host synchronisation) and is
 // refused while the stream is being captured, with an error saying to call reserve_scratch() or to
@@ -230,10 +230,15 @@ class cuda {
     const cuda_detail::group_sum_shape sh = cuda_detail::group_sum_layout(groups, rows, cols);
     require(sh.blocks <= index_t(2147483647), "group_row_sums", "groups=", groups, " rows=", rows, " cols=", cols,
             " need more than 2^31 - 1 blocks");
-    R* partial = static_cast<R*>(scratch(sizeof(R) * std::size_t(groups) * std::size_t(sh.chunks) * std::size_t(cols)));
+    // One chunk per group: the partials are the sums (same layout), written straight into out. Else
+    // at most 2·rows/chunk_rows partials per column, within the reserved scratch for 2^24 elements.
+    R* partial = sh.chunks == 1 ? out
+                                : static_cast<R*>(scratch(sizeof(R) * std::size_t(groups) * std::size_t(sh.chunks) *
+                                                          std::size_t(cols)));
     cuda_detail::group_row_partials_kernel<R, Fn>
         <<<unsigned(sh.blocks), cuda_detail::group_sum_threads, 0, stream()>>>(sh, rows, cols, Fn(f), partial);
     cuda_detail::check_launch("group_row_partials_kernel", "(groups=", groups, " rows=", rows, " cols=", cols, ")");
+    if (sh.chunks == 1) return;
     const index_t n = index_t(groups) * cols;
     const index_t blocks = cuda_detail::grid_stride_blocks(n, cuda_detail::for_threads, max_grid_blocks());
     cuda_detail::group_row_finish_kernel<R>
@@ -548,6 +553,10 @@ class cuda {
                                    cuda_detail::nan_skipping_max{}, 0.0));
     take(cub::DeviceHistogram::HistogramEven(nullptr, b, static_cast<const int*>(nullptr), static_cast<int*>(nullptr),
                                              (1 << 12) + 1, 0, 1 << 12, n));
+    // group_row_sums over n elements with two or more chunks per group: at most 2·n/128 partials
+    // (chunks of at least 128 rows), in double at worst.
+    b = std::size_t(2) * (std::size_t(n) / cuda_detail::group_sum_min_chunk_rows + 1) * sizeof(double);
+    need = b > need ? b : need;
     grow(st, need);
   }
 

@@ -118,6 +118,8 @@ MOE_HOST_DEVICE void stage_tile(Dst (*dst)[LD], const T* src, index_t ld, bool t
 // per column; a second pass adds a group's partials in chunk order.
 inline constexpr int group_sum_threads = 256;
 inline constexpr int group_sum_rows_per_thread = 16;
+// The shortest chunk (32 columns per block: 8 row lanes × 16 rows), which bounds the partials.
+inline constexpr index_t group_sum_min_chunk_rows = index_t(group_sum_threads / 32) * group_sum_rows_per_thread;
 struct group_sum_shape {
   int lanes = 1;         // columns per block
   int row_lanes = 1;     // threads per column

@@ -116,7 +116,11 @@ void assign_rows(const Space& sp, const routing_plan<R>& plan, row_state& st, bo
 // Element-wise loops below take runs of columns of one row per body (elementwise_columns, ffn.hpp);
 // sums over a token's pairs keep their order (choice order) for every element, whatever the run.
 // A space that declares row_kernels (moe::cuda: 16-byte vector accesses, moe/cuda/rows.cuh) runs
-// these gathers with its own kernels instead: the same sums in the same order.
+// these gathers with its own kernels instead: the same sums over a token's pairs in the same order;
+// the gate-gradient dot products (combine backward) are summed in a warp's fixed tree instead of
+// left to right, so they differ from the host's in the last bits (deterministic either way).
+// The generic loops after each hook's `return` are still compiled for such a space (they are not
+// in an `else`: nvcc's extended lambdas may not first capture inside `if constexpr`).
 template <class Space>
 concept has_row_kernels = requires { Space::row_kernels; };
 
