@@ -10,6 +10,10 @@
 #     and Google Benchmark);
 #   - prebuilt (MOE_GPU_BIN=DIR): runs the binaries that scripts/gpu-pack.sh built and packed on
 #     another x86-64 machine (the GPU machines have no doctest or Google Benchmark and no network).
+# With the device tool (10 minutes a call, 30 a session), after scripts/gpu-pack.sh here:
+#   1. MOE_GPU_BIN=.gpu/bin STEPS="tests trainer" bash scripts/gpu-check.sh $OUT        (carry .gpu)
+#   2. ... STEPS="bench torch" BENCH_TIMEOUT=420 ...                                    (the numbers)
+#   3. ... STEPS=sanitize SANITIZE_TIMEOUT=120 ...                  (memcheck and racecheck, slow)
 # env: STEPS (space-separated subset of: tests trainer sanitize bench torch; default all), BENCH_FILTER,
 #      BENCH_MIN_TIME, TEST_TIMEOUT, SANITIZE_TIMEOUT, SANITIZE_TOOLS, BENCH_TIMEOUT, TORCH_ARGS.
 set -uo pipefail
