@@ -172,6 +172,38 @@ TEST_CASE("stage_tile: the tensor-core operand tiles, both storage orders, edge 
     }
 }
 
+TEST_CASE("stage_tile_pieces: 8-element loads inside the operand, element by element at its edges") {
+  constexpr int R = 32, C = 32, LD = C + 8, V = 8;
+  const moe::index_t ld = 48;  // a multiple of V
+  alignas(64) static float src[64 * 48];
+  for (int i = 0; i < 64 * 48; ++i) src[i] = float(i) + 0.25f;  // distinct, never zero
+  CHECK(cd::pieces_aligned<V>(src, ld));
+  CHECK_FALSE(cd::pieces_aligned<V>(src + 1, ld));
+  CHECK_FALSE(cd::pieces_aligned<V>(src, ld + 1));
+  // cols 44: the piece at columns 40..47 of the second column tile is cut by the edge
+  for (const auto& [r0, c0, rows, cols] : {std::tuple<moe::index_t, moe::index_t, moe::index_t, moe::index_t>{0, 0, 64, 48},
+                                          {32, 16, 45, 44}, {32, 32, 64, 41}}) {
+    CAPTURE(r0);
+    CAPTURE(c0);
+    CAPTURE(rows);
+    CAPTURE(cols);
+    float dst[R][LD];
+    for (auto& row : dst)
+      for (float& v : row) v = -1.0f;
+    for (int tid = 0; tid < 64; ++tid)
+      cd::stage_tile_pieces<R, C, LD, V>(dst, src, ld, r0, rows, c0, cols, 0.0f, [](float v) { return 2.0f * v; },
+                                         tid, 64);
+    // The same tile element by element, for comparison.
+    float ref[R][LD];
+    for (auto& row : ref)
+      for (float& v : row) v = -1.0f;
+    for (int tid = 0; tid < 64; ++tid)
+      cd::stage_tile<R, C, LD>(ref, src, ld, false, r0, rows, c0, cols, 0.0f, [](float v) { return 2.0f * v; }, tid, 64);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < LD; ++c) REQUIRE(dst[r][c] == ref[r][c]);
+  }
+}
+
 TEST_CASE("stage_panel: every (outer, k) element of a GEMM panel, both storage orders, zero outside") {
   constexpr int TK = 16, W = 64, threads = 256;
   std::mt19937 gen(5);

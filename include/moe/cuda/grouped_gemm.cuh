@@ -11,7 +11,8 @@
 // order by one owner):
 //   - bf16/fp16 operands with float accumulation: tensor cores through WMMA (16×16×16 bf16/fp16
 //     MMAs, float accumulators), 128 × 128 tiles of C, 32-deep panels staged in shared memory in
-//     the operand type; each of the 8 warps owns a 64 × 32 block of the tile.
+//     the operand type (row-major operands with 16-byte loads where aligned); each of the 8 warps
+//     owns a 64 × 32 block of the tile.
 //   - everything else (float, double, mixed inputs): a 64 × 64 SIMT tile, TK-deep panels widened to
 //     the accumulation type, each output element owned by one thread and summed in ascending k.
 //     Also the dense fallback for type combinations cuBLAS does not take.
@@ -94,6 +95,7 @@ __device__ void gemm_tile(const tile_job<TA, TB, TC, Acc>& job, index_t row0, in
 inline constexpr int tc_tm = 128, tc_tn = 128, tc_tk = 32;
 inline constexpr int tc_threads = 256;  // 8 warps: 2 (rows) × 4 (columns), 64 × 32 of C each
 inline constexpr int tc_pad = 8;        // row padding of the panels: 16 bytes, keeps ldm a multiple of 8
+inline constexpr int tc_piece = 8;      // 16-bit elements per 16-byte load when staging row-major operands
 
 // The CUDA type the WMMA fragments take for a 16-bit storage type (same bits).
 template <class T>
@@ -130,6 +132,9 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int wm = warp / 4, wn = warp % 4;  // the warp's 64 × 32 block: rows wm·64, columns wn·32
   const W zero = wmma_operand<T>::from(T(0.0f));
+  // Uniform over the block (the job's pointers and strides), so the staging branches do not diverge.
+  const bool a_pieces = !job.a_trans && pieces_aligned<tc_piece>(job.a, job.lda);
+  const bool b_pieces = !job.b_trans && pieces_aligned<tc_piece>(job.b, job.ldb);
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
   // Fragments are indexed with compile-time constants only (unrolled loops), or they go to local memory.
@@ -140,10 +145,19 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
 
   for (index_t p0 = 0; p0 < job.k; p0 += tc_tk) {
     const auto to_operand = [](T v) { return wmma_operand<T>::from(v); };
-    stage_tile<tc_tm, tc_tk, tc_tk + tc_pad>(as, job.a, job.lda, job.a_trans, row0, job.m, p0, job.k, zero, to_operand,
-                                             tid, tc_threads);
-    stage_tile<tc_tk, tc_tn, tc_tn + tc_pad>(bs, job.b, job.ldb, job.b_trans, p0, job.k, col0, job.n, zero,
-                                             to_operand, tid, tc_threads);
+    // Row-major operands (op none) in 16-byte pieces where aligned; transposed ones element by element.
+    if (a_pieces)
+      stage_tile_pieces<tc_tm, tc_tk, tc_tk + tc_pad, tc_piece>(as, job.a, job.lda, row0, job.m, p0, job.k, zero,
+                                                                to_operand, tid, tc_threads);
+    else
+      stage_tile<tc_tm, tc_tk, tc_tk + tc_pad>(as, job.a, job.lda, job.a_trans, row0, job.m, p0, job.k, zero,
+                                               to_operand, tid, tc_threads);
+    if (b_pieces)
+      stage_tile_pieces<tc_tk, tc_tn, tc_tn + tc_pad, tc_piece>(bs, job.b, job.ldb, p0, job.k, col0, job.n, zero,
+                                                                to_operand, tid, tc_threads);
+    else
+      stage_tile<tc_tk, tc_tn, tc_tn + tc_pad>(bs, job.b, job.ldb, job.b_trans, p0, job.k, col0, job.n, zero,
+                                               to_operand, tid, tc_threads);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < tc_tk; kk += 16) {

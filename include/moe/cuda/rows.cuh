@@ -20,12 +20,6 @@
 
 namespace moe::cuda_detail {
 
-// N consecutive elements loaded or stored as one access of N·sizeof(T) bytes.
-template <class T, int N>
-struct alignas(sizeof(T) * N) row_piece {
-  T v[N];
-};
-
 // xp[r] = scale · x[row_token[r]] for rows of an expert (row_expert[r] >= 0): scale = pair_scale of
 // the row's pair, or 1 without pair_scale; zeros where row_token[r] < 0 (an empty padded slot); rows
 // that belong to no expert are left alone.

@@ -93,6 +93,12 @@ MOE_HOST_DEVICE void stage_panel(Acc (*dst)[W + 1], const T* src, index_t ld, bo
   }
 }
 
+// N consecutive elements loaded or stored as one access of N·sizeof(T) bytes (16 bytes: LDG.128).
+template <class T, int N>
+struct alignas(sizeof(T) * N) row_piece {
+  T v[N];
+};
+
 // One tile of a GEMM operand staged in its own type (the tensor-core grouped GEMM, grouped_gemm.cuh):
 // dst[r][c] = conv(element (r0 + r, c0 + c)) for r < R, c < C, `zero` outside [0, rows) × [0, cols).
 // Element (x, y) is stored at src[x·ld + y], or at src[y·ld + x] when `transposed`. Thread `tid` of
@@ -109,6 +115,32 @@ MOE_HOST_DEVICE void stage_tile(Dst (*dst)[LD], const T* src, index_t ld, bool t
     if (gr < rows && gc < cols) v = conv(transposed ? src[gc * ld + gr] : src[gr * ld + gc]);
     dst[r][c] = v;
   }
+}
+
+// stage_tile for a row-major source (element (x, y) at src[x·ld + y]) in pieces of V consecutive
+// columns: one V-element load per piece wherever the piece lies inside [0, rows) × [0, cols), element
+// by element with zeros at the edges. The caller guarantees that src, ld and c0 keep every piece
+// aligned to V elements (src aligned to V·sizeof(T) bytes, ld and c0 multiples of V).
+template <int R, int C, int LD, int V, class Dst, class T, class Conv>
+MOE_HOST_DEVICE void stage_tile_pieces(Dst (*dst)[LD], const T* src, index_t ld, index_t r0, index_t rows, index_t c0,
+                                       index_t cols, Dst zero, Conv conv, int tid, int threads) {
+  static_assert(C % V == 0 && LD >= C, "stage_tile_pieces: a row of the tile is whole pieces");
+  constexpr int per_row = C / V;
+  for (int e = tid; e < R * per_row; e += threads) {
+    const int r = e / per_row, c = (e - r * per_row) * V;
+    const index_t gr = r0 + r, gc = c0 + c;
+    if (gr < rows && gc + V <= cols) {
+      const row_piece<T, V> piece = *reinterpret_cast<const row_piece<T, V>*>(src + gr * ld + gc);
+      for (int j = 0; j < V; ++j) dst[r][c + j] = conv(piece.v[j]);
+    } else {
+      for (int j = 0; j < V; ++j) dst[r][c + j] = gr < rows && gc + j < cols ? conv(src[gr * ld + gc + j]) : zero;
+    }
+  }
+}
+// Whether stage_tile_pieces may read a row-major operand at `src` with row stride `ld` in pieces of V.
+template <int V, class T>
+MOE_HOST_DEVICE bool pieces_aligned(const T* src, index_t ld) {
+  return ld % V == 0 && reinterpret_cast<std::uintptr_t>(src) % (sizeof(T) * V) == 0;
 }
 
 // group_row_sums: a block of group_sum_threads threads covers `lanes` adjacent columns (a power of
