@@ -74,6 +74,19 @@ enum class skew {
 };
 inline const char* to_string(skew s) { return s == skew::uniform ? "uniform" : "zipf"; }
 
+// One dispatcher step on its own (the dispatch/ families of both binaries; assign is host-only).
+enum class dispatch_stage { assign, permute, combine, permute_bwd, combine_bwd };
+inline const char* to_string(dispatch_stage s) {
+  switch (s) {
+    case dispatch_stage::assign: return "assign";
+    case dispatch_stage::permute: return "permute";
+    case dispatch_stage::combine: return "combine";
+    case dispatch_stage::permute_bwd: return "permute_bwd";
+    case dispatch_stage::combine_bwd: return "combine_bwd";
+  }
+  return "?";
+}
+
 // Inputs x [T, d] and router weights W_r [d, E] such that token t's most probable expert is
 // first[t] and (k = 2) its second is second[t]: W_r ≈ [I_E; 0] plus tiny noise, and
 // x[t, first] = 4, x[t, second] = 3, the other x[t, j < E] in ±[0.1, 0.5], the rest in ±[0.1, 1].

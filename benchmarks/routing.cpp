@@ -96,20 +96,8 @@ std::string router_name(const char* router, int E, int T) {
 
 // ---- dispatch -------------------------------------------------------------------------------------
 
-enum class stage { assign, permute, combine, permute_bwd, combine_bwd };
-const char* to_string(stage s) {
-  switch (s) {
-    case stage::assign: return "assign";
-    case stage::permute: return "permute";
-    case stage::combine: return "combine";
-    case stage::permute_bwd: return "permute_bwd";
-    case stage::combine_bwd: return "combine_bwd";
-  }
-  return "?";
-}
-
 struct dispatch_case {
-  stage what = stage::permute;
+  dispatch_stage what = dispatch_stage::permute;
   double cf = 1.25;  // 0: dropless
   int experts = 8, tokens = 4096;
   skew routing = skew::uniform;
@@ -154,20 +142,20 @@ void bm_dispatch(benchmark::State& st, dispatch_case c) {
   double bytes = 0;  // per call, bytes a copy-based implementation moves
   std::function<void()> run;
   switch (c.what) {
-    case stage::assign: run = assign; break;
-    case stage::permute:
+    case dispatch_stage::assign: run = assign; break;
+    case dispatch_stage::permute:
       run = [&] { Dispatch::dispatch(sp, p.plan, p.dispatch, in.x.data(), xp.data()); };
       bytes = (kept + written) * d * sizeof(float);
       break;
-    case stage::combine:
+    case dispatch_stage::combine:
       run = [&] { Dispatch::combine(sp, p.plan, p.dispatch, out.data(), y.data()); };
       bytes = (kept + T) * d * sizeof(float);
       break;
-    case stage::permute_bwd:
+    case dispatch_stage::permute_bwd:
       run = [&] { Dispatch::dispatch_backward(sp, p.plan, p.dispatch, dxp.data(), p.plan.dx_acc); };
       bytes = (kept + T) * d * sizeof(float);
       break;
-    case stage::combine_bwd:
+    case dispatch_stage::combine_bwd:
       run = [&] {
         Dispatch::combine_backward(sp, p.plan, p.dispatch, out.data(), dy.data(), p.plan.dgate, dout.data());
       };
@@ -225,7 +213,7 @@ void register_routing_benchmarks() {
 
 void register_dispatch_benchmarks() {
   // one_hot's [T, E·C] tensors grow as T²: it is measured at 4k tokens only.
-  for (stage s : {stage::permute, stage::combine, stage::permute_bwd, stage::combine_bwd, stage::assign})
+  for (dispatch_stage s : {dispatch_stage::permute, dispatch_stage::combine, dispatch_stage::permute_bwd, dispatch_stage::combine_bwd, dispatch_stage::assign})
     for (int T : sizes().dispatch_tokens)
       for (int E : sizes().dispatch_experts)
         for (skew k : {skew::uniform, skew::zipf}) {

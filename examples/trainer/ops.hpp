@@ -166,16 +166,15 @@ void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, in
   });
 }
 
-// dst[i] = src[i] in dst's type (rounded to nearest even when narrowing; exact when widening)
-template <class Space, class From, class To>
-void convert_into(const Space& sp, const From* src, index_t n, To* dst) {
-  sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { dst[i] = moe::convert<To>(moe::widen(src[i])); });
-}
-
 // dst[i] = src[i] · scale in dst's type (the loss scaling of 16-bit layers; scale is a power of two)
 template <class Space, class From, class To, class S>
 void scale_into(const Space& sp, const From* src, index_t n, S scale, To* dst) {
   sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) { dst[i] = moe::convert<To>(moe::widen(src[i]) * scale); });
+}
+// dst[i] = src[i] in dst's type (rounded to nearest even when narrowing; exact when widening)
+template <class Space, class From, class To>
+void convert_into(const Space& sp, const From* src, index_t n, To* dst) {
+  scale_into(sp, src, n, moe::acc_t<From>(1), dst);
 }
 // x[i] *= scale
 template <class Space, class T, class S>

@@ -104,10 +104,11 @@ struct rank_context {
     } else if constexpr (Comm::host_memory) {
       comm->all_gather(local, sizeof(T) * std::size_t(n), all.data());
     } else {
-      moe::buffer<Space> in(*space, sizeof(T) * std::size_t(n)), out(*space, sizeof(T) * all.size());
-      space->copy_from_host(in.data(), local, in.bytes());
-      comm->all_gather(in.data(), in.bytes(), out.data());
-      space->copy_to_host(all.data(), out.data(), out.bytes());
+      const std::size_t in_bytes = sizeof(T) * std::size_t(n);
+      auto* in = static_cast<unsigned char*>(staging(in_bytes + sizeof(T) * all.size()));
+      space->copy_from_host(in, local, in_bytes);
+      comm->all_gather(in, in_bytes, in + in_bytes);
+      space->copy_to_host(all.data(), in + in_bytes, sizeof(T) * all.size());
     }
     return all;
   }
@@ -117,12 +118,22 @@ struct rank_context {
     if constexpr (Comm::host_memory) {
       comm->all_reduce_sum(data, std::size_t(n));
     } else {
-      moe::buffer<Space> staged(*space, sizeof(double) * std::size_t(n));
-      space->copy_from_host(staged.data(), data, staged.bytes());
-      comm->all_reduce_sum(staged.template as<double>(), std::size_t(n));
-      space->copy_to_host(data, staged.data(), staged.bytes());
+      const std::size_t bytes = sizeof(double) * std::size_t(n);
+      auto* staged = static_cast<double*>(staging(bytes));
+      space->copy_from_host(staged, data, bytes);
+      comm->all_reduce_sum(staged, std::size_t(n));
+      space->copy_to_host(data, staged, bytes);
     }
   }
+  // Space memory for host values on their way through a device communicator, kept between calls
+  // (a loss is reduced every step).
+  void* staging(std::size_t bytes) const {
+    if (staging_.bytes() < bytes) staging_ = moe::buffer<Space>(*space, bytes);
+    return staging_.data();
+  }
+
+ public:
+  mutable moe::buffer<Space> staging_{};  // public only to keep the struct an aggregate
 };
 
 // This rank's share (sequences [r·B/R, (r+1)·B/R)) of a global batch.

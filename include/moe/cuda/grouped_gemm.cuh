@@ -195,41 +195,6 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
 #endif
 }
 
-// The grouped kernels below, with the tensor-core tile.
-template <class T, class TC>
-__global__ void __launch_bounds__(tc_threads)
-    grouped_gemm_tc_kernel(tile_job<T, T, TC, float> job, int groups, const int* offsets, index_t b_stride) {
-  const index_t virtual_tiles = group_tile_count(offsets, groups, tc_tm);
-  const index_t col_tiles = tiles_of(job.n, tc_tn);
-  for (index_t ct = blockIdx.y; ct < col_tiles; ct += gridDim.y)
-    for (index_t vt = blockIdx.x; vt < virtual_tiles; vt += gridDim.x) {
-      const group_tile t = find_group_tile(offsets, groups, tc_tm, vt);
-      if (t.row_begin >= t.row_end) continue;  // uniform over the block
-      tile_job<T, T, TC, float> g = job;
-      g.a = job.a + t.row_begin * job.lda;
-      g.b = job.b + index_t(t.group) * b_stride;
-      g.c = job.c + t.row_begin * job.ldc;
-      g.m = t.row_end - t.row_begin;
-      gemm_tile_tc(g, 0, ct * tc_tn);
-    }
-}
-
-template <class T, class TC>
-__global__ void __launch_bounds__(tc_threads)
-    grouped_gemm_tn_tc_kernel(tile_job<T, T, TC, float> job, int groups, const int* offsets, index_t c_stride) {
-  const index_t row_tiles = tiles_of(job.m, tc_tm), col_tiles = tiles_of(job.n, tc_tn);
-  for (index_t g = blockIdx.y; g < groups; g += gridDim.y)
-    for (index_t t = blockIdx.x; t < row_tiles * col_tiles; t += gridDim.x) {
-      const index_t r0 = offsets[g];
-      tile_job<T, T, TC, float> q = job;
-      q.a = job.a + r0 * job.lda;
-      q.b = job.b + r0 * job.ldb;
-      q.c = job.c + g * c_stride;
-      q.k = index_t(offsets[g + 1]) - r0;
-      gemm_tile_tc(q, (t / col_tiles) * tc_tm, (t % col_tiles) * tc_tn);
-    }
-}
-
 // Dense: tiles (blockIdx.x: rows, blockIdx.y: columns), grid-stride in both.
 template <class TA, class TB, class TC, class Acc>
 __global__ void __launch_bounds__(gemm_threads) dense_gemm_kernel(tile_job<TA, TB, TC, Acc> job) {
@@ -238,24 +203,44 @@ __global__ void __launch_bounds__(gemm_threads) dense_gemm_kernel(tile_job<TA, T
     for (index_t rt = blockIdx.x; rt < row_tiles; rt += gridDim.x) gemm_tile(job, rt * gemm_tm, ct * gemm_tn);
 }
 
+// The grouped kernels take one of two tile engines: its tile size, block size and tile function.
+struct simt_engine {
+  static constexpr int tm = gemm_tm, tn = gemm_tn, threads = gemm_threads;
+  static constexpr const char* name = "simt";
+  template <class TA, class TB, class TC, class Acc>
+  __device__ static void tile(const tile_job<TA, TB, TC, Acc>& job, index_t row0, index_t col0) {
+    gemm_tile(job, row0, col0);
+  }
+};
+struct tensor_core_engine {
+  static constexpr int tm = tc_tm, tn = tc_tn, threads = tc_threads;
+  static constexpr const char* name = "tensor_core";
+  template <class T, class TC>
+  __device__ static void tile(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0) {
+    gemm_tile_tc(job, row0, col0);
+  }
+};
+template <class TA, class TB, class Acc>
+using tile_engine = std::conditional_t<tensor_core_operands<TA, TB, Acc>, tensor_core_engine, simt_engine>;
+
 // Grouped rows: C[rows_g] = alpha · A[rows_g] · op(B_g) + beta · C[rows_g], B_g = b + g·b_stride.
 // blockIdx.y strides over column tiles, blockIdx.x over the virtual row tiles of tiles.cuh, whose
 // count the kernel reads from the device offsets.
-template <class TA, class TB, class TC, class Acc>
-__global__ void __launch_bounds__(gemm_threads)
+template <class Engine, class TA, class TB, class TC, class Acc>
+__global__ void __launch_bounds__(Engine::threads)
     grouped_gemm_kernel(tile_job<TA, TB, TC, Acc> job, int groups, const int* offsets, index_t b_stride) {
-  const index_t virtual_tiles = group_tile_count(offsets, groups, gemm_tm);
-  const index_t col_tiles = tiles_of(job.n, gemm_tn);
+  const index_t virtual_tiles = group_tile_count(offsets, groups, Engine::tm);
+  const index_t col_tiles = tiles_of(job.n, Engine::tn);
   for (index_t ct = blockIdx.y; ct < col_tiles; ct += gridDim.y)
     for (index_t vt = blockIdx.x; vt < virtual_tiles; vt += gridDim.x) {
-      const group_tile t = find_group_tile(offsets, groups, gemm_tm, vt);
+      const group_tile t = find_group_tile(offsets, groups, Engine::tm, vt);
       if (t.row_begin >= t.row_end) continue;  // uniform over the block: no divergent __syncthreads
       tile_job<TA, TB, TC, Acc> g = job;
       g.a = job.a + t.row_begin * job.lda;
       g.b = job.b + index_t(t.group) * b_stride;
       g.c = job.c + t.row_begin * job.ldc;
       g.m = t.row_end - t.row_begin;
-      gemm_tile(g, 0, ct * gemm_tn);
+      Engine::tile(g, 0, ct * Engine::tn);
     }
 }
 
@@ -263,10 +248,10 @@ __global__ void __launch_bounds__(gemm_threads)
 // C_g = c + g·c_stride. blockIdx.x: m × n tiles of C_g, blockIdx.y: groups (grid-stride). The depth
 // of each product is the group's row count, read from the device offsets; empty groups give
 // C_g = beta · C_g.
-template <class TA, class TB, class TC, class Acc>
-__global__ void __launch_bounds__(gemm_threads)
+template <class Engine, class TA, class TB, class TC, class Acc>
+__global__ void __launch_bounds__(Engine::threads)
     grouped_gemm_tn_kernel(tile_job<TA, TB, TC, Acc> job, int groups, const int* offsets, index_t c_stride) {
-  const index_t row_tiles = tiles_of(job.m, gemm_tm), col_tiles = tiles_of(job.n, gemm_tn);
+  const index_t row_tiles = tiles_of(job.m, Engine::tm), col_tiles = tiles_of(job.n, Engine::tn);
   for (index_t g = blockIdx.y; g < groups; g += gridDim.y)
     for (index_t t = blockIdx.x; t < row_tiles * col_tiles; t += gridDim.x) {
       const index_t r0 = offsets[g];
@@ -275,7 +260,7 @@ __global__ void __launch_bounds__(gemm_threads)
       q.b = job.b + r0 * job.ldb;
       q.c = job.c + g * c_stride;
       q.k = index_t(offsets[g + 1]) - r0;
-      gemm_tile(q, (t / col_tiles) * gemm_tm, (t % col_tiles) * gemm_tn);
+      Engine::tile(q, (t / col_tiles) * Engine::tm, (t % col_tiles) * Engine::tn);
     }
 }
 
@@ -297,34 +282,22 @@ template <class TA, class TB, class TC, class Acc>
 void launch_grouped_gemm(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& job, int groups, const int* offsets,
                          index_t b_stride, index_t target_blocks) {
   if (groups <= 0 || job.n <= 0) return;
-  if constexpr (tensor_core_operands<TA, TB, Acc>) {
-    const index_t col_tiles = tiles_of(job.n, tc_tn);
-    const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
-    grouped_gemm_tc_kernel<<<grid, tc_threads, 0, stream>>>(job, groups, offsets, b_stride);
-    check_launch("grouped_gemm_tc_kernel", "(groups=", groups, " n=", job.n, " k=", job.k, ")");
-  } else {
-    const index_t col_tiles = tiles_of(job.n, gemm_tn);
-    const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
-    grouped_gemm_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, b_stride);
-    check_launch("grouped_gemm_kernel", "(groups=", groups, " n=", job.n, " k=", job.k, ")");
-  }
+  using E = tile_engine<TA, TB, Acc>;
+  const index_t col_tiles = tiles_of(job.n, E::tn);
+  const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
+  grouped_gemm_kernel<E><<<grid, E::threads, 0, stream>>>(job, groups, offsets, b_stride);
+  check_launch("grouped_gemm_kernel", "(", E::name, " groups=", groups, " n=", job.n, " k=", job.k, ")");
 }
 
 template <class TA, class TB, class TC, class Acc>
 void launch_grouped_gemm_tn(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& job, int groups,
                             const int* offsets, index_t c_stride) {
   if (groups <= 0 || job.m <= 0 || job.n <= 0) return;
-  if constexpr (tensor_core_operands<TA, TB, Acc>) {
-    const index_t tiles = tiles_of(job.m, tc_tm) * tiles_of(job.n, tc_tn);
-    const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
-    grouped_gemm_tn_tc_kernel<<<grid, tc_threads, 0, stream>>>(job, groups, offsets, c_stride);
-    check_launch("grouped_gemm_tn_tc_kernel", "(groups=", groups, " m=", job.m, " n=", job.n, ")");
-  } else {
-    const index_t tiles = tiles_of(job.m, gemm_tm) * tiles_of(job.n, gemm_tn);
-    const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
-    grouped_gemm_tn_kernel<<<grid, gemm_threads, 0, stream>>>(job, groups, offsets, c_stride);
-    check_launch("grouped_gemm_tn_kernel", "(groups=", groups, " m=", job.m, " n=", job.n, ")");
-  }
+  using E = tile_engine<TA, TB, Acc>;
+  const index_t tiles = tiles_of(job.m, E::tm) * tiles_of(job.n, E::tn);
+  const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
+  grouped_gemm_tn_kernel<E><<<grid, E::threads, 0, stream>>>(job, groups, offsets, c_stride);
+  check_launch("grouped_gemm_tn_kernel", "(", E::name, " groups=", groups, " m=", job.m, " n=", job.n, ")");
 }
 
 }  // namespace moe::cuda_detail

@@ -13,12 +13,23 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "moe/core/config.hpp"
 #include "moe/core/numeric.hpp"
 #include "moe/cuda/tiles.cuh"
 
 namespace moe::cuda_detail {
+
+// Calls launch(std::integral_constant<int, N>) with N = 16 bytes' worth of T when the rows fit in
+// such pieces, else N = 1.
+template <class T, class Launch>
+void by_pieces(bool fits, Launch&& launch) {
+  if (fits)
+    launch(std::integral_constant<int, row_piece_elements<T>>{});
+  else
+    launch(std::integral_constant<int, 1>{});
+}
 
 // xp[r] = scale · x[row_token[r]] for rows of an expert (row_expert[r] >= 0): scale = pair_scale of
 // the row's pair, or 1 without pair_scale; zeros where row_token[r] < 0 (an empty padded slot); rows

@@ -265,10 +265,7 @@ class cuda {
           rows, d, row_token, row_expert, row_pair, pair_scale, x, xp);
       cuda_detail::check_launch("gather_rows_kernel", "(rows=", rows, " d=", d, " piece=", N, ")");
     };
-    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, x, xp))
-      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
-    else
-      launch(std::integral_constant<int, 1>{});
+    cuda_detail::by_pieces<T>(cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, x, xp), launch);
   }
 
   // y[t] = Σ over the token's pairs q (CSR offsets/pairs, in order) of gate[p_q] · rows[pair_row[p_q]]
@@ -285,10 +282,7 @@ class cuda {
           tokens, d, offsets, pairs, pair_row, gate, rows, y);
       cuda_detail::check_launch("combine_rows_kernel", "(tokens=", tokens, " d=", d, " piece=", N, ")");
     };
-    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, rows, y))
-      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
-    else
-      launch(std::integral_constant<int, 1>{});
+    cuda_detail::by_pieces<T>(cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, rows, y), launch);
   }
 
   // dgate[p] = <dy[p / K], rows[pair_row[p]]> (0 where pair_row[p] < 0).
@@ -303,10 +297,7 @@ class cuda {
           pairs, K, d, pair_row, dy, rows, dgate);
       cuda_detail::check_launch("pair_row_dots_kernel", "(pairs=", pairs, " d=", d, " piece=", N, ")");
     };
-    if (cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, dy, rows))
-      launch(std::integral_constant<int, cuda_detail::row_piece_elements<T>>{});
-    else
-      launch(std::integral_constant<int, 1>{});
+    cuda_detail::by_pieces<T>(cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, dy, rows), launch);
   }
 
   // ---- scans, sorts, histograms, reductions (CUB) -------------------------------------------
