@@ -10,7 +10,7 @@
 // determinism and where non-finite router logits are reported.
 #pragma once
 
-#if !defined(__CUDACC__)
+#if !defined(__CUDACC__) && !defined(MOE_CUDA_EMULATION)  // (the emulator of tests/emu: see launch.cuh)
 #error "<moe/cuda.cuh> must be compiled by nvcc (as CUDA); CPU-only code includes <moe/moe.hpp>"
 #endif
 

@@ -33,7 +33,7 @@ void check(cudaError_t status, const char* what, Parts&&... detail_parts) {
                                     cudaGetErrorString(status), " (", cudaGetErrorName(status), ")"));
 }
 
-// After a <<<...>>> launch: launch-configuration errors and earlier asynchronous faults.
+// After a kernel launch (MOE_CUDA_LAUNCH): launch-configuration errors and earlier asynchronous faults.
 template <class... Parts>
 void check_launch(const char* kernel, Parts&&... detail_parts) {
   check(cudaGetLastError(), kernel, std::forward<Parts>(detail_parts)...);

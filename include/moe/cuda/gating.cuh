@@ -24,6 +24,7 @@
 #include "moe/core/config.hpp"
 #include "moe/core/rng.hpp"
 #include "moe/cuda/error.cuh"
+#include "moe/cuda/launch.cuh"
 #include "moe/cuda/space.cuh"
 #include "moe/routing/plan.hpp"
 #include "moe/routing/route.hpp"
@@ -124,9 +125,8 @@ struct token_gating<cuda> {
     if (T <= 0) return;
     const index_t blocks = (T + cuda_detail::gating_warps - 1) / cuda_detail::gating_warps;
     const index_t limit = index_t(sp.multiprocessors()) * 16;
-    cuda_detail::gating_kernel<Router, R, Config>
-        <<<unsigned(blocks < limit ? blocks : limit), cuda_detail::gating_warps * 32, 0, sp.stream()>>>(
-            c, training, noise_rng, second_rng, plan);
+    MOE_CUDA_LAUNCH(unsigned(blocks < limit ? blocks : limit), cuda_detail::gating_warps * 32, sp.stream(),
+                    cuda_detail::gating_kernel<Router, R, Config>)(c, training, noise_rng, second_rng, plan);
     cuda_detail::check_launch("gating_kernel", "(tokens=", T, " experts=", plan.shape.experts, ")");
   }
 };

@@ -29,6 +29,7 @@
 #include "moe/core/numeric.hpp"
 #include "moe/core/op.hpp"
 #include "moe/cuda/error.cuh"
+#include "moe/cuda/launch.cuh"
 #include "moe/cuda/tiles.cuh"
 
 namespace moe::cuda_detail {
@@ -273,7 +274,7 @@ template <class TA, class TB, class TC, class Acc>
 void launch_dense_gemm(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& job) {
   if (job.m <= 0 || job.n <= 0) return;
   const dim3 grid(grid_dim(tiles_of(job.m, gemm_tm), 1 << 30), grid_dim(tiles_of(job.n, gemm_tn), 65535));
-  dense_gemm_kernel<<<grid, gemm_threads, 0, stream>>>(job);
+  MOE_CUDA_LAUNCH(grid, gemm_threads, stream, dense_gemm_kernel<TA, TB, TC, Acc>)(job);
   check_launch("dense_gemm_kernel", "(m=", job.m, " n=", job.n, " k=", job.k, ")");
 }
 
@@ -285,7 +286,7 @@ void launch_grouped_gemm(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>& j
   using E = tile_engine<TA, TB, Acc>;
   const index_t col_tiles = tiles_of(job.n, E::tn);
   const dim3 grid(grid_dim(persistent_row_blocks(target_blocks, col_tiles), 65535), grid_dim(col_tiles, 65535));
-  grouped_gemm_kernel<E><<<grid, E::threads, 0, stream>>>(job, groups, offsets, b_stride);
+  MOE_CUDA_LAUNCH(grid, E::threads, stream, grouped_gemm_kernel<E, TA, TB, TC, Acc>)(job, groups, offsets, b_stride);
   check_launch("grouped_gemm_kernel", "(", E::name, " groups=", groups, " n=", job.n, " k=", job.k, ")");
 }
 
@@ -296,7 +297,7 @@ void launch_grouped_gemm_tn(cudaStream_t stream, const tile_job<TA, TB, TC, Acc>
   using E = tile_engine<TA, TB, Acc>;
   const index_t tiles = tiles_of(job.m, E::tm) * tiles_of(job.n, E::tn);
   const dim3 grid(grid_dim(tiles, 1 << 30), grid_dim(groups, 65535));
-  grouped_gemm_tn_kernel<E><<<grid, E::threads, 0, stream>>>(job, groups, offsets, c_stride);
+  MOE_CUDA_LAUNCH(grid, E::threads, stream, grouped_gemm_tn_kernel<E, TA, TB, TC, Acc>)(job, groups, offsets, c_stride);
   check_launch("grouped_gemm_tn_kernel", "(", E::name, " groups=", groups, " m=", job.m, " n=", job.n, ")");
 }
 

@@ -48,6 +48,7 @@
 #include "moe/cuda/blas.cuh"
 #include "moe/cuda/error.cuh"
 #include "moe/cuda/grouped_gemm.cuh"
+#include "moe/cuda/launch.cuh"
 #include "moe/cuda/nonfinite.cuh"
 #include "moe/cuda/reduce.cuh"
 #include "moe/cuda/rows.cuh"
@@ -213,7 +214,7 @@ class cuda {
     if (n <= 0) return;
     using Fn = std::decay_t<F>;
     const index_t blocks = cuda_detail::grid_stride_blocks(n, cuda_detail::for_threads, max_grid_blocks());
-    cuda_detail::parallel_for_kernel<Fn><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(n, Fn(f));
+    MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, stream(), cuda_detail::parallel_for_kernel<Fn>)(n, Fn(f));
     cuda_detail::check_launch("parallel_for kernel", "(n=", n, ")");
   }
 
@@ -235,14 +236,14 @@ class cuda {
     R* partial = sh.chunks == 1 ? out
                                 : static_cast<R*>(scratch(sizeof(R) * std::size_t(groups) * std::size_t(sh.chunks) *
                                                           std::size_t(cols)));
-    cuda_detail::group_row_partials_kernel<R, Fn>
-        <<<unsigned(sh.blocks), cuda_detail::group_sum_threads, 0, stream()>>>(sh, rows, cols, Fn(f), partial);
+    MOE_CUDA_LAUNCH(unsigned(sh.blocks), cuda_detail::group_sum_threads, stream(),
+                    cuda_detail::group_row_partials_kernel<R, Fn>)(sh, rows, cols, Fn(f), partial);
     cuda_detail::check_launch("group_row_partials_kernel", "(groups=", groups, " rows=", rows, " cols=", cols, ")");
     if (sh.chunks == 1) return;
     const index_t n = index_t(groups) * cols;
     const index_t blocks = cuda_detail::grid_stride_blocks(n, cuda_detail::for_threads, max_grid_blocks());
-    cuda_detail::group_row_finish_kernel<R>
-        <<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(n, sh.chunks, cols, partial, out);
+    MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, stream(), cuda_detail::group_row_finish_kernel<R>)(
+        n, sh.chunks, cols, partial, out);
     cuda_detail::check_launch("group_row_finish_kernel", "(groups=", groups, " cols=", cols, ")");
   }
 
@@ -261,7 +262,7 @@ class cuda {
       constexpr int N = decltype(piece)::value;
       const index_t blocks = cuda_detail::grid_stride_blocks(rows * (d / N), cuda_detail::for_threads,
                                                              max_grid_blocks());
-      cuda_detail::gather_rows_kernel<T, R, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
+      MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, stream(), cuda_detail::gather_rows_kernel<T, R, N>)(
           rows, d, row_token, row_expert, row_pair, pair_scale, x, xp);
       cuda_detail::check_launch("gather_rows_kernel", "(rows=", rows, " d=", d, " piece=", N, ")");
     };
@@ -278,8 +279,8 @@ class cuda {
       constexpr int N = decltype(piece)::value;
       const index_t blocks = cuda_detail::grid_stride_blocks(tokens * (d / N), cuda_detail::for_threads,
                                                              max_grid_blocks());
-      cuda_detail::combine_rows_kernel<T, R, Out, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
-          tokens, d, offsets, pairs, pair_row, gate, rows, y);
+      MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, stream(),
+                      cuda_detail::combine_rows_kernel<T, R, Out, N>)(tokens, d, offsets, pairs, pair_row, gate, rows, y);
       cuda_detail::check_launch("combine_rows_kernel", "(tokens=", tokens, " d=", d, " piece=", N, ")");
     };
     cuda_detail::by_pieces<T>(cuda_detail::pieces_fit<cuda_detail::row_piece_elements<T>>(d, rows, y), launch);
@@ -293,7 +294,7 @@ class cuda {
     const auto launch = [&](auto piece) {
       constexpr int N = decltype(piece)::value;
       const index_t blocks = cuda_detail::grid_stride_blocks(pairs, cuda_detail::pair_dot_warps, max_grid_blocks());
-      cuda_detail::pair_row_dots_kernel<T, R, N><<<unsigned(blocks), cuda_detail::for_threads, 0, stream()>>>(
+      MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, stream(), cuda_detail::pair_row_dots_kernel<T, R, N>)(
           pairs, K, d, pair_row, dy, rows, dgate);
       cuda_detail::check_launch("pair_row_dots_kernel", "(pairs=", pairs, " d=", d, " piece=", N, ")");
     };
@@ -425,12 +426,12 @@ class cuda {
     cuda_detail::check(cudaMemsetAsync(st.probe, 0xff, sizeof(unsigned long long), st.stream),
                        "cudaMemsetAsync (non-finite probe)");
     const index_t blocks = cuda_detail::grid_stride_blocks(n, cuda_detail::for_threads, max_grid_blocks());
-    cuda_detail::find_nonfinite_kernel<<<unsigned(blocks), cuda_detail::for_threads, 0, st.stream>>>(data, n,
-                                                                                                    st.probe);
+    MOE_CUDA_LAUNCH(unsigned(blocks), cuda_detail::for_threads, st.stream, cuda_detail::find_nonfinite_kernel<V>)(
+        data, n, st.probe);
     cuda_detail::check_launch("find_nonfinite_kernel", "(", what, ")");
     const auto id = [](const char* s) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(s)); };
-    cuda_detail::record_nonfinite_kernel<<<1, 1, 0, st.stream>>>(data, cols, st.probe, st.record, id(what),
-                                                                 id(row_name), id(col_name));
+    MOE_CUDA_LAUNCH(1, 1, st.stream, cuda_detail::record_nonfinite_kernel<V>)(data, cols, st.probe, st.record,
+                                                                          id(what), id(row_name), id(col_name));
     cuda_detail::check_launch("record_nonfinite_kernel", "(", what, ")");
   }
 
