@@ -333,14 +333,18 @@ void gemm_case(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::in
   check_close(widened(dc.download()), widened(c), rtol, "gemm");
 }
 
+// aligned: leading dimensions and strides that are multiples of 8 elements, so the tensor-core tile
+// stages row-major operands in 16-byte pieces; otherwise odd ones (element by element).
 template <class T, class TC>
-void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, double rtol, double beta) {
+void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, double rtol, double beta,
+                  bool aligned = false) {
   stream_holder stream;
   const moe::cuda space(stream.s);
   const moe::host host(1);
   const std::vector<int> off = random_offsets(groups, std::uint64_t(groups * 7 + n));
-  const moe::index_t rows = off.back(), lda = k + 1, ldb = (opb == moe::op::none ? n : k) + 2, ldc = n + 3;
-  const moe::index_t b_stride = (opb == moe::op::none ? k : n) * ldb + 5;
+  const moe::index_t pad_a = aligned ? 8 : 1, pad_b = aligned ? 8 : 2, pad_c = aligned ? 8 : 3;
+  const moe::index_t rows = off.back(), lda = k + pad_a, ldb = (opb == moe::op::none ? n : k) + pad_b;
+  const moe::index_t ldc = n + pad_c, b_stride = (opb == moe::op::none ? k : n) * ldb + (aligned ? 8 : 5);
   const auto a = moe_test::random_vector<T>(std::size_t(std::max<moe::index_t>(rows, 1) * lda), 4);
   const auto b = moe_test::random_vector<T>(std::size_t(groups * b_stride), 5);
   auto c = moe_test::random_vector<TC>(std::size_t(std::max<moe::index_t>(rows, 1) * ldc), 6);
@@ -352,12 +356,12 @@ void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, doubl
                     c.data(), ldc);
   space.grouped_gemm(opb, groups, doff.p, n, k, Acc(1.25), da.p, lda, db.p, b_stride, ldb, Acc(beta), dc.p, ldc);
   INFO("grouped_gemm ", moe::type_name<T>(), " groups=", groups, " rows=", rows, " n=", n, " k=", k,
-       " opb=", int(opb), " beta=", beta);
+       " opb=", int(opb), " beta=", beta, " aligned=", aligned);
   check_close(widened(dc.download()), widened(c), rtol, "grouped_gemm");
 
   // Weight gradients: C_g[k, n] = A_gᵀ · B_g over the rows of g (B: [rows, n]); empty groups keep
   // beta · C_g.
-  const moe::index_t c_stride = k * ldc + 7;
+  const moe::index_t c_stride = k * ldc + (aligned ? 8 : 7);
   const auto bt = moe_test::random_vector<T>(std::size_t(std::max<moe::index_t>(rows, 1) * ldc), 7);
   auto cg = moe_test::random_vector<TC>(std::size_t(groups * c_stride), 8);
   device_vector<T> dbt(bt);
@@ -432,4 +436,15 @@ TEST_CASE("grouped GEMMs read the device offsets, including empty groups") {
     grouped_case<moe::float16, moe::float16>(opb, 5, 40, 65, 2e-2, 1.0);
   }
   grouped_case<float, float>(op::none, 1, 16, 16, 1e-5, 0.0);  // one group, which is empty
+}
+
+TEST_CASE("tensor-core grouped GEMMs over several 128 x 128 tiles, 16-byte staging and edges") {
+  // Groups of up to 150 rows (two row tiles), 296 columns (three column tiles, the last partial),
+  // depth 72 (two full 32-deep panels and a partial one); aligned operands take the 16-byte staging.
+  using moe::op;
+  for (op opb : {op::none, op::transpose})
+    for (const bool aligned : {true, false}) {
+      grouped_case<moe::bfloat16, moe::bfloat16>(opb, 10, 296, 72, 2e-2, 0.0, aligned);
+      grouped_case<moe::float16, float>(opb, 7, 136, 40, 1e-5, 1.0, aligned);
+    }
 }

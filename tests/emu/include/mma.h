@@ -60,19 +60,26 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned
                                                           : p[std::size_t(c) * ldm + std::size_t(r)]);
 }
 
+// Every lane's fragments hold the same tiles (loads are uniform over the warp), so the product is
+// computed once per warp and copied to each lane.
 template <int M, int N, int K, class TA, class LA, class TB, class LB>
 void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c,
               std::source_location loc = std::source_location::current()) {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulator does the 16x16x16 shapes");
   ::moe_emu::warp_barrier("wmma::mma_sync", 0xffffffffu, loc);
-  fragment<accumulator, M, N, K, float> out;
+  ::moe_emu::warp_state& w = ::moe_emu::this_warp();
+  if (w.mma_generation != w.generation) {
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        float s = c.v[i][j];
+        for (int p = 0; p < K; ++p) s += a.v[i][p] * b.v[p][j];
+        w.mma[i][j] = s;
+      }
+    w.mma_generation = w.generation;
+  }
   for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      float s = c.v[i][j];
-      for (int p = 0; p < K; ++p) s += a.v[i][p] * b.v[p][j];
-      out.v[i][j] = s;
-    }
-  d = out;
+    for (int j = 0; j < N; ++j) d.v[i][j] = w.mma[i][j];
 }
 
 template <int M, int N, int K>

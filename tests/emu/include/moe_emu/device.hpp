@@ -34,6 +34,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define MOE_EMU_ASAN 1
 #else
@@ -148,6 +149,9 @@ struct warp_state {
   const char* kind = "";
   std::source_location site;
   alignas(16) unsigned char slot[32][32];  // per-lane payload of a collective
+  unsigned generation = 0;                 // collectives completed
+  unsigned mma_generation = ~0u;           // the collective whose MMA result `mma` holds
+  float mma[16][16];                       // one WMMA product per warp (every lane's is the same)
 };
 
 // Stacks are kept between blocks and launches (per OS thread).
@@ -288,6 +292,7 @@ inline void warp_barrier(const char* kind, unsigned mask, std::source_location l
       die(b.who() + ": " + kind + " at " + where(loc) + " with " + std::to_string(32 - w.lanes) +
           " lanes of the warp exited");
     w.arrived = 0;
+    ++w.generation;
     const int first = b.current->linear / 32 * 32;
     for (int l = first; l < first + 32 && l < b.threads; ++l)
       if (b.fibers[std::size_t(l)].state == fiber_state::warp_wait) b.fibers[std::size_t(l)].state = fiber_state::runnable;
@@ -316,6 +321,10 @@ inline void run_block(block_run& b) {
     f.tid = {unsigned(i) % b.block.x, unsigned(i) / b.block.x % b.block.y, unsigned(i) / (b.block.x * b.block.y)};
     ++b.warps[std::size_t(i / 32)].size;
     ++b.warps[std::size_t(i / 32)].lanes;
+#if MOE_EMU_ASAN
+    // A reused stack still carries the poisoned redzones of the frames of its last fiber.
+    __asan_unpoison_memory_region(pool[std::size_t(i)].get(), stack_bytes);
+#endif
     start_context(f.context, pool[std::size_t(i)].get(), stack_bytes, fiber_main);
   }
   b.live = b.threads;
@@ -410,8 +419,10 @@ void require_uniform(const char* what, const T& v, std::source_location loc) {
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One copy per block: blocks of a grid run one after another on one OS thread.
-#define __shared__ static thread_local
+// One copy per block: the emulator is single-threaded (one OS thread runs kernels, as the emulated
+// runtime's queue is not locked) and blocks run one after another. Plain statics are globals to
+// AddressSanitizer, so __shared__ arrays get redzones (thread_local ones would not).
+#define __shared__ static
 
 #define threadIdx (::moe_emu::thread_idx())
 #define blockIdx (::moe_emu::block_idx())

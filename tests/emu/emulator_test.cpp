@@ -1,0 +1,311 @@
+// The kernel emulator itself (tests/emu/include): that its built-ins compute what CUDA's do, that
+// the runtime is asynchronous and captures graphs as CUDA does, and that each check it promises
+// fires (the misuses run in a forked child, which must abort with the emulator's message).
+#include <doctest/doctest.h>
+
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <mma.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <cub/device/device_radix_sort.cuh>
+
+namespace {
+
+// Runs f in a child process; returns what the child wrote to stderr, and whether it aborted.
+template <class F>
+std::pair<bool, std::string> in_child(F f) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not doctest's crash report: the parent reads the abort
+    close(fds[0]);
+    dup2(fds[1], 2);
+    f();
+    cudaDeviceSynchronize();
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string out;
+  char buf[512];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, std::size_t(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, out};
+}
+
+void check_aborts_with(const std::pair<bool, std::string>& r, const std::string& message) {
+  INFO("child stderr: ", r.second);
+  CHECK(r.first);
+  CHECK(r.second.find("moe_emu: ") != std::string::npos);
+  CHECK(r.second.find(message) != std::string::npos);
+}
+
+template <class T>
+T* device_alloc(std::size_t n) {
+  T* p = nullptr;
+  REQUIRE(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess);
+  return p;
+}
+template <class T>
+std::vector<T> to_host(const T* p, std::size_t n) {
+  std::vector<T> h(n);
+  REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return h;
+}
+
+// ---- kernels ----------------------------------------------------------------------------------------
+void shuffle_kernel(int* sums, int* partners) {
+  const int lane = int(threadIdx.x) % 32;
+  int v = lane + 100 * int(threadIdx.x / 32);
+  partners[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 5);
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  sums[threadIdx.x] = v;
+}
+
+void rotate_kernel(const int* in, int* out) {
+  __shared__ int s[128];
+  s[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// A 16×16×16 WMMA product of bf16 tiles (A row-major, B column-major) into float, stored row-major.
+void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> af;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bf;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::load_matrix_sync(af, a, 16);
+  wmma::load_matrix_sync(bf, b, 16);
+  wmma::mma_sync(acc, af, bf, acc);
+  wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
+}
+
+void two_barriers_kernel() {
+  if (threadIdx.x < 32)
+    __syncthreads();
+  else
+    __syncthreads();
+}
+void early_exit_kernel() {
+  if (threadIdx.x >= 32) return;
+  __syncthreads();
+}
+void lane_exit_kernel(int* out) {
+  if (threadIdx.x % 32 == 7) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+}
+void partial_mask_kernel(int* out) { out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, int(threadIdx.x), 1); }
+void misaligned_wmma_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> af;
+  nvcuda::wmma::load_matrix_sync(af, a + 8, 16);  // 16 bytes past a 256-byte aligned base
+}
+void bad_ldm_wmma_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> af;
+  nvcuda::wmma::load_matrix_sync(af, a, 20);  // 40 bytes
+}
+void divergent_wmma_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> af;
+  nvcuda::wmma::load_matrix_sync(af, a + (threadIdx.x % 2) * 256, 16);  // lanes disagree on the tile
+}
+void fill_kernel(int* out, int n) {
+  for (int i = int(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += int(blockDim.x * gridDim.x)) out[i] = 3 * i;
+}
+
+std::vector<__nv_bfloat16> bf16_tile(std::uint32_t seed) {
+  std::vector<__nv_bfloat16> t(256);
+  for (int i = 0; i < 256; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    const float v = float(int(seed >> 24) - 128) / 64.0f;  // exactly representable in bf16
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    t[std::size_t(i)] = __ushort_as_bfloat16(static_cast<unsigned short>(u >> 16));
+  }
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("built-ins: warp shuffles, block barriers, grid-stride indices") {
+  int* sums = device_alloc<int>(64);
+  int* partners = device_alloc<int>(64);
+  moe_emu::launch("shuffle_kernel", 1, 64, nullptr, shuffle_kernel)(sums, partners);
+  const auto s = to_host(sums, 64), p = to_host(partners, 64);
+  for (int t = 0; t < 64; ++t) {
+    const int w = t / 32, lane = t % 32;
+    CHECK(s[std::size_t(t)] == 496 + 3200 * w);
+    CHECK(p[std::size_t(t)] == (lane ^ 5) + 100 * w);
+  }
+  std::vector<int> in(256);
+  for (int i = 0; i < 256; ++i) in[std::size_t(i)] = 7 * i + 1;
+  int* din = device_alloc<int>(256);
+  int* dout = device_alloc<int>(256);
+  REQUIRE(cudaMemcpy(din, in.data(), 256 * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  moe_emu::launch("rotate_kernel", 2, 128, nullptr, rotate_kernel)(din, dout);
+  const auto r = to_host(dout, 256);
+  for (int b = 0; b < 2; ++b)
+    for (int t = 0; t < 128; ++t) CHECK(r[std::size_t(b * 128 + t)] == in[std::size_t(b * 128 + (t + 1) % 128)]);
+  moe_emu::launch("fill_kernel", dim3(3), dim3(32), nullptr, fill_kernel)(dout, 250);
+  const auto f = to_host(dout, 256);
+  for (int i = 0; i < 250; ++i) CHECK(f[std::size_t(i)] == 3 * i);
+  for (int* q : {sums, partners, din, dout}) cudaFree(q);
+}
+
+TEST_CASE("WMMA: a 16x16x16 bf16 product with float accumulation, row- and column-major tiles") {
+  const auto a = bf16_tile(1), b = bf16_tile(2);
+  auto* da = device_alloc<__nv_bfloat16>(256);
+  auto* db = device_alloc<__nv_bfloat16>(256);
+  float* dc = device_alloc<float>(256);
+  cudaMemcpy(da, a.data(), 512, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b.data(), 512, cudaMemcpyHostToDevice);
+  moe_emu::launch("wmma_kernel", 1, 32, nullptr, wmma_kernel)(da, db, dc);
+  const auto c = to_host(dc, 256);
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      double ref = 1.0;
+      for (int p = 0; p < 16; ++p)
+        ref += double(float(a[std::size_t(i * 16 + p)])) * double(float(b[std::size_t(j * 16 + p)]));
+      CHECK(c[std::size_t(i * 16 + j)] == doctest::Approx(ref).epsilon(1e-6));
+    }
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dc);
+}
+
+TEST_CASE("the runtime: work is asynchronous until the host synchronises") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  int* d = device_alloc<int>(4);
+  std::vector<int> h(4, -1);
+  REQUIRE(cudaMemsetAsync(d, 0, 4 * sizeof(int), s) == cudaSuccess);
+  REQUIRE(cudaMemcpyAsync(h.data(), d, 4 * sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess);
+  CHECK(h[0] == -1);  // not run yet
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(h == std::vector<int>(4, 0));
+  // A host-to-device copy stages its source at the call.
+  std::vector<int> src{1, 2, 3, 4};
+  REQUIRE(cudaMemcpyAsync(d, src.data(), 4 * sizeof(int), cudaMemcpyHostToDevice, s) == cudaSuccess);
+  src.assign(4, 9);
+  CHECK(to_host(d, 4) == std::vector<int>{1, 2, 3, 4});
+  // Copies whose device side leaves its allocation, and bad launch shapes, are errors.
+  const std::vector<int> five(5, 1);
+  CHECK(cudaMemcpy(d, five.data(), 5 * sizeof(int), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemsetAsync(d + 1, 0, 4 * sizeof(int), s) == cudaErrorInvalidValue);
+  moe_emu::launch("fill_kernel", 1, 2048, s, fill_kernel)(d, 4);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  cudaFree(d);
+  cudaStreamDestroy(s);
+}
+
+TEST_CASE("the runtime: graph capture records and replays; synchronising during a capture invalidates it") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  int* d = device_alloc<int>(8);
+  REQUIRE(cudaMemset(d, 0, 8 * sizeof(int)) == cudaSuccess);
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  REQUIRE(cudaStreamIsCapturing(s, &status) == cudaSuccess);
+  CHECK(status == cudaStreamCaptureStatusActive);
+  moe_emu::launch("fill_kernel", 1, 32, s, fill_kernel)(d, 8);
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  CHECK(to_host(d, 8) == std::vector<int>(8, 0));  // captured, not run
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  CHECK(to_host(d, 8) == std::vector<int>{0, 3, 6, 9, 12, 15, 18, 21});
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  CHECK(cudaStreamSynchronize(s) == cudaErrorStreamCaptureUnsupported);
+  CHECK(cudaStreamEndCapture(s, &graph) == cudaErrorStreamCaptureInvalidated);
+  cudaFree(d);
+  cudaStreamDestroy(s);
+}
+
+TEST_CASE("cuBLAS and CUB stand-ins: results, argument checks, scratch size") {
+  cublasHandle_t h = nullptr;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  // Column-major C[2×2] = Aᵀ · B with A [3×2] (lda 3), B [3×2] (ldb 3).
+  const std::vector<float> a{1, 2, 3, 4, 5, 6}, b{1, 0, 1, 2, 1, 0};
+  float* da = device_alloc<float>(6);
+  float* db = device_alloc<float>(6);
+  float* dc = device_alloc<float>(4);
+  cudaMemcpy(da, a.data(), 24, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b.data(), 24, cudaMemcpyHostToDevice);
+  const float one = 1, zero = 0;
+  CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 2, 2, 3, &one, da, CUDA_R_32F, 3, db, CUDA_R_32F, 3, &zero, dc,
+                     CUDA_R_32F, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  CHECK(to_host(dc, 4) == std::vector<float>{4, 10, 4, 13});
+  CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 2, 3, &one, da, CUDA_R_32F, 3, db, CUDA_R_32F, 3, &zero, dc,
+                     CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE);  // lda < m
+  cublasDestroy(h);
+
+  const std::vector<std::uint64_t> keys{5, 1, 5, 0, 1};
+  const std::vector<int> values{0, 1, 2, 3, 4};
+  auto* dk = device_alloc<std::uint64_t>(5);
+  auto* dk2 = device_alloc<std::uint64_t>(5);
+  int* dv = device_alloc<int>(5);
+  int* dv2 = device_alloc<int>(5);
+  cudaMemcpy(dk, keys.data(), sizeof(std::uint64_t) * 5, cudaMemcpyHostToDevice);
+  cudaMemcpy(dv, values.data(), sizeof(int) * 5, cudaMemcpyHostToDevice);
+  std::size_t bytes = 0;
+  REQUIRE(cub::DeviceRadixSort::SortPairs(nullptr, bytes, dk, dk2, dv, dv2, 5, 0, 3) == cudaSuccess);
+  void* tmp = nullptr;
+  REQUIRE(cudaMalloc(&tmp, bytes) == cudaSuccess);
+  std::size_t short_bytes = bytes - 1;
+  CHECK(cub::DeviceRadixSort::SortPairs(tmp, short_bytes, dk, dk2, dv, dv2, 5, 0, 3) == cudaErrorInvalidValue);
+  REQUIRE(cub::DeviceRadixSort::SortPairs(tmp, bytes, dk, dk2, dv, dv2, 5, 0, 3) == cudaSuccess);
+  CHECK(to_host(dv2, 5) == std::vector<int>{3, 1, 4, 0, 2});  // stable
+  for (void* q : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dc), static_cast<void*>(dk),
+                  static_cast<void*>(dk2), static_cast<void*>(dv), static_cast<void*>(dv2), tmp})
+    cudaFree(q);
+}
+
+TEST_CASE("misuse is reported: barriers") {
+  check_aborts_with(in_child([] { moe_emu::launch("two_barriers_kernel", 1, 64, nullptr, two_barriers_kernel)(); }),
+                    "reached __syncthreads at");
+  check_aborts_with(in_child([] { moe_emu::launch("early_exit_kernel", 1, 64, nullptr, early_exit_kernel)(); }),
+                    "deadlocked");
+}
+
+TEST_CASE("misuse is reported: warp collectives") {
+  check_aborts_with(in_child([] {
+                      int* d = device_alloc<int>(64);
+                      moe_emu::launch("lane_exit_kernel", 1, 64, nullptr, lane_exit_kernel)(d);
+                    }),
+                    "exited while");
+  check_aborts_with(in_child([] {
+                      int* d = device_alloc<int>(64);
+                      moe_emu::launch("partial_mask_kernel", 1, 64, nullptr, partial_mask_kernel)(d);
+                    }),
+                    "partial mask");
+}
+
+TEST_CASE("misuse is reported: WMMA alignment and uniformity") {
+  const auto run = [](auto kernel, const char* name) {
+    return in_child([kernel, name] {
+      auto* a = device_alloc<__nv_bfloat16>(1024);
+      moe_emu::launch(name, 1, 32, nullptr, kernel)(a);
+    });
+  };
+  check_aborts_with(run(misaligned_wmma_kernel, "misaligned"), "pointer not 256-bit aligned");
+  check_aborts_with(run(bad_ldm_wmma_kernel, "bad_ldm"), "ldm 20 is not a multiple of 16 bytes");
+  check_aborts_with(run(divergent_wmma_kernel, "divergent"), "differ across the warp");
+}
