@@ -13,6 +13,7 @@
 // Synchronising calls during a capture invalidate it, as CUDA's global capture mode does.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -414,5 +415,57 @@ inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
 }
 inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   delete graph;
+  return cudaSuccess;
+}
+
+// ---- events and device facts (the benchmarks' timing; the emulator's times mean nothing) ----------
+struct CUevent_st {
+  double ms = 0;  // host clock when the queue reached the record
+};
+using cudaEvent_t = CUevent_st*;
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  moe_emu::drain();
+  delete e;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+  if (!e) return cudaErrorInvalidValue;
+  moe_emu::enqueue(s, [e] {
+    e->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  });
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return cudaErrorInvalidValue;
+  if (!moe_emu::sync_allowed()) return cudaErrorStreamCaptureUnsupported;
+  moe_emu::drain();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  if (!a || !b) return cudaErrorInvalidValue;
+  *ms = float(b->ms - a->ms);
+  return cudaSuccess;
+}
+struct cudaDeviceProp {
+  char name[256] = "moe_emu (host emulator of a CUDA device)";
+  int multiProcessorCount = 1;
+  int major = 9, minor = 0;
+};
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  *p = cudaDeviceProp{};
+  p->multiProcessorCount = moe_emu::multiprocessors();
+  return cudaSuccess;
+}
+inline cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = 0;
   return cudaSuccess;
 }
