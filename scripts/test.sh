@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README, CI's .ci/run): installs missing dependencies, then
 #   1. Release build (preset `default`; CUDA targets too when nvcc is found), every ctest test;
-#   2. ASan + UBSan build of the host tests (preset `asan`: no CUDA, no benchmarks or examples), ctest.
-# Both phases always run, so one report shows everything that fails; the exit status is non-zero
-# when any step failed. Runs from any directory; build trees go to build/default and build/asan.
+#   2. ASan + UBSan build of the host tests (preset `asan`: no CUDA, no benchmarks or examples), ctest;
+#   3. ThreadSanitizer build of the kernel emulator's tests (preset `tsan`: the emu targets only), ctest
+#      -L emu: every CUDA thread a TSan fiber, so a missing barrier in a kernel is a reported race.
+# Every phase always runs, so one report shows everything that fails; the exit status is non-zero
+# when any step failed. Runs from any directory; build trees go to build/default, build/asan and build/tsan.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,6 +55,7 @@ export MOE_NUM_THREADS=${MOE_NUM_THREADS:-2}
 
 phase default
 phase asan
+phase tsan
 
 echo
 echo "==== summary ($((SECONDS - total_start))s in all, ${jobs} jobs)"

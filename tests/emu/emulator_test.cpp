@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <csignal>
 #include <cstdint>
 #include <string>
@@ -19,38 +21,38 @@
 
 namespace {
 
-// Runs f in a child process; returns what the child wrote to stderr, and whether it aborted.
-template <class F>
-std::pair<bool, std::string> in_child(F f) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
+// What a misuse scenario did in its own process: this binary again, running only the test case
+// "emulator child" with MOE_EMU_CHILD=<scenario> (a fresh process rather than a fork: ThreadSanitizer's
+// state does not survive a fork well).
+struct child_result {
+  bool aborted = false;  // killed by SIGABRT (the emulator's reports)
+  int exit_code = -1;
+  std::string output;    // stdout and stderr
+};
+child_result run_child(const std::string& scenario) {
+  char self[4096] = {};
+  REQUIRE(readlink("/proc/self/exe", self, sizeof self - 1) > 0);
+  const std::string command = "MOE_EMU_CHILD=" + scenario + " '" + self + "' -tc='emulator child' 2>&1";
   std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's crash report: the parent reads the abort
-    close(fds[0]);
-    dup2(fds[1], 2);
-    f();
-    cudaDeviceSynchronize();
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string out;
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p);
+  child_result r;
   char buf[512];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, std::size_t(n));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, out};
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
+  const int status = pclose(p);
+  // The shell either runs the binary itself (a signal) or reports its death as 128 + signal.
+  r.aborted = (WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT) ||
+              (WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGABRT);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
-void check_aborts_with(const std::pair<bool, std::string>& r, const std::string& message) {
-  INFO("child stderr: ", r.second);
-  CHECK(r.first);
-  CHECK(r.second.find("moe_emu: ") != std::string::npos);
-  CHECK(r.second.find(message) != std::string::npos);
+void check_aborts_with(const std::string& scenario, const std::string& message) {
+  const child_result r = run_child(scenario);
+  INFO("scenario ", scenario, ", child output: ", r.output);
+  CHECK(r.aborted);
+  CHECK(r.output.find("moe_emu: ") != std::string::npos);
+  CHECK(r.output.find(message) != std::string::npos);
 }
 
 template <class T>
@@ -121,6 +123,22 @@ void bad_ldm_wmma_kernel(const __nv_bfloat16* a) {
 void divergent_wmma_kernel(const __nv_bfloat16* a) {
   nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> af;
   nvcuda::wmma::load_matrix_sync(af, a + (threadIdx.x % 2) * 256, 16);  // lanes disagree on the tile
+}
+// Races: a shared-memory exchange without its __syncthreads, and one between lanes of a warp
+// without its __syncwarp.
+void racy_block_kernel(int* out) {
+  __shared__ int s[64];
+  s[threadIdx.x] = int(threadIdx.x);
+  out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+void racy_warp_kernel(int* out) {
+  __shared__ int s[32];
+  s[threadIdx.x] = int(threadIdx.x) * 2;
+  if (threadIdx.x == 0) {
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) sum += s[i];
+    out[0] = sum;
+  }
 }
 void fill_kernel(int* out, int n) {
   for (int i = int(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += int(blockDim.x * gridDim.x)) out[i] = 3 * i;
@@ -278,34 +296,52 @@ TEST_CASE("cuBLAS and CUB stand-ins: results, argument checks, scratch size") {
     cudaFree(q);
 }
 
+// The misuse scenarios, each run by run_child in a process of its own.
+TEST_CASE("emulator child") {
+  const char* which = std::getenv("MOE_EMU_CHILD");
+  if (!which) return;  // only in a child started by run_child
+  std::signal(SIGABRT, SIG_DFL);  // the emulator's abort ends the child; no doctest crash report
+  const std::string s = which;
+  int* d = device_alloc<int>(64);
+  auto* h = device_alloc<__nv_bfloat16>(1024);
+  if (s == "two_barriers") moe_emu::launch("two_barriers_kernel", 1, 64, nullptr, two_barriers_kernel)();
+  if (s == "early_exit") moe_emu::launch("early_exit_kernel", 1, 64, nullptr, early_exit_kernel)();
+  if (s == "lane_exit") moe_emu::launch("lane_exit_kernel", 1, 64, nullptr, lane_exit_kernel)(d);
+  if (s == "partial_mask") moe_emu::launch("partial_mask_kernel", 1, 64, nullptr, partial_mask_kernel)(d);
+  if (s == "misaligned") moe_emu::launch("misaligned_wmma_kernel", 1, 32, nullptr, misaligned_wmma_kernel)(h);
+  if (s == "bad_ldm") moe_emu::launch("bad_ldm_wmma_kernel", 1, 32, nullptr, bad_ldm_wmma_kernel)(h);
+  if (s == "divergent") moe_emu::launch("divergent_wmma_kernel", 1, 32, nullptr, divergent_wmma_kernel)(h);
+  if (s == "racy_block") moe_emu::launch("racy_block_kernel", 1, 64, nullptr, racy_block_kernel)(d);
+  if (s == "racy_warp") moe_emu::launch("racy_warp_kernel", 1, 32, nullptr, racy_warp_kernel)(d);
+  cudaDeviceSynchronize();
+}
+
 TEST_CASE("misuse is reported: barriers") {
-  check_aborts_with(in_child([] { moe_emu::launch("two_barriers_kernel", 1, 64, nullptr, two_barriers_kernel)(); }),
-                    "reached __syncthreads at");
-  check_aborts_with(in_child([] { moe_emu::launch("early_exit_kernel", 1, 64, nullptr, early_exit_kernel)(); }),
-                    "deadlocked");
+  check_aborts_with("two_barriers", "reached __syncthreads at");
+  check_aborts_with("early_exit", "deadlocked");
 }
 
 TEST_CASE("misuse is reported: warp collectives") {
-  check_aborts_with(in_child([] {
-                      int* d = device_alloc<int>(64);
-                      moe_emu::launch("lane_exit_kernel", 1, 64, nullptr, lane_exit_kernel)(d);
-                    }),
-                    "exited while");
-  check_aborts_with(in_child([] {
-                      int* d = device_alloc<int>(64);
-                      moe_emu::launch("partial_mask_kernel", 1, 64, nullptr, partial_mask_kernel)(d);
-                    }),
-                    "partial mask");
+  check_aborts_with("lane_exit", "exited while");
+  check_aborts_with("partial_mask", "partial mask");
 }
 
 TEST_CASE("misuse is reported: WMMA alignment and uniformity") {
-  const auto run = [](auto kernel, const char* name) {
-    return in_child([kernel, name] {
-      auto* a = device_alloc<__nv_bfloat16>(1024);
-      moe_emu::launch(name, 1, 32, nullptr, kernel)(a);
-    });
-  };
-  check_aborts_with(run(misaligned_wmma_kernel, "misaligned"), "pointer not 256-bit aligned");
-  check_aborts_with(run(bad_ldm_wmma_kernel, "bad_ldm"), "ldm 20 is not a multiple of 16 bytes");
-  check_aborts_with(run(divergent_wmma_kernel, "divergent"), "differ across the warp");
+  check_aborts_with("misaligned", "pointer not 256-bit aligned");
+  check_aborts_with("bad_ldm", "ldm 20 is not a multiple of 16 bytes");
+  check_aborts_with("divergent", "differ across the warp");
 }
+
+#if defined(__SANITIZE_THREAD__)
+// Only in the ThreadSanitizer build (preset tsan): each CUDA thread is a TSan fiber, synchronised only
+// by barriers and warp collectives, so a missing barrier is a reported data race in the kernel.
+TEST_CASE("ThreadSanitizer reports a missing __syncthreads and a missing __syncwarp") {
+  for (const std::string which : {"block", "warp"}) {
+    const child_result r = run_child("racy_" + which);
+    INFO("child output: ", r.output);
+    CHECK(r.exit_code != 0);
+    CHECK(r.output.find("WARNING: ThreadSanitizer: data race") != std::string::npos);
+    CHECK(r.output.find("#0 racy_" + which + "_kernel") != std::string::npos);
+  }
+}
+#endif

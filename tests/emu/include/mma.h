@@ -30,7 +30,7 @@ struct fragment {
 
 namespace detail {
 template <class T>
-void check_operand(const char* what, const T* p, unsigned ldm, std::source_location loc) {
+MOE_EMU_INTERNAL void check_operand(const char* what, const T* p, unsigned ldm, std::source_location loc) {
   const std::string who = ::moe_emu::this_block().who();
   if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0)
     ::moe_emu::die(who + ": " + what + " at " + ::moe_emu::where(loc) + ": pointer not 256-bit aligned");
@@ -63,7 +63,7 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned
 // Every lane's fragments hold the same tiles (loads are uniform over the warp), so the product is
 // computed once per warp and copied to each lane.
 template <int M, int N, int K, class TA, class LA, class TB, class LB>
-void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+MOE_EMU_INTERNAL void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c,
               std::source_location loc = std::source_location::current()) {
   static_assert(M == 16 && N == 16 && K == 16, "the emulator does the 16x16x16 shapes");

@@ -12,7 +12,13 @@
 //     over the warp and aligned as the PTX ISA requires (256-bit pointers, 16-byte ldm);
 //   - a block whose threads can no longer all proceed (a deadlock) is reported with where each waits;
 //   - under AddressSanitizer, every global and __shared__ access of a kernel is bounds-checked (the
-//     fiber switches are annotated for ASan).
+//     fiber switches are annotated for ASan);
+//   - under ThreadSanitizer, every CUDA thread is a TSan fiber and the barriers and warp collectives
+//     are its only synchronisation (plus the launch boundaries), so TSan reports the hazards
+//     compute-sanitizer's racecheck looks for: accesses to shared or global memory by two threads
+//     of a block (or two lanes of a warp) with no barrier between them. Blocks of a grid are ordered
+//     one after the other (they reuse the static __shared__ arrays), so races between blocks are not
+//     reported.
 // A failed check prints "moe_emu: ..." naming the kernel, block and thread, and aborts.
 //
 // What it does not model: concurrency between blocks or streams (they run in issue order), the
@@ -39,6 +45,19 @@
 #define MOE_EMU_ASAN 1
 #else
 #define MOE_EMU_ASAN 0
+#endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define MOE_EMU_TSAN 1
+#else
+#define MOE_EMU_TSAN 0
+#endif
+// The emulator's own bookkeeping (who runs, who waits) is shared by all fibers without
+// synchronisation; ThreadSanitizer must not instrument it, only the kernels' accesses.
+#if MOE_EMU_TSAN
+#define MOE_EMU_INTERNAL __attribute__((no_sanitize_thread))
+#else
+#define MOE_EMU_INTERNAL
 #endif
 
 namespace moe_emu {
@@ -106,7 +125,7 @@ struct context {
   void* sp = nullptr;
 };
 // Prepares `c` to enter entry() on the given stack at the first switch to it.
-inline void start_context(context& c, char* stack, std::size_t bytes, void (*entry)()) {
+MOE_EMU_INTERNAL inline void start_context(context& c, char* stack, std::size_t bytes, void (*entry)()) {
   auto top = (reinterpret_cast<std::uintptr_t>(stack) + bytes) & ~std::uintptr_t(15);
   auto* frame = reinterpret_cast<std::uint64_t*>(top - 72);
   std::uint32_t control[2] = {0x1f80u, 0x037fu};  // MXCSR, x87 control word: the defaults
@@ -116,19 +135,19 @@ inline void start_context(context& c, char* stack, std::size_t bytes, void (*ent
   frame[8] = 0;                                     // entry's own return address: none
   c.sp = frame;
 }
-inline void switch_context(context& from, context& to) { moe_emu_switch(&from.sp, to.sp); }
+MOE_EMU_INTERNAL inline void switch_context(context& from, context& to) { moe_emu_switch(&from.sp, to.sp); }
 #else
 struct context {
   ucontext_t uc;
 };
-inline void start_context(context& c, char* stack, std::size_t bytes, void (*entry)()) {
+MOE_EMU_INTERNAL inline void start_context(context& c, char* stack, std::size_t bytes, void (*entry)()) {
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = stack;
   c.uc.uc_stack.ss_size = bytes;
   c.uc.uc_link = nullptr;
   makecontext(&c.uc, entry, 0);
 }
-inline void switch_context(context& from, context& to) { swapcontext(&from.uc, &to.uc); }
+MOE_EMU_INTERNAL inline void switch_context(context& from, context& to) { swapcontext(&from.uc, &to.uc); }
 #endif
 
 enum class fiber_state { runnable, block_wait, warp_wait, done };
@@ -150,12 +169,21 @@ struct warp_state {
   std::source_location site;
   alignas(16) unsigned char slot[32][32];  // per-lane payload of a collective
   unsigned generation = 0;                 // collectives completed
+  char sync[2];                            // ThreadSanitizer sync objects of even and odd collectives
   unsigned mma_generation = ~0u;           // the collective whose MMA result `mma` holds
   float mma[16][16];                       // one WMMA product per warp (every lane's is the same)
 };
 
 // Stacks are kept between blocks and launches (per OS thread).
-inline constexpr std::size_t stack_bytes = MOE_EMU_ASAN ? std::size_t(512) << 10 : std::size_t(128) << 10;
+inline constexpr std::size_t stack_bytes =
+    MOE_EMU_ASAN || MOE_EMU_TSAN ? std::size_t(512) << 10 : std::size_t(128) << 10;
+
+// A fiber's stack, and its ThreadSanitizer context (kept with the stack: a later fiber on the same
+// stack is ordered after the earlier one anyway, through the launch and block boundaries).
+struct fiber_slot {
+  std::unique_ptr<char[]> stack;
+  void* tsan = nullptr;
+};
 
 struct block_run {
   const char* kernel = "";
@@ -168,7 +196,12 @@ struct block_run {
   fiber* current = nullptr;
   int live = 0;
   int block_arrived = 0;
+  unsigned block_generation = 0;  // __syncthreads completed
   std::source_location block_site;
+  // ThreadSanitizer sync objects: the host's work before a block, a block's work before the host
+  // goes on, and even and odd __syncthreads.
+  char launch_sync = 0, end_sync = 0, barrier_sync[2] = {0, 0};
+  void* scheduler_tsan = nullptr;
   const std::function<void()>* body = nullptr;
 #if MOE_EMU_ASAN
   void* scheduler_fake_stack = nullptr;
@@ -184,31 +217,34 @@ struct block_run {
   }
 };
 
-inline block_run*& active_block() {
+MOE_EMU_INTERNAL inline block_run*& active_block() {
   static thread_local block_run* b = nullptr;
   return b;
 }
-inline block_run& this_block() {
+MOE_EMU_INTERNAL inline block_run& this_block() {
   block_run* b = active_block();
   if (!b) die("a CUDA built-in (threadIdx, __syncthreads, ...) was used outside an emulated kernel");
   return *b;
 }
 
-inline std::vector<std::unique_ptr<char[]>>& stack_pool() {
-  static thread_local std::vector<std::unique_ptr<char[]>> pool;
+MOE_EMU_INTERNAL inline std::vector<fiber_slot>& stack_pool() {
+  static thread_local std::vector<fiber_slot> pool;
   return pool;
 }
 
 // ---- thread identity ------------------------------------------------------------------------------
-inline const uint3& thread_idx() { return this_block().current->tid; }
-inline const uint3& block_idx() { return this_block().block_idx; }
-inline const dim3& block_dim() { return this_block().block; }
-inline const dim3& grid_dim() { return this_block().grid; }
+MOE_EMU_INTERNAL inline const uint3& thread_idx() { return this_block().current->tid; }
+MOE_EMU_INTERNAL inline const uint3& block_idx() { return this_block().block_idx; }
+MOE_EMU_INTERNAL inline const dim3& block_dim() { return this_block().block; }
+MOE_EMU_INTERNAL inline const dim3& grid_dim() { return this_block().grid; }
 
 // ---- switching -------------------------------------------------------------------------------------
 // From a fiber to the scheduler (the fiber resumes here when it is runnable again).
-inline void yield_to_scheduler(block_run& b) {
+MOE_EMU_INTERNAL inline void yield_to_scheduler(block_run& b) {
   fiber& f = *b.current;
+#if MOE_EMU_TSAN
+  __tsan_switch_to_fiber(b.scheduler_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if MOE_EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, b.scheduler_stack_bottom, b.scheduler_stack_size);
@@ -219,10 +255,13 @@ inline void yield_to_scheduler(block_run& b) {
 #endif
 }
 
-inline void fiber_main() {
+MOE_EMU_INTERNAL inline void fiber_main() {
   block_run& b = *active_block();
 #if MOE_EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_size);
+#endif
+#if MOE_EMU_TSAN
+  __tsan_acquire(&b.launch_sync);
 #endif
   try {
     (*b.body)();
@@ -239,6 +278,10 @@ inline void fiber_main() {
   if (w.arrived > 0)
     die(b.who() + " exited while " + std::to_string(w.arrived) + " lanes of its warp wait at " + w.kind + " (" +
         where(w.site) + ")");
+#if MOE_EMU_TSAN
+  __tsan_release(&b.end_sync);
+  __tsan_switch_to_fiber(b.scheduler_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if MOE_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, b.scheduler_stack_bottom, b.scheduler_stack_size);
 #endif
@@ -247,7 +290,7 @@ inline void fiber_main() {
 }
 
 // ---- barriers ----------------------------------------------------------------------------------------
-inline void block_barrier(std::source_location loc) {
+MOE_EMU_INTERNAL inline void block_barrier(std::source_location loc) {
   block_run& b = this_block();
   if (b.block_arrived == 0) {
     b.block_site = loc;
@@ -257,22 +300,30 @@ inline void block_barrier(std::source_location loc) {
   b.current->state = fiber_state::block_wait;
   b.current->site = loc;
   b.current->waits_in = "__syncthreads";
+  [[maybe_unused]] char* const sync = &b.barrier_sync[b.block_generation & 1u];
+#if MOE_EMU_TSAN
+  __tsan_release(sync);
+#endif
   if (++b.block_arrived == b.threads) {
     b.block_arrived = 0;
+    ++b.block_generation;
     for (fiber& f : b.fibers)
       if (f.state == fiber_state::block_wait) f.state = fiber_state::runnable;
   }
   yield_to_scheduler(b);  // even the last to arrive: the scheduler picks who runs first
+#if MOE_EMU_TSAN
+  __tsan_acquire(sync);
+#endif
 }
 
-inline int lane_id() { return this_block().current->linear % 32; }
-inline warp_state& this_warp() {
+MOE_EMU_INTERNAL inline int lane_id() { return this_block().current->linear % 32; }
+MOE_EMU_INTERNAL inline warp_state& this_warp() {
   block_run& b = this_block();
   return b.warps[std::size_t(b.current->linear / 32)];
 }
 
 // All 32 lanes of the warp meet at one collective: the same kind, the same call site, a full mask.
-inline void warp_barrier(const char* kind, unsigned mask, std::source_location loc) {
+MOE_EMU_INTERNAL inline void warp_barrier(const char* kind, unsigned mask, std::source_location loc) {
   block_run& b = this_block();
   warp_state& w = this_warp();
   if (mask != 0xffffffffu) die(b.who() + ": " + kind + " at " + where(loc) + " with a partial mask (not emulated)");
@@ -287,6 +338,10 @@ inline void warp_barrier(const char* kind, unsigned mask, std::source_location l
   b.current->state = fiber_state::warp_wait;
   b.current->site = loc;
   b.current->waits_in = kind;
+  [[maybe_unused]] char* const sync = &w.sync[w.generation & 1u];
+#if MOE_EMU_TSAN
+  __tsan_release(sync);
+#endif
   if (++w.arrived == w.lanes) {
     if (w.lanes != 32)
       die(b.who() + ": " + kind + " at " + where(loc) + " with " + std::to_string(32 - w.lanes) +
@@ -298,10 +353,13 @@ inline void warp_barrier(const char* kind, unsigned mask, std::source_location l
       if (b.fibers[std::size_t(l)].state == fiber_state::warp_wait) b.fibers[std::size_t(l)].state = fiber_state::runnable;
   }
   yield_to_scheduler(b);
+#if MOE_EMU_TSAN
+  __tsan_acquire(sync);
+#endif
 }
 
 // A warp collective exchanging a payload: each lane deposits `bytes`, then all read.
-inline unsigned char* deposit(const void* p, std::size_t bytes) {
+MOE_EMU_INTERNAL inline unsigned char* deposit(const void* p, std::size_t bytes) {
   warp_state& w = this_warp();
   if (bytes > sizeof w.slot[0]) die("collective payload too large");
   unsigned char* s = w.slot[lane_id()];
@@ -310,9 +368,15 @@ inline unsigned char* deposit(const void* p, std::size_t bytes) {
 }
 
 // ---- running a grid ------------------------------------------------------------------------------------
-inline void run_block(block_run& b) {
-  std::vector<std::unique_ptr<char[]>>& pool = stack_pool();
-  while (pool.size() < std::size_t(b.threads)) pool.push_back(std::make_unique<char[]>(stack_bytes));
+MOE_EMU_INTERNAL inline void run_block(block_run& b) {
+  std::vector<fiber_slot>& pool = stack_pool();
+  while (pool.size() < std::size_t(b.threads)) {
+    fiber_slot slot{std::make_unique<char[]>(stack_bytes), nullptr};
+#if MOE_EMU_TSAN
+    slot.tsan = __tsan_create_fiber(0);
+#endif
+    pool.push_back(std::move(slot));
+  }
   b.fibers.assign(std::size_t(b.threads), fiber{});
   b.warps.assign(std::size_t((b.threads + 31) / 32), warp_state{});
   for (int i = 0; i < b.threads; ++i) {
@@ -323,12 +387,16 @@ inline void run_block(block_run& b) {
     ++b.warps[std::size_t(i / 32)].lanes;
 #if MOE_EMU_ASAN
     // A reused stack still carries the poisoned redzones of the frames of its last fiber.
-    __asan_unpoison_memory_region(pool[std::size_t(i)].get(), stack_bytes);
+    __asan_unpoison_memory_region(pool[std::size_t(i)].stack.get(), stack_bytes);
 #endif
-    start_context(f.context, pool[std::size_t(i)].get(), stack_bytes, fiber_main);
+    start_context(f.context, pool[std::size_t(i)].stack.get(), stack_bytes, fiber_main);
   }
   b.live = b.threads;
   b.block_arrived = 0;
+#if MOE_EMU_TSAN
+  b.scheduler_tsan = __tsan_get_current_fiber();
+  __tsan_release(&b.launch_sync);
+#endif
   while (b.live > 0) {
     bool ran = false;
     // Highest thread first: after a barrier, the other threads run ahead of thread (lane) 0, which is
@@ -338,8 +406,11 @@ inline void run_block(block_run& b) {
       if (f.state != fiber_state::runnable) continue;
       ran = true;
       b.current = &f;
+#if MOE_EMU_TSAN
+      __tsan_switch_to_fiber(pool[std::size_t(f.linear)].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if MOE_EMU_ASAN
-      __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, pool[std::size_t(f.linear)].get(), stack_bytes);
+      __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, pool[std::size_t(f.linear)].stack.get(), stack_bytes);
 #endif
       switch_context(b.scheduler, f.context);
 #if MOE_EMU_ASAN
@@ -360,11 +431,14 @@ inline void run_block(block_run& b) {
       die(m);
     }
   }
+#if MOE_EMU_TSAN
+  __tsan_acquire(&b.end_sync);
+#endif
   b.current = nullptr;
 }
 
 // Runs `body` (the kernel call with its parameters) for every thread of the grid.
-inline void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
+MOE_EMU_INTERNAL inline void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
   block_run b;
   b.kernel = kernel;
   b.grid = grid;
@@ -385,7 +459,7 @@ inline void run_grid(const char* kernel, dim3 grid, dim3 block, const std::funct
 
 // ---- device functions ------------------------------------------------------------------------------
 template <class T>
-T shfl_xor(unsigned mask, T v, int lane_mask, int width, std::source_location loc) {
+MOE_EMU_INTERNAL T shfl_xor(unsigned mask, T v, int lane_mask, int width, std::source_location loc) {
   static_assert(sizeof(T) <= 32 && std::is_trivially_copyable_v<T>);
   if (width != 32 || lane_mask < 0 || lane_mask > 31)
     die(this_block().who() + ": __shfl_xor_sync at " + where(loc) + " with width " + std::to_string(width) +
@@ -400,7 +474,7 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width, std::source_location lo
 
 // Every lane of the warp passes the same value (a WMMA pointer or leading dimension).
 template <class T>
-void require_uniform(const char* what, const T& v, std::source_location loc) {
+MOE_EMU_INTERNAL void require_uniform(const char* what, const T& v, std::source_location loc) {
   deposit(&v, sizeof v);
   warp_barrier(what, 0xffffffffu, loc);
   T first;
@@ -443,9 +517,10 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
                   std::source_location loc = std::source_location::current()) {
   return ::moe_emu::shfl_xor(mask, v, lane_mask, width, loc);
 }
-// Fibers never run at the same time, so a plain read-modify-write is atomic.
+// An atomic minimum (GCC atomics, so ThreadSanitizer sees an atomic, not a race).
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
-  const unsigned long long old = *p;
-  if (v < old) *p = v;
+  unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (v < old && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
   return old;
 }
