@@ -140,6 +140,17 @@ void racy_warp_kernel(int* out) {
     out[0] = sum;
   }
 }
+// A shuffle converges the warp but is no memory barrier: lane 0 still races with the other lanes.
+void racy_shuffle_kernel(int* out) {
+  __shared__ int s[32];
+  s[threadIdx.x] = int(threadIdx.x) * 3;
+  const int v = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+  if (threadIdx.x == 0) {
+    int sum = v;
+    for (int i = 0; i < 32; ++i) sum += s[i];
+    out[0] = sum;
+  }
+}
 void fill_kernel(int* out, int n) {
   for (int i = int(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += int(blockDim.x * gridDim.x)) out[i] = 3 * i;
 }
@@ -313,6 +324,7 @@ TEST_CASE("emulator child") {
   if (s == "divergent") moe_emu::launch("divergent_wmma_kernel", 1, 32, nullptr, divergent_wmma_kernel)(h);
   if (s == "racy_block") moe_emu::launch("racy_block_kernel", 1, 64, nullptr, racy_block_kernel)(d);
   if (s == "racy_warp") moe_emu::launch("racy_warp_kernel", 1, 32, nullptr, racy_warp_kernel)(d);
+  if (s == "racy_shuffle") moe_emu::launch("racy_shuffle_kernel", 1, 32, nullptr, racy_shuffle_kernel)(d);
   cudaDeviceSynchronize();
 }
 
@@ -335,8 +347,8 @@ TEST_CASE("misuse is reported: WMMA alignment and uniformity") {
 #if defined(__SANITIZE_THREAD__)
 // Only in the ThreadSanitizer build (preset tsan): each CUDA thread is a TSan fiber, synchronised only
 // by barriers and warp collectives, so a missing barrier is a reported data race in the kernel.
-TEST_CASE("ThreadSanitizer reports a missing __syncthreads and a missing __syncwarp") {
-  for (const std::string which : {"block", "warp"}) {
+TEST_CASE("ThreadSanitizer reports a missing __syncthreads and a missing __syncwarp (a shuffle is none)") {
+  for (const std::string which : {"block", "warp", "shuffle"}) {
     const child_result r = run_child("racy_" + which);
     INFO("child output: ", r.output);
     CHECK(r.exit_code != 0);

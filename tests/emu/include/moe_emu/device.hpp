@@ -13,8 +13,8 @@
 //   - a block whose threads can no longer all proceed (a deadlock) is reported with where each waits;
 //   - under AddressSanitizer, every global and __shared__ access of a kernel is bounds-checked (the
 //     fiber switches are annotated for ASan);
-//   - under ThreadSanitizer, every CUDA thread is a TSan fiber and the barriers and warp collectives
-//     are its only synchronisation (plus the launch boundaries), so TSan reports the hazards
+//   - under ThreadSanitizer, every CUDA thread is a TSan fiber and __syncthreads and __syncwarp are
+//     its only synchronisation (plus the launch boundaries), so TSan reports the hazards
 //     compute-sanitizer's racecheck looks for: accesses to shared or global memory by two threads
 //     of a block (or two lanes of a warp) with no barrier between them. Blocks of a grid are ordered
 //     one after the other (they reuse the static __shared__ arrays), so races between blocks are not
@@ -323,7 +323,10 @@ MOE_EMU_INTERNAL inline warp_state& this_warp() {
 }
 
 // All 32 lanes of the warp meet at one collective: the same kind, the same call site, a full mask.
-MOE_EMU_INTERNAL inline void warp_barrier(const char* kind, unsigned mask, std::source_location loc) {
+// Only __syncwarp orders the lanes' memory accesses (orders_memory): shuffles and WMMA operations
+// converge the lanes but are no memory barrier, so ThreadSanitizer is not told they synchronise.
+MOE_EMU_INTERNAL inline void warp_barrier(const char* kind, unsigned mask, std::source_location loc,
+                                          bool orders_memory = false) {
   block_run& b = this_block();
   warp_state& w = this_warp();
   if (mask != 0xffffffffu) die(b.who() + ": " + kind + " at " + where(loc) + " with a partial mask (not emulated)");
@@ -340,7 +343,7 @@ MOE_EMU_INTERNAL inline void warp_barrier(const char* kind, unsigned mask, std::
   b.current->waits_in = kind;
   [[maybe_unused]] char* const sync = &w.sync[w.generation & 1u];
 #if MOE_EMU_TSAN
-  __tsan_release(sync);
+  if (orders_memory) __tsan_release(sync);
 #endif
   if (++w.arrived == w.lanes) {
     if (w.lanes != 32)
@@ -354,7 +357,7 @@ MOE_EMU_INTERNAL inline void warp_barrier(const char* kind, unsigned mask, std::
   }
   yield_to_scheduler(b);
 #if MOE_EMU_TSAN
-  __tsan_acquire(sync);
+  if (orders_memory) __tsan_acquire(sync);
 #endif
 }
 
@@ -510,7 +513,7 @@ inline void __syncthreads(std::source_location loc = std::source_location::curre
   ::moe_emu::block_barrier(loc);
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location loc = std::source_location::current()) {
-  ::moe_emu::warp_barrier("__syncwarp", mask, loc);
+  ::moe_emu::warp_barrier("__syncwarp", mask, loc, true);
 }
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
