@@ -92,8 +92,16 @@ inline double load(const void* p, cudaDataType_t t, std::int64_t i) {
   }
   return 0;
 }
-// Round-to-nearest-even into the storage type.
-inline void store(void* p, cudaDataType_t t, std::int64_t i, double v);
+// Round-to-nearest-even into the storage type (the library's conversions: same bits as cuBLAS's).
+inline void store(void* p, cudaDataType_t t, std::int64_t i, double v) {
+  const float f = float(v);
+  switch (t) {
+    case CUDA_R_32F: static_cast<float*>(p)[i] = f; return;
+    case CUDA_R_64F: static_cast<double*>(p)[i] = v; return;
+    case CUDA_R_16BF: static_cast<__nv_bfloat16*>(p)[i] = __nv_bfloat16{moe::bfloat16(f).bits}; return;
+    case CUDA_R_16F: static_cast<__half*>(p)[i] = __half{moe::float16(f).bits}; return;
+  }
+}
 inline bool known(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_64F || t == CUDA_R_16F || t == CUDA_R_16BF; }
 
 struct gemm_args {
@@ -153,54 +161,24 @@ inline cublasStatus_t validate(cublasHandle_t h, const gemm_args& g, cublasCompu
   return CUBLAS_STATUS_SUCCESS;
 }
 
-}  // namespace moe_emu::blas
-
-inline void moe_emu::blas::store(void* p, cudaDataType_t t, std::int64_t i, double v) {
-  const float f = float(v);
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  switch (t) {
-    case CUDA_R_32F: static_cast<float*>(p)[i] = f; return;
-    case CUDA_R_64F: static_cast<double*>(p)[i] = v; return;
-    case CUDA_R_16BF: {
-      std::uint16_t b = (u & 0x7fffffffu) > 0x7f800000u ? std::uint16_t((u >> 16) | 0x40u)
-                                                        : std::uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-      static_cast<__nv_bfloat16*>(p)[i] = __nv_bfloat16{b};
-      return;
-    }
-    case CUDA_R_16F: {
-      // float → binary16, round to nearest even (overflow to infinity, subnormals kept).
-      const std::uint32_t sign = (u >> 16) & 0x8000u, absu = u & 0x7fffffffu;
-      std::uint16_t h;
-      if (absu > 0x7f800000u) h = std::uint16_t(sign | 0x7e00u);
-      else if (absu >= 0x477ff000u) h = std::uint16_t(sign | 0x7c00u);
-      else if (absu < 0x38800000u) {  // subnormal or zero: value / 2^-24, rounded to even
-        float a;
-        std::memcpy(&a, &absu, sizeof a);
-        const float q = a * 16777216.0f;
-        float r = float(std::int64_t(q));
-        const float frac = q - r;
-        if (frac > 0.5f || (frac == 0.5f && (std::int64_t(r) & 1))) r += 1.0f;
-        h = std::uint16_t(sign | std::uint16_t(r));
-      } else {
-        const std::uint32_t rounded = absu + 0xfffu + ((absu >> 13) & 1u);
-        h = std::uint16_t(sign | ((rounded - 0x38000000u) >> 13));
-      }
-      static_cast<__half*>(p)[i] = __half{h};
-      return;
-    }
-  }
+// The arguments of one call; alpha and beta are read at the call (host pointer mode).
+inline gemm_args args(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
+                      const void* a, cudaDataType_t at, int lda, const void* b, cudaDataType_t bt, int ldb,
+                      const void* beta, void* c, cudaDataType_t ct, int ldc, cublasComputeType_t compute) {
+  const bool dbl = compute == CUBLAS_COMPUTE_64F;
+  const double al = dbl ? *static_cast<const double*>(alpha) : double(*static_cast<const float*>(alpha));
+  const double be = dbl ? *static_cast<const double*>(beta) : double(*static_cast<const float*>(beta));
+  return {ta, tb, m, n, k, al, be, a, at, lda, b, bt, ldb, c, ct, ldc, dbl};
 }
+
+}  // namespace moe_emu::blas
 
 inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                    const void* alpha, const void* a, cudaDataType_t at, int lda, const void* b,
                                    cudaDataType_t bt, int ldb, const void* beta, void* c, cudaDataType_t ct, int ldc,
                                    cublasComputeType_t compute, cublasGemmAlgo_t algo) {
-  const bool dbl = compute == CUBLAS_COMPUTE_64F;
-  // Host pointer mode: alpha and beta are read at the call.
-  const double al = dbl ? *static_cast<const double*>(alpha) : double(*static_cast<const float*>(alpha));
-  const double be = dbl ? *static_cast<const double*>(beta) : double(*static_cast<const float*>(beta));
-  const moe_emu::blas::gemm_args g{ta, tb, m, n, k, al, be, a, at, lda, b, bt, ldb, c, ct, ldc, dbl};
+  const moe_emu::blas::gemm_args g =
+      moe_emu::blas::args(ta, tb, m, n, k, alpha, a, at, lda, b, bt, ldb, beta, c, ct, ldc, compute);
   if (const cublasStatus_t s = moe_emu::blas::validate(h, g, compute, algo)) return s;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   moe_emu::enqueue(h->stream, [g] { moe_emu::blas::run(g); });
@@ -213,10 +191,8 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
                                                  long long sb, const void* beta, void* c, cudaDataType_t ct, int ldc,
                                                  long long sc, int batch, cublasComputeType_t compute,
                                                  cublasGemmAlgo_t algo) {
-  const bool dbl = compute == CUBLAS_COMPUTE_64F;
-  const double al = dbl ? *static_cast<const double*>(alpha) : double(*static_cast<const float*>(alpha));
-  const double be = dbl ? *static_cast<const double*>(beta) : double(*static_cast<const float*>(beta));
-  const moe_emu::blas::gemm_args g{ta, tb, m, n, k, al, be, a, at, lda, b, bt, ldb, c, ct, ldc, dbl};
+  const moe_emu::blas::gemm_args g =
+      moe_emu::blas::args(ta, tb, m, n, k, alpha, a, at, lda, b, bt, ldb, beta, c, ct, ldc, compute);
   if (const cublasStatus_t s = moe_emu::blas::validate(h, g, compute, algo)) return s;
   if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
