@@ -1,6 +1,8 @@
 // The kernel emulator itself (tests/emu/include): that its built-ins compute what CUDA's do, that
-// the runtime is asynchronous and captures graphs as CUDA does, and that each check it promises
-// fires (the misuses run in a forked child, which must abort with the emulator's message).
+// the runtime is asynchronous and captures graphs as CUDA does, that NCCL between its devices moves
+// what NCCL moves (through moe::nccl_communicator too), and that each check it promises fires (the
+// misuses run in a child process, which must abort with the emulator's message). The test's
+// environment has MOE_EMU_DEVICES=4.
 #include <doctest/doctest.h>
 
 #include <cuda_runtime.h>
@@ -18,6 +20,14 @@
 #include <vector>
 
 #include <cub/device/device_radix_sort.cuh>
+#include <nccl.h>
+
+#include <functional>
+#include <numeric>
+#include <thread>
+#include <utility>
+
+#include <moe/parallel/nccl.cuh>
 
 namespace {
 
@@ -32,7 +42,9 @@ struct child_result {
 child_result run_child(const std::string& scenario) {
   char self[4096] = {};
   REQUIRE(readlink("/proc/self/exe", self, sizeof self - 1) > 0);
-  const std::string command = "MOE_EMU_CHILD=" + scenario + " '" + self + "' -tc='emulator child' 2>&1";
+  // A short NCCL wait: the scenarios of a missing peer end after a second.
+  const std::string command =
+      "MOE_EMU_CHILD=" + scenario + " MOE_EMU_NCCL_TIMEOUT=1 '" + self + "' -tc='emulator child' 2>&1";
   std::fflush(stdout);
   FILE* p = popen(command.c_str(), "r");
   REQUIRE(p);
@@ -153,6 +165,46 @@ void racy_shuffle_kernel(int* out) {
 }
 void fill_kernel(int* out, int n) {
   for (int i = int(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += int(blockDim.x * gridDim.x)) out[i] = 3 * i;
+}
+template <class T>
+void iota_kernel(T* out, int n, T base) {
+  for (int i = int(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += int(blockDim.x * gridDim.x))
+    out[i] = base + T(i);
+}
+
+// Runs body(rank, comm, stream) on `ranks` host threads, rank r on emulated GPU r with a stream of
+// its own, and waits for every stream: what moe-train --device cuda --ranks does. A body that hands
+// the communicator to an owner (moe::nccl_communicator) sets `comm` to null.
+void on_ranks(int ranks, const std::function<void(int, ncclComm_t&, cudaStream_t)>& body) {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE_MESSAGE(devices >= ranks, "the test's environment sets MOE_EMU_DEVICES=4");
+  std::vector<ncclComm_t> comms(static_cast<std::size_t>(ranks), nullptr);
+  std::vector<int> ids(static_cast<std::size_t>(ranks));
+  std::iota(ids.begin(), ids.end(), 0);
+  REQUIRE(ncclCommInitAll(comms.data(), ranks, ids.data()) == ncclSuccess);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r)
+    threads.emplace_back([&, r] {
+      cudaSetDevice(r);
+      cudaStream_t s = nullptr;
+      cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+      body(r, comms[std::size_t(r)], s);
+      cudaStreamSynchronize(s);
+      cudaStreamDestroy(s);
+      if (comms[std::size_t(r)]) ncclCommDestroy(comms[std::size_t(r)]);
+    });
+  for (auto& t : threads) t.join();
+  cudaSetDevice(0);
+}
+
+// A device buffer's contents, after its device's work (from any thread).
+template <class T>
+std::vector<T> device_contents(const T* p, std::size_t n, int device) {
+  cudaSetDevice(device);
+  std::vector<T> h(n);
+  cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+  return h;
 }
 
 std::vector<__nv_bfloat16> bf16_tile(std::uint32_t seed) {
@@ -307,6 +359,155 @@ TEST_CASE("cuBLAS and CUB stand-ins: results, argument checks, scratch size") {
     cudaFree(q);
 }
 
+TEST_CASE("NCCL between emulated GPUs: moe::nccl_communicator's exchanges, one host thread per GPU") {
+  const int R = 3;
+  // Rank r sends (r + 1)(q + 1) ints to rank q, none to itself when r = q = 1 (a zero-size block,
+  // which the communicator skips on both sides); each block is filled by a kernel on the sender's
+  // stream just before the exchange, so stream order matters.
+  const auto count = [](int from, int to) { return from == 1 && to == 1 ? 0 : (from + 1) * (to + 1); };
+  std::vector<std::vector<int>> received(R);
+  std::vector<std::vector<double>> reduced(R);
+  std::vector<std::vector<float>> reduced_f(R), fixed(R), gathered(R);
+  std::vector<int> device(R, -1);
+  std::vector<std::string> errors(R);
+  on_ranks(R, [&](int r, ncclComm_t& raw, cudaStream_t s) {
+    try {
+      int dev = -1;
+      ncclCommCuDevice(raw, &dev);
+      device[std::size_t(r)] = dev;
+      moe::nccl_communicator comm(std::exchange(raw, nullptr), s);
+      std::vector<std::size_t> send(R), recv(R);
+      std::size_t out = 0, in = 0;
+      for (int q = 0; q < R; ++q) {
+        send[std::size_t(q)] = sizeof(int) * std::size_t(count(r, q));
+        recv[std::size_t(q)] = sizeof(int) * std::size_t(count(q, r));
+        out += send[std::size_t(q)];
+        in += recv[std::size_t(q)];
+      }
+      int *src = nullptr, *dst = nullptr;
+      cudaMalloc(&src, out);
+      cudaMalloc(&dst, in);
+      for (int q = 0, off = 0; q < R; off += count(r, q), ++q)  // block for q: 1000 r + 100 q + i
+        if (count(r, q))
+          moe_emu::launch("iota_kernel", 1, 64, s, iota_kernel<int>)(src + off, count(r, q), 1000 * r + 100 * q);
+      comm.all_to_all_v(src, send.data(), dst, recv.data());
+
+      // In-place sums: rank r contributes r + i/2 (double) and r·i (float).
+      double* d = nullptr;
+      float* f = nullptr;
+      cudaMalloc(&d, 5 * sizeof(double));
+      cudaMalloc(&f, 5 * sizeof(float));
+      moe_emu::launch("iota_kernel", 1, 32, s, iota_kernel<double>)(d, 5, double(r));
+      moe_emu::launch("iota_kernel", 1, 32, s, iota_kernel<float>)(f, 5, float(10 * r));
+      comm.all_reduce_sum(d, 5);
+      comm.all_reduce_sum(f, 5);
+      // Fixed-size blocks: rank r sends 2 floats to each rank; every rank's 2 floats gathered.
+      float *a = nullptr, *b = nullptr, *g = nullptr;
+      cudaMalloc(&a, 2 * R * sizeof(float));
+      cudaMalloc(&b, 2 * R * sizeof(float));
+      cudaMalloc(&g, 2 * R * sizeof(float));
+      moe_emu::launch("iota_kernel", 1, 32, s, iota_kernel<float>)(a, 2 * R, float(100 * r));
+      comm.all_to_all(a, b, 2 * sizeof(float));
+      comm.all_gather(a, 2 * sizeof(float), g);
+      comm.barrier();  // synchronises the stream: every result is in place
+      received[std::size_t(r)] = device_contents(dst, in / sizeof(int), r);
+      reduced[std::size_t(r)] = device_contents(d, 5, r);
+      reduced_f[std::size_t(r)] = device_contents(f, 5, r);
+      fixed[std::size_t(r)] = device_contents(b, 2 * R, r);
+      gathered[std::size_t(r)] = device_contents(g, 2 * R, r);
+      for (void* p : {static_cast<void*>(src), static_cast<void*>(dst), static_cast<void*>(d), static_cast<void*>(f),
+                      static_cast<void*>(a), static_cast<void*>(b), static_cast<void*>(g)})
+        cudaFree(p);
+    } catch (const std::exception& e) {
+      errors[std::size_t(r)] = e.what();
+    }
+  });
+  for (int r = 0; r < R; ++r) {
+    CAPTURE(r);
+    CHECK(errors[std::size_t(r)] == "");
+    CHECK(device[std::size_t(r)] == r);
+    std::vector<int> want;  // from each q in rank order: q's block for r
+    for (int q = 0; q < R; ++q)
+      for (int i = 0; i < count(q, r); ++i) want.push_back(1000 * q + 100 * r + i);
+    CHECK(received[std::size_t(r)] == want);
+    CHECK(reduced[std::size_t(r)] == std::vector<double>{3, 6, 9, 12, 15});      // Σ_q (q + i)
+    CHECK(reduced_f[std::size_t(r)] == std::vector<float>{30, 33, 36, 39, 42});  // Σ_q (10 q + i)
+    std::vector<float> want_fixed, want_gathered;
+    for (int q = 0; q < R; ++q)
+      for (int i = 0; i < 2; ++i) {
+        want_fixed.push_back(float(100 * q + 2 * r + i));  // block r of rank q's a
+        want_gathered.push_back(float(100 * q + i));       // block 0 of rank q's a
+      }
+    CHECK(fixed[std::size_t(r)] == want_fixed);
+    CHECK(gathered[std::size_t(r)] == want_gathered);
+  }
+}
+
+TEST_CASE("NCCL between emulated GPUs: ncclCommInitRank joins threads by unique id; bad arguments are errors") {
+  // Two threads join one world through a unique id, then sum over it.
+  ncclUniqueId id = moe::nccl_communicator::unique_id();
+  std::vector<float> sums(2, 0.0f);
+  std::vector<std::string> errors(2);
+  {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          cudaSetDevice(r);
+          cudaStream_t s = nullptr;
+          cudaStreamCreate(&s);
+          {
+            moe::nccl_communicator comm = moe::nccl_communicator::init_rank(id, 2, r, s);
+            float* x = nullptr;
+            cudaMalloc(&x, sizeof(float));
+            const float mine = float(r + 1) * 1.5f;
+            cudaMemcpy(x, &mine, sizeof mine, cudaMemcpyHostToDevice);
+            comm.all_reduce_sum(x, 1);
+            cudaStreamSynchronize(s);
+            cudaMemcpy(&sums[std::size_t(r)], x, sizeof(float), cudaMemcpyDeviceToHost);
+            cudaFree(x);
+          }
+          cudaStreamDestroy(s);
+        } catch (const std::exception& e) {
+          errors[std::size_t(r)] = e.what();
+        }
+      });
+    for (auto& t : threads) t.join();
+  }
+  cudaSetDevice(0);
+  CHECK(errors == std::vector<std::string>(2));
+  CHECK(sums == std::vector<float>{4.5f, 4.5f});
+  // A third rank claiming a world of 3 for the same id: invalid usage, at once.
+  ncclComm_t extra = nullptr;
+  CHECK(ncclCommInitRank(&extra, 3, id, 2) == ncclInvalidUsage);
+  CHECK(ncclCommInitRank(&extra, 2, id, 5) == ncclInvalidArgument);
+
+  std::vector<ncclComm_t> comms(2, nullptr);
+  const int same[2] = {0, 0}, missing[2] = {0, 9};
+  CHECK(ncclCommInitAll(comms.data(), 2, same) == ncclInvalidUsage);
+  CHECK(ncclCommInitAll(comms.data(), 2, missing) == ncclInvalidArgument);
+  cudaStream_t s0 = nullptr, s1 = nullptr;
+  cudaStreamCreate(&s0);
+  CHECK_THROWS_WITH_AS(moe::nccl_communicator::init_all({0, 0}, {s0, s0}),
+                       doctest::Contains("nccl_communicator: ncclCommInitAll failed: invalid usage"), moe::error);
+  const int both[2] = {0, 1};
+  REQUIRE(ncclCommInitAll(comms.data(), 2, both) == ncclSuccess);
+  int* buf = device_alloc<int>(4);
+  std::vector<int> host_buf(4);
+  CHECK(ncclSend(buf, 4, ncclInt32, 2, comms[0], s0) == ncclInvalidArgument);              // no rank 2
+  CHECK(ncclSend(host_buf.data(), 4, ncclInt32, 1, comms[0], s0) == ncclInvalidArgument);  // host memory
+  CHECK(ncclSend(buf, 5, ncclInt32, 1, comms[0], s0) == ncclInvalidArgument);              // past the end
+  cudaSetDevice(1);
+  cudaStreamCreate(&s1);
+  cudaSetDevice(0);
+  CHECK(ncclSend(buf, 4, ncclInt32, 1, comms[0], s1) == ncclInvalidUsage);  // a stream of GPU 1 for rank 0 (GPU 0)
+  CHECK(ncclGroupEnd() == ncclInvalidUsage);                                 // no group open
+  for (ncclComm_t c : comms) ncclCommDestroy(c);
+  cudaFree(buf);
+  cudaStreamDestroy(s0);
+  cudaStreamDestroy(s1);
+}
+
 // The misuse scenarios, each run by run_child in a process of its own.
 TEST_CASE("emulator child") {
   const char* which = std::getenv("MOE_EMU_CHILD");
@@ -325,6 +526,26 @@ TEST_CASE("emulator child") {
   if (s == "racy_block") moe_emu::launch("racy_block_kernel", 1, 64, nullptr, racy_block_kernel)(d);
   if (s == "racy_warp") moe_emu::launch("racy_warp_kernel", 1, 32, nullptr, racy_warp_kernel)(d);
   if (s == "racy_shuffle") moe_emu::launch("racy_shuffle_kernel", 1, 32, nullptr, racy_shuffle_kernel)(d);
+  // NCCL programs that hang or corrupt memory on GPUs.
+  if (s == "nccl_size_mismatch")  // rank 1 expects 12 bytes where rank 0 sends 8
+    on_ranks(2, [](int r, ncclComm_t& c, cudaStream_t st) {
+      int* b = device_alloc<int>(3);
+      if (r == 0) ncclSend(b, 2, ncclInt32, 1, c, st);
+      if (r == 1) ncclRecv(b, 3, ncclInt32, 0, c, st);
+      cudaStreamSynchronize(st);
+    });
+  if (s == "nccl_collective_mismatch")  // all-reduces of different lengths
+    on_ranks(2, [](int r, ncclComm_t& c, cudaStream_t st) {
+      float* b = device_alloc<float>(8);
+      ncclAllReduce(b, b, std::size_t(4 + r), ncclFloat32, ncclSum, c, st);
+      cudaStreamSynchronize(st);
+    });
+  if (s == "nccl_missing_peer")  // rank 1 never joins the all-reduce
+    on_ranks(2, [](int r, ncclComm_t& c, cudaStream_t st) {
+      float* b = device_alloc<float>(8);
+      if (r == 0) ncclAllReduce(b, b, 8, ncclFloat32, ncclSum, c, st);
+      cudaStreamSynchronize(st);
+    });
   cudaDeviceSynchronize();
 }
 
@@ -336,6 +557,12 @@ TEST_CASE("misuse is reported: barriers") {
 TEST_CASE("misuse is reported: warp collectives") {
   check_aborts_with("lane_exit", "exited while");
   check_aborts_with("partial_mask", "partial mask");
+}
+
+TEST_CASE("misuse is reported: NCCL programs that would hang or corrupt memory") {
+  check_aborts_with("nccl_size_mismatch", "NCCL rank 1 called ncclRecv for 12 bytes from rank 0, whose matching ncclSend sends 8");
+  check_aborts_with("nccl_collective_mismatch", "called ncclAllReduce with 4 x ncclFloat32");
+  check_aborts_with("nccl_missing_peer", "NCCL rank 0 of 2 waited 1 s in ncclAllReduce #0 for 1 rank(s) that did not call it");
 }
 
 TEST_CASE("misuse is reported: WMMA alignment and uniformity") {

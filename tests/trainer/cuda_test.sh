@@ -56,29 +56,45 @@ PY
 done
 
 # --ranks 2 on cuda (one GPU per rank, NCCL): with two GPUs it must follow the host's two-rank run;
-# with one it must refuse, naming the GPUs it needs. The kernel emulator (MOE_CUDA_TEST_EMULATED=1,
-# moe-train-emu) has no NCCL: nothing to check there.
-gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+# with fewer it must refuse, naming the GPUs it needs. On the kernel emulator
+# (MOE_CUDA_TEST_EMULATED=1, moe-train-emu) the GPUs are MOE_EMU_DEVICES emulated ones with NCCL
+# emulated between them.
 if [[ ${MOE_CUDA_TEST_EMULATED:-0} == 1 ]]; then
-  echo "--ranks 2: not checked on the kernel emulator (no NCCL)"
-elif [[ ${gpus:-0} -ge 2 ]]; then
-  "$bin" --preset switch --device cuda --ranks 2 "${args[@]}" --log "$tmp/r2.cuda.jsonl" >"$tmp/r2.cuda.out" 2>&1 ||
-    { cat "$tmp/r2.cuda.out"; echo "FAIL: --ranks 2 --device cuda"; exit 1; }
-  "$bin" --preset switch --device host --ranks 2 "${args[@]}" --log "$tmp/r2.host.jsonl" >/dev/null 2>&1 ||
-    { echo "FAIL: --ranks 2 --device host"; exit 1; }
-  "$py" - "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" <<'PY' || exit 1
+  gpus=${MOE_EMU_DEVICES:-1}
+  where="emulated GPUs"
+else
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  where="GPUs"
+fi
+if [[ ${gpus:-0} -ge 2 ]]; then
+  for preset in switch st-moe; do
+    "$bin" --preset $preset --device cuda --ranks 2 "${args[@]}" --log "$tmp/r2.cuda.jsonl" >"$tmp/r2.cuda.out" 2>&1 ||
+      { cat "$tmp/r2.cuda.out"; echo "FAIL: $preset --ranks 2 --device cuda"; exit 1; }
+    "$bin" --preset $preset --device host --ranks 2 "${args[@]}" --log "$tmp/r2.host.jsonl" >/dev/null 2>&1 ||
+      { echo "FAIL: $preset --ranks 2 --device host"; exit 1; }
+    "$py" - "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" "$preset" "$where" <<'PY' || exit 1
 import json, sys
 host = [json.loads(l) for l in open(sys.argv[1])]
 cuda = [json.loads(l) for l in open(sys.argv[2])]
+preset, where = sys.argv[3], sys.argv[4]
+assert [r["step"] for r in cuda] == [r["step"] for r in host] == list(range(1, 21)), "one line per step"
+h0, c0 = host[0]["loss"], cuda[0]["loss"]
+assert abs(h0 - c0) <= 1e-4 * abs(h0), f"{preset} --ranks 2: step 1 loss host {h0} vs cuda {c0}"
 worst = max(abs(h["loss"] - c["loss"]) for h, c in zip(host, cuda))
-assert len(cuda) == 20 and worst <= 0.02, f"--ranks 2: cuda and host {worst:.4f} nats apart"
-print(f"switch --ranks 2 (NCCL, 2 GPUs): worst step gap to the host {worst:.5f}")
+assert worst <= 0.02, f"{preset} --ranks 2: cuda and host {worst:.4f} nats apart"
+assert cuda[-1]["loss"] < c0 - 0.3, f"{preset} --ranks 2: cuda loss did not fall ({c0} -> {cuda[-1]['loss']})"
+print(f"{preset} --ranks 2 (NCCL, 2 {where}): step 1 {h0:.5f} (host) {c0:.5f} (cuda); "
+      f"worst step gap to the host {worst:.5f}")
 PY
-else
-  rc=0
-  "$bin" --preset switch --device cuda --ranks 2 "${args[@]}" >/dev/null 2>"$tmp/r2.err" || rc=$?
-  [[ $rc == 2 ]] && grep -q "needs 2 GPUs (one per rank), ${gpus:-0} visible" "$tmp/r2.err" ||
-    { cat "$tmp/r2.err"; echo "FAIL: --ranks 2 on ${gpus:-0} GPU(s) exited $rc"; exit 1; }
-  echo "--ranks 2 on ${gpus:-0} GPU: refused ($(cat "$tmp/r2.err"))"
+  done
 fi
-
+# More ranks than there are GPUs (the next power of two, with as many sequences and experts): refused,
+# naming what it needs.
+more=2
+while (( more <= ${gpus:-0} )); do more=$(( more * 2 )); done
+rc=0
+"$bin" --preset switch --device cuda --ranks "$more" --batch "$more" --experts "$more" --steps 1 --seq 8 --d-model 16 \
+  --layers 1 --heads 2 --no-progress >/dev/null 2>"$tmp/rmore.err" || rc=$?
+[[ $rc == 2 ]] && grep -q "needs $more GPUs (one per rank), ${gpus:-0} visible" "$tmp/rmore.err" ||
+  { cat "$tmp/rmore.err"; echo "FAIL: --ranks $more on ${gpus:-0} GPU(s) exited $rc"; exit 1; }
+echo "--ranks $more on ${gpus:-0} $where: refused ($(cat "$tmp/rmore.err"))"

@@ -3,7 +3,7 @@
 // The CUDA space's kernels are plain C++ with a few CUDA built-ins (thread indices, __shared__,
 // __syncthreads, warp shuffles, WMMA). This header gives those built-ins host meanings, so g++
 // compiles the kernels unchanged and the emulator runs them: every thread of a block is a fiber
-// on the calling OS thread, and the block's fibers run in turn until each finishes or
+// on the OS thread that runs the kernel, and the block's fibers run in turn until each finishes or
 // waits at a barrier. Blocks run one after another. What it checks, beyond the results:
 //   - __syncthreads: every thread of the block reaches the same call (file and line); a thread that
 //     exits or waits elsewhere while others wait is reported (a hang or undefined on a GPU);
@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <source_location>
 #include <string>
 #include <vector>
@@ -440,8 +441,16 @@ MOE_EMU_INTERNAL inline void run_block(block_run& b) {
   b.current = nullptr;
 }
 
+// Kernels run one at a time in the process, whichever host thread runs them (one per emulated GPU
+// with expert parallelism): their __shared__ arrays are statics.
+inline std::mutex& kernel_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 // Runs `body` (the kernel call with its parameters) for every thread of the grid.
 MOE_EMU_INTERNAL inline void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
+  const std::lock_guard<std::mutex> one_kernel_at_a_time(kernel_mutex());
   block_run b;
   b.kernel = kernel;
   b.grid = grid;
@@ -496,9 +505,9 @@ MOE_EMU_INTERNAL void require_uniform(const char* what, const T& v, std::source_
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One copy per block: the emulator is single-threaded (one OS thread runs kernels, as the emulated
-// runtime's queue is not locked) and blocks run one after another. Plain statics are globals to
-// AddressSanitizer, so __shared__ arrays get redzones (thread_local ones would not).
+// One copy for all blocks: kernels run one at a time (run_grid's kernel_mutex) and blocks one after
+// another. Plain statics are globals to AddressSanitizer, so __shared__ arrays get redzones
+// (thread_local ones would not).
 #define __shared__ static
 
 #define threadIdx (::moe_emu::thread_idx())

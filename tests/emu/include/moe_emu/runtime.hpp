@@ -1,19 +1,26 @@
 // moe_emu/runtime.hpp — the part of the CUDA runtime API the CUDA space and its tests use, on the host.
 //
-// One emulated device (compute capability 9.0, MOE_EMU_SMS multiprocessors, default 1, so that the
-// grid-stride and persistent loops run more than one pass on small tests). Device memory is host
-// memory from the allocator (so AddressSanitizer bounds-checks it); allocations are tracked, and a
-// copy or memset whose device side leaves its allocation is an error.
+// MOE_EMU_DEVICES emulated devices (default 1; compute capability 9.0, MOE_EMU_SMS multiprocessors,
+// default 1, so that the grid-stride and persistent loops run more than one pass on small tests).
+// The current device is per host thread (cudaSetDevice), as in CUDA. Device memory is host memory
+// from the allocator (so AddressSanitizer bounds-checks it); allocations are tracked, and a copy or
+// memset whose device side leaves its allocation is an error.
 //
-// Streams are asynchronous: kernels, copies, memsets, cuBLAS and CUB calls are queued and run in
-// issue order when the host synchronises (cudaStreamSynchronize, cudaDeviceSynchronize, cudaMemcpy,
-// cudaFree). Code that reads device results without synchronising sees stale data, as on a GPU.
+// Streams are asynchronous: kernels, copies, memsets, cuBLAS, CUB and NCCL calls are queued on their
+// stream's device and run in issue order when the host synchronises with that device
+// (cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize, cudaMemcpy, cudaFree). Code
+// that reads device results without synchronising sees stale data, as on a GPU.
+//
+// Several host threads may drive devices at once (one thread per GPU, as expert parallelism over
+// NCCL does): the runtime's bookkeeping is locked, each device's queue is run by one thread at a
+// time, and kernels run one at a time (their __shared__ arrays are statics, see device.hpp).
 // Host-to-device async copies stage their source at the call (pageable memory semantics). A stream
 // being captured records its work into a graph instead; cudaGraphLaunch queues the recording.
 // Synchronising calls during a capture invalidate it, as CUDA's global capture mode does.
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -22,7 +29,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -79,6 +88,7 @@ struct graph_rec {
 
 struct CUstream_st {
   unsigned flags = 0;
+  int device = 0;                         // the device current when it was created
   moe_emu::graph_rec* capture = nullptr;  // the graph being recorded
   bool capture_invalidated = false;
 };
@@ -94,70 +104,111 @@ using cudaGraphExec_t = CUgraphExec_st*;
 
 namespace moe_emu {
 
-struct device_state {
-  std::map<std::uintptr_t, std::size_t> allocations;  // base → bytes
-  std::deque<op_fn> queue;                             // work in issue order, not yet run
-  cudaError_t last_error = cudaSuccess;                // cudaGetLastError
-  int capturing = 0;                                   // streams being captured
-  std::vector<CUstream_st*> capture_streams;
-  bool draining = false;
-};
-inline device_state& dev() {
-  static device_state d;
+inline int env_count(const char* name, int fallback, int most) {
+  const char* e = std::getenv(name);
+  const int n = e ? std::atoi(e) : fallback;
+  return n < 1 ? fallback : n > most ? most : n;
+}
+inline int device_count() {
+  static const int n = env_count("MOE_EMU_DEVICES", 1, 64);
+  return n;
+}
+inline int multiprocessors() { return env_count("MOE_EMU_SMS", 1, 1024); }
+
+// Per host thread, as in CUDA.
+inline int& current_device() {
+  static thread_local int d = 0;
   return d;
 }
-
-inline int multiprocessors() {
-  const char* e = std::getenv("MOE_EMU_SMS");
-  const int n = e ? std::atoi(e) : 1;
-  return n > 0 ? n : 1;
+inline cudaError_t& last_error() {
+  static thread_local cudaError_t e = cudaSuccess;
+  return e;
 }
 
-// Runs everything queued, in order.
-inline void drain() {
-  device_state& d = dev();
-  if (d.draining) return;
-  d.draining = true;
-  while (!d.queue.empty()) {
-    op_fn f = std::move(d.queue.front());
-    d.queue.pop_front();
+struct allocation {
+  std::size_t bytes = 0;
+  int device = 0;
+};
+
+struct device_queue {
+  std::deque<op_fn> ops;            // work in issue order, not yet run
+  std::thread::id drainer;          // the thread running it, if any
+};
+
+// The runtime's shared bookkeeping; every access holds `m`, which is never held while work runs.
+struct runtime_state {
+  std::mutex m;
+  std::condition_variable drained;  // a device's queue stopped being run
+  std::map<std::uintptr_t, allocation> allocations;  // base → size, device
+  std::vector<device_queue> queues = std::vector<device_queue>(std::size_t(device_count()));
+  int capturing = 0;  // streams being captured
+  std::vector<CUstream_st*> capture_streams;
+};
+inline runtime_state& rt() {
+  static runtime_state r;
+  return r;
+}
+inline std::unique_lock<std::mutex> lock_state() { return std::unique_lock<std::mutex>(rt().m); }
+
+inline int device_of(cudaStream_t s) { return s ? s->device : current_device(); }
+
+// Runs everything queued on `device`, in order. If another thread is running that queue, waits until
+// it is done (so a synchronising call returns only after the work before it ran).
+inline void drain(int device) {
+  runtime_state& r = rt();
+  std::unique_lock<std::mutex> lock(r.m);
+  device_queue& q = r.queues[std::size_t(device)];
+  const std::thread::id me = std::this_thread::get_id();
+  if (q.drainer == me) return;  // work that synchronises from inside the queue
+  r.drained.wait(lock, [&] { return q.drainer == std::thread::id(); });
+  q.drainer = me;
+  while (!q.ops.empty()) {
+    op_fn f = std::move(q.ops.front());
+    q.ops.pop_front();
+    lock.unlock();  // the work may block (NCCL waits for its peers) or use the runtime
     f();
+    lock.lock();
   }
-  d.draining = false;
+  q.drainer = std::thread::id();
+  r.drained.notify_all();
 }
+inline void drain() { drain(current_device()); }
 
 // Whether a synchronising call is allowed now; invalidates active captures otherwise.
 inline bool sync_allowed() {
-  device_state& d = dev();
-  if (d.capturing == 0) return true;
-  for (CUstream_st* s : d.capture_streams) s->capture_invalidated = true;
+  const auto lock = lock_state();
+  runtime_state& r = rt();
+  if (r.capturing == 0) return true;
+  for (CUstream_st* s : r.capture_streams) s->capture_invalidated = true;
   return false;
 }
 
 inline void enqueue(cudaStream_t s, op_fn f) {
+  const auto lock = lock_state();
   if (s && s->capture) {
     s->capture->ops.push_back(std::move(f));
     return;
   }
-  dev().queue.push_back(std::move(f));
+  rt().queues[std::size_t(device_of(s))].ops.push_back(std::move(f));
 }
 
-// The allocation holding p, or {0, 0}.
-inline std::pair<std::uintptr_t, std::size_t> allocation_of(const void* p) {
-  const auto& a = dev().allocations;
+// The allocation holding p: its base (0 if none) and size.
+inline std::pair<std::uintptr_t, allocation> allocation_of(const void* p) {
+  const auto lock = lock_state();
+  const auto& a = rt().allocations;
   const auto u = reinterpret_cast<std::uintptr_t>(p);
   auto it = a.upper_bound(u);
-  if (it == a.begin()) return {0, 0};
+  if (it == a.begin()) return {0, {}};
   --it;
-  if (u >= it->first && u < it->first + (it->second ? it->second : 1)) return *it;
-  return {0, 0};
+  if (u >= it->first && u < it->first + (it->second.bytes ? it->second.bytes : 1)) return *it;
+  return {0, {}};
 }
 inline bool is_device(const void* p) { return allocation_of(p).first != 0; }
 // A device range [p, p + bytes) inside one allocation.
 inline bool device_range(const void* p, std::size_t bytes) {
-  const auto [base, size] = allocation_of(p);
+  const auto [base, a] = allocation_of(p);
   if (!base) return false;
-  return reinterpret_cast<std::uintptr_t>(p) + bytes <= base + size;
+  return reinterpret_cast<std::uintptr_t>(p) + bytes <= base + a.bytes;
 }
 
 inline void* allocate(std::size_t bytes) {
@@ -165,15 +216,19 @@ inline void* allocate(std::size_t bytes) {
   // one element past the end even where a GPU's allocation granularity would hide it.
   void* p = nullptr;
   if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) return nullptr;
-  dev().allocations[reinterpret_cast<std::uintptr_t>(p)] = bytes;
+  const auto lock = lock_state();
+  rt().allocations[reinterpret_cast<std::uintptr_t>(p)] = {bytes, current_device()};
   return p;
 }
 inline cudaError_t release(void* p) {
   if (!p) return cudaSuccess;
-  auto& a = dev().allocations;
-  auto it = a.find(reinterpret_cast<std::uintptr_t>(p));
-  if (it == a.end()) return cudaErrorInvalidDevicePointer;
-  a.erase(it);
+  {
+    const auto lock = lock_state();
+    auto& a = rt().allocations;
+    auto it = a.find(reinterpret_cast<std::uintptr_t>(p));
+    if (it == a.end()) return cudaErrorInvalidDevicePointer;
+    a.erase(it);
+  }
   std::free(p);
   return cudaSuccess;
 }
@@ -203,7 +258,7 @@ struct launcher {
     const unsigned long long threads = 1ull * block.x * block.y * block.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
         grid.y > 65535 || grid.z > 65535 || grid.x > 2147483647u) {
-      dev().last_error = cudaErrorInvalidConfiguration;
+      last_error() = cudaErrorInvalidConfiguration;
       return;
     }
     // The parameters are copied at the launch, as CUDA does.
@@ -257,24 +312,31 @@ inline const char* cudaGetErrorString(cudaError_t e) {
   }
 }
 inline cudaError_t cudaGetLastError() {
-  const cudaError_t e = moe_emu::dev().last_error;
-  moe_emu::dev().last_error = cudaSuccess;
+  const cudaError_t e = moe_emu::last_error();
+  moe_emu::last_error() = cudaSuccess;
   return e;
 }
-inline cudaError_t cudaPeekAtLastError() { return moe_emu::dev().last_error; }
+inline cudaError_t cudaPeekAtLastError() { return moe_emu::last_error(); }
 
 // ---- device ------------------------------------------------------------------------------------------
+namespace moe_emu {
+inline bool valid_device(int d) { return d >= 0 && d < device_count(); }
+}  // namespace moe_emu
 inline cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = moe_emu::device_count();
   return cudaSuccess;
 }
 inline cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = moe_emu::current_device();
   return cudaSuccess;
 }
-inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+inline cudaError_t cudaSetDevice(int d) {
+  if (!moe_emu::valid_device(d)) return cudaErrorInvalidDevice;
+  moe_emu::current_device() = d;
+  return cudaSuccess;
+}
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (!moe_emu::valid_device(device)) return cudaErrorInvalidDevice;
   switch (a) {
     case cudaDevAttrMultiProcessorCount: *v = moe_emu::multiprocessors(); return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
@@ -300,7 +362,8 @@ cudaError_t cudaMalloc(T** p, std::size_t bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
   if (!moe_emu::sync_allowed()) return cudaErrorStreamCaptureUnsupported;
-  moe_emu::drain();  // cudaFree waits for the device
+  const auto [base, a] = moe_emu::allocation_of(p);
+  moe_emu::drain(base ? a.device : moe_emu::current_device());  // cudaFree waits for the device
   return moe_emu::release(p);
 }
 inline cudaError_t cudaMallocAsync(void** p, std::size_t bytes, cudaStream_t s) {
@@ -354,19 +417,19 @@ inline cudaError_t cudaMemset(void* dst, int value, std::size_t bytes) {
 
 // ---- streams and graphs ------------------------------------------------------------------------------
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
-  *s = new CUstream_st{flags, nullptr, false};
+  *s = new CUstream_st{flags, moe_emu::current_device(), nullptr, false};
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
   if (!s) return cudaErrorInvalidValue;
-  moe_emu::drain();
+  moe_emu::drain(s->device);
   delete s;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!moe_emu::sync_allowed()) return cudaErrorStreamCaptureUnsupported;
-  moe_emu::drain();
+  moe_emu::drain(moe_emu::device_of(s));
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
@@ -378,17 +441,19 @@ inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus
 inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
   if (!s || s->capture) return cudaErrorInvalidValue;
   if (mode != cudaStreamCaptureModeGlobal) return cudaErrorInvalidValue;  // only global mode is emulated
+  const auto lock = moe_emu::lock_state();
   s->capture = new moe_emu::graph_rec;
   s->capture_invalidated = false;
-  ++moe_emu::dev().capturing;
-  moe_emu::dev().capture_streams.push_back(s);
+  ++moe_emu::rt().capturing;
+  moe_emu::rt().capture_streams.push_back(s);
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  const auto lock = moe_emu::lock_state();
   if (!s || !s->capture) return cudaErrorInvalidValue;
-  auto& d = moe_emu::dev();
-  --d.capturing;
-  std::erase(d.capture_streams, s);
+  auto& r = moe_emu::rt();
+  --r.capturing;
+  std::erase(r.capture_streams, s);
   std::unique_ptr<moe_emu::graph_rec> rec(s->capture);
   s->capture = nullptr;
   if (s->capture_invalidated) {
@@ -420,7 +485,8 @@ inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
 
 // ---- events and device facts (the benchmarks' timing; the emulator's times mean nothing) ----------
 struct CUevent_st {
-  double ms = 0;  // host clock when the queue reached the record
+  double ms = 0;   // host clock when the queue reached the record
+  int device = 0;  // of the stream it was last recorded on
 };
 using cudaEvent_t = CUevent_st*;
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
@@ -428,12 +494,14 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  moe_emu::drain();
+  if (!e) return cudaErrorInvalidValue;
+  moe_emu::drain(e->device);
   delete e;
   return cudaSuccess;
 }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
   if (!e) return cudaErrorInvalidValue;
+  e->device = moe_emu::device_of(s);
   moe_emu::enqueue(s, [e] {
     e->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
   });
@@ -442,7 +510,7 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (!e) return cudaErrorInvalidValue;
   if (!moe_emu::sync_allowed()) return cudaErrorStreamCaptureUnsupported;
-  moe_emu::drain();
+  moe_emu::drain(e->device);
   return cudaSuccess;
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
@@ -456,7 +524,7 @@ struct cudaDeviceProp {
   int major = 9, minor = 0;
 };
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (!moe_emu::valid_device(device)) return cudaErrorInvalidDevice;
   *p = cudaDeviceProp{};
   p->multiProcessorCount = moe_emu::multiprocessors();
   return cudaSuccess;
