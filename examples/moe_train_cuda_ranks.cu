@@ -3,7 +3,8 @@
 // (moe::expert_parallel over NCCL: each rank holds E/R experts and exchanges tokens all-to-all), the
 // rest data-parallel (dense gradients all-reduced). float32 only. Built where NCCL is found.
 //
-// Untested on more than one GPU: the machines this was developed and tested on have at most one.
+// Not yet run on real GPUs (the machines this was developed on have at most one); tested on the
+// host kernel emulator's GPUs and NCCL (tests/emu, tests/trainer/cuda_test.sh).
 #include <cuda_runtime_api.h>
 
 #include <cstdio>

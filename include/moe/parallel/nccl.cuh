@@ -6,7 +6,8 @@
 // GPUs (ncclCommInitAll) and one process per GPU (a unique id created by rank 0 and passed to the
 // others by the caller, e.g. over MPI or a file).
 //
-// Untested on this project's machines beyond one GPU: multi-GPU runs need a multi-GPU host.
+// Not yet run on more than one real GPU (this project's GPU machines have one). Several GPUs are
+// tested on the host kernel emulator, which emulates NCCL between its devices (tests/emu).
 #pragma once
 
 #include <cuda_runtime.h>

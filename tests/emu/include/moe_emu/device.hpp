@@ -175,7 +175,7 @@ struct warp_state {
   float mma[16][16];                       // one WMMA product per warp (every lane's is the same)
 };
 
-// Stacks are kept between blocks and launches (per OS thread).
+// Stacks are kept between blocks and launches.
 inline constexpr std::size_t stack_bytes =
     MOE_EMU_ASAN || MOE_EMU_TSAN ? std::size_t(512) << 10 : std::size_t(128) << 10;
 
@@ -228,8 +228,10 @@ MOE_EMU_INTERNAL inline block_run& this_block() {
   return *b;
 }
 
+// Shared by every host thread that runs kernels (they run one at a time, under kernel_mutex), so a
+// thread per emulated GPU does not create stacks and sanitizer fibers of its own.
 MOE_EMU_INTERNAL inline std::vector<fiber_slot>& stack_pool() {
-  static thread_local std::vector<fiber_slot> pool;
+  static std::vector<fiber_slot> pool;
   return pool;
 }
 
