@@ -25,6 +25,7 @@
 // (broadcast, reduce-scatter), and the speed of any link.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>

@@ -9,14 +9,14 @@
 // Streams are asynchronous: kernels, copies, memsets, cuBLAS, CUB and NCCL calls are queued on their
 // stream's device and run in issue order when the host synchronises with that device
 // (cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize, cudaMemcpy, cudaFree). Code
-// that reads device results without synchronising sees stale data, as on a GPU.
+// that reads device results without synchronising sees stale data, as on a GPU. Host-to-device
+// async copies stage their source at the call (pageable memory semantics). A stream being captured
+// records its work into a graph instead; cudaGraphLaunch queues the recording. Synchronising calls
+// during a capture invalidate it, as CUDA's global capture mode does.
 //
 // Several host threads may drive devices at once (one thread per GPU, as expert parallelism over
 // NCCL does): the runtime's bookkeeping is locked, each device's queue is run by one thread at a
 // time, and kernels run one at a time (their __shared__ arrays are statics, see device.hpp).
-// Host-to-device async copies stage their source at the call (pageable memory semantics). A stream
-// being captured records its work into a graph instead; cudaGraphLaunch queues the recording.
-// Synchronising calls during a capture invalidate it, as CUDA's global capture mode does.
 #pragma once
 
 #include <chrono>
@@ -131,8 +131,8 @@ struct allocation {
 };
 
 struct device_queue {
-  std::deque<op_fn> ops;            // work in issue order, not yet run
-  std::thread::id drainer;          // the thread running it, if any
+  std::deque<op_fn> ops;    // work in issue order, not yet run
+  std::thread::id drainer;  // the thread running it, if any
 };
 
 // The runtime's shared bookkeeping; every access holds `m`, which is never held while work runs.
