@@ -87,6 +87,29 @@ print(f"{preset} --ranks 2 (NCCL, 2 {where}): step 1 {h0:.5f} (host) {c0:.5f} (c
       f"worst step gap to the host {worst:.5f}")
 PY
   done
+  # Checkpoints of a two-GPU run are rank-independent: GLaM saved at --ranks 2 (killed at the start
+  # of step 11) and resumed at --ranks 1 on one GPU follows the uninterrupted one-GPU run (1e-5
+  # relative: the dense gradients are sums of two partial GEMMs instead of one). --group-size 64:
+  # routing groups are the same at R = 1 and 2.
+  ck=(--preset glam --device cuda "${args[@]}" --group-size 64)
+  "$bin" "${ck[@]}" --ranks 1 --log "$tmp/ck.one.jsonl" >/dev/null 2>&1 || { echo "FAIL: glam --ranks 1"; exit 1; }
+  rc=0
+  "$bin" "${ck[@]}" --ranks 2 --checkpoint "$tmp/ck" --checkpoint-every 10 --crash-at-step 11 \
+    --log "$tmp/ck.two.jsonl" >/dev/null 2>&1 || rc=$?
+  [[ $rc == 137 ]] || { echo "FAIL: glam --ranks 2 with --crash-at-step 11 exited $rc, expected 137 (SIGKILL)"; exit 1; }
+  "$bin" "${ck[@]}" --ranks 1 --checkpoint "$tmp/ck" --resume --log "$tmp/ck.two.jsonl" >"$tmp/ck.resume.out" 2>&1 ||
+    { cat "$tmp/ck.resume.out"; echo "FAIL: glam --ranks 1 --resume"; exit 1; }
+  grep -q "resuming after step 10" "$tmp/ck.resume.out" || { cat "$tmp/ck.resume.out"; echo "FAIL: no resume"; exit 1; }
+  "$py" - "$tmp/ck.one.jsonl" "$tmp/ck.two.jsonl" "$where" <<'PY' || exit 1
+import json, sys
+one = [json.loads(l) for l in open(sys.argv[1])]
+two = [json.loads(l) for l in open(sys.argv[2])]
+assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 21)), "one line per step"
+worst = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(one, two))
+assert worst <= 1e-5, f"glam saved at --ranks 2, resumed at --ranks 1: {worst:.1e} relative from the one-GPU run"
+print(f"glam checkpoint saved at --ranks 2, resumed at --ranks 1 ({sys.argv[3]}): 20 steps follow the "
+      f"uninterrupted one-GPU run (largest relative loss difference {worst:.1e})")
+PY
 fi
 # More ranks than there are GPUs (the next power of two, with as many sequences and experts): refused,
 # naming what it needs.
