@@ -8,6 +8,8 @@
 //     batch on GPU 0. These need R GPUs: the machines this project is tested on have one, so there
 //     they say they did not run, and the kernel emulator (tests/emu, MOE_EMU_DEVICES=4, NCCL
 //     emulated between its devices) runs them in CI.
+//   - Bad input over NCCL (2 GPUs): ranks that build different layers, or bring different token
+//     counts, fail on every rank with the same clear error, never a hang.
 #include <exception>
 #include <numeric>
 #include <thread>
@@ -172,7 +174,71 @@ void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
   }
 }
 
+// Runs body(rank, comm, space) on two GPUs, a host thread each; returns each rank's error message
+// ("" if it did not throw). Empty when fewer than two GPUs are visible.
+template <class Body>
+std::vector<std::string> on_two_gpus(Body body) {
+  int devices = 0;
+  ok(cudaGetDeviceCount(&devices));
+  if (devices < 2) {
+    MESSAGE("not run: 2 ranks need 2 GPUs, ", devices, " visible");
+    return {};
+  }
+  std::vector<cudaStream_t> streams(2, nullptr);
+  for (int r = 0; r < 2; ++r) {
+    ok(cudaSetDevice(r));
+    ok(cudaStreamCreateWithFlags(&streams[std::size_t(r)], cudaStreamNonBlocking));
+  }
+  std::vector<std::string> errors(2);
+  {
+    const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all({0, 1}, streams);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          ok(cudaSetDevice(r));
+          body(r, comms[std::size_t(r)], moe::cuda(streams[std::size_t(r)]));
+        } catch (const std::exception& e) {
+          errors[std::size_t(r)] = e.what();
+        } catch (...) {
+          errors[std::size_t(r)] = "a failed doctest assertion";
+        }
+      });
+    for (auto& t : threads) t.join();
+  }
+  for (int r = 0; r < 2; ++r) {
+    ok(cudaSetDevice(r));
+    ok(cudaStreamDestroy(streams[std::size_t(r)]));
+  }
+  ok(cudaSetDevice(0));
+  return errors;
+}
+
 }  // namespace
+
+TEST_CASE("expert_parallel over NCCL, bad input: every rank fails with the same error, none hangs") {
+  using parallel_type = moe::presets::switch_transformer<float, moe::cuda>::parallel_layer<moe::nccl_communicator>;
+  const auto cfg = moe::presets::switch_transformer<float, moe::cuda>::make_config(16, 24, 4, 9);
+  SUBCASE("ranks that build different layers") {
+    const auto errors = on_two_gpus([&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+      auto mine = cfg;
+      mine.d_ff = r == 0 ? 24 : 32;
+      parallel_type layer(mine, comm, space);
+    });
+    for (const std::string& e : errors) CHECK(e.find("rank 1 has d_ff=32 but rank 0 has d_ff=24") != std::string::npos);
+  }
+  SUBCASE("ranks that bring different token counts") {
+    const auto errors = on_two_gpus([&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+      parallel_type layer(cfg, comm, space);
+      const int tokens = r == 0 ? 8 : 12;
+      device_vector<float> x(moe_test::random_vector<float>(std::size_t(tokens) * 16, 40 + std::uint64_t(r)));
+      device_vector<float> y(std::size_t(tokens) * 16);
+      layer.forward({true, 1}, {x.p, tokens, 16}, {y.p, tokens, 16});
+    });
+    for (const std::string& e : errors)
+      CHECK(e.find("every rank must call forward with the same count") != std::string::npos);
+  }
+}
 
 TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU: switch_transformer") {
   for (int R : {2, 4}) ranks_case<moe::presets::switch_transformer<float, moe::cuda>>(R, 11, {true, 3});
