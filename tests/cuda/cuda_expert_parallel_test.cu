@@ -10,7 +10,6 @@
 //     emulated between its devices) runs them in CI.
 //   - Bad input over NCCL (2 GPUs): ranks that build different layers, or bring different token
 //     counts, fail on every rank with the same clear error, never a hang.
-#include <exception>
 #include <numeric>
 #include <thread>
 
@@ -59,18 +58,59 @@ void one_rank_case(std::uint64_t seed, moe::step_context ctx) {
   CHECK(parallel.backward_exchange_bytes() == 0);
 }
 
+// Whether R GPUs are visible; says that the case did not run if not.
+bool have_gpus(int R) {
+  int devices = 0;
+  ok(cudaGetDeviceCount(&devices));
+  if (devices < R) MESSAGE("not run: ", R, " ranks need ", R, " GPUs, ", devices, " visible");
+  return devices >= R;
+}
+
+// Runs body(rank, comm, space) on R GPUs, a host thread and a stream each (as moe-train --ranks
+// drives them); returns each rank's error message ("" if it did not throw). Empty when fewer than
+// R GPUs are visible.
+template <class Body>
+std::vector<std::string> on_gpus(int R, Body body) {
+  if (!have_gpus(R)) return {};
+  std::vector<int> ids(static_cast<std::size_t>(R));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::vector<cudaStream_t> streams(ids.size(), nullptr);
+  for (int r = 0; r < R; ++r) {
+    ok(cudaSetDevice(r));
+    ok(cudaStreamCreateWithFlags(&streams[std::size_t(r)], cudaStreamNonBlocking));
+  }
+  std::vector<std::string> errors(ids.size());
+  {
+    const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all(ids, streams);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < R; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          ok(cudaSetDevice(r));
+          body(r, comms[std::size_t(r)], moe::cuda(streams[std::size_t(r)]));
+        } catch (const std::exception& e) {
+          errors[std::size_t(r)] = e.what();
+        } catch (...) {
+          errors[std::size_t(r)] = "a failed doctest assertion (reported above)";
+        }
+      });
+    for (auto& t : threads) t.join();
+  }
+  for (int r = 0; r < R; ++r) {
+    ok(cudaSetDevice(r));
+    ok(cudaStreamDestroy(streams[std::size_t(r)]));
+  }
+  ok(cudaSetDevice(0));
+  return errors;
+}
+
 // R ranks, one GPU and one host thread each, against moe::layer on GPU 0 with the global batch.
 template <class Preset>
 void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
   using T = float;
   using layer_type = typename Preset::layer;
   using parallel_type = typename Preset::template parallel_layer<moe::nccl_communicator>;
-  int devices = 0;
-  ok(cudaGetDeviceCount(&devices));
-  if (devices < R) {
-    MESSAGE("not run: ", R, " ranks need ", R, " GPUs, ", devices, " visible");
-    return;
-  }
+  if (!have_gpus(R)) return;
   const int tokens_per_rank = 48, tokens = tokens_per_rank * R, d = 32;
   auto cfg = Preset::make_config(d, 40, 8, seed);
   cfg.group_size = tokens_per_rank / 2;  // routing groups never straddle two ranks' shares
@@ -85,58 +125,26 @@ void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
     ref = device_step(single, x, dy, tokens, ctx);
   }
 
-  std::vector<int> ids(static_cast<std::size_t>(R));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::vector<cudaStream_t> streams(ids.size(), nullptr);
-  for (int r = 0; r < R; ++r) {
-    ok(cudaSetDevice(r));
-    ok(cudaStreamCreateWithFlags(&streams[std::size_t(r)], cudaStreamNonBlocking));
-  }
-  ok(cudaSetDevice(0));
-  std::vector<step_result<T>> got(ids.size());
-  std::vector<std::exception_ptr> errors(ids.size());
-  {
-    const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all(ids, streams);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < R; ++r)
-      threads.emplace_back([&, r] {
-        try {
-          const auto rr = std::size_t(r);
-          ok(cudaSetDevice(r));
-          parallel_type parallel(cfg, comms[rr], moe::cuda(streams[rr]));
-          const std::vector<T> xs(x.begin() + std::ptrdiff_t(rr * share), x.begin() + std::ptrdiff_t((rr + 1) * share));
-          const std::vector<T> dys(dy.begin() + std::ptrdiff_t(rr * share),
-                                   dy.begin() + std::ptrdiff_t((rr + 1) * share));
-          device_vector<T> xd(xs), dyd(dys), yd(share), dxd(share);
-          parallel.zero_grad();
-          parallel.forward(ctx, {xd.p, tokens_per_rank, d}, {yd.p, tokens_per_rank, d});
-          parallel.backward({dyd.p, tokens_per_rank, d}, {dxd.p, tokens_per_rank, d});
-          got[rr] = collect_step(parallel, yd, dxd);
-        } catch (...) {
-          errors[std::size_t(r)] = std::current_exception();
-        }
+  std::vector<step_result<T>> got(static_cast<std::size_t>(R));
+  const std::vector<std::string> errors =
+      on_gpus(R, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+        const auto rr = std::size_t(r);
+        parallel_type parallel(cfg, comm, space);
+        const std::vector<T> xs(x.begin() + std::ptrdiff_t(rr * share), x.begin() + std::ptrdiff_t((rr + 1) * share));
+        const std::vector<T> dys(dy.begin() + std::ptrdiff_t(rr * share), dy.begin() + std::ptrdiff_t((rr + 1) * share));
+        device_vector<T> xd(xs), dyd(dys), yd(share), dxd(share);
+        parallel.zero_grad();
+        parallel.forward(ctx, {xd.p, tokens_per_rank, d}, {yd.p, tokens_per_rank, d});
+        parallel.backward({dyd.p, tokens_per_rank, d}, {dxd.p, tokens_per_rank, d});
+        got[rr] = collect_step(parallel, yd, dxd);
       });
-    for (auto& t : threads) t.join();
-  }
-  for (int r = 0; r < R; ++r) {
-    ok(cudaSetDevice(r));
-    ok(cudaStreamDestroy(streams[std::size_t(r)]));
-  }
-  ok(cudaSetDevice(0));
+  REQUIRE(errors.size() == std::size_t(R));
 
   for (int r = 0; r < R; ++r) {
     CAPTURE(R);
     CAPTURE(r);
     const auto rr = std::size_t(r);
-    if (errors[rr]) {
-      try {
-        std::rethrow_exception(errors[rr]);
-      } catch (const std::exception& e) {
-        FAIL("rank ", r, " failed: ", e.what());
-      } catch (...) {
-        FAIL("rank ", r, " failed");  // a doctest assertion inside the rank, reported above
-      }
-    }
+    if (!errors[rr].empty()) FAIL("rank ", r, " failed: ", errors[rr]);
     const step_result<T>& g = got[rr];
     const auto slice = [&](const std::vector<T>& v) {
       return std::vector<T>(v.begin() + std::ptrdiff_t(rr * share), v.begin() + std::ptrdiff_t((rr + 1) * share));
@@ -174,53 +182,13 @@ void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
   }
 }
 
-// Runs body(rank, comm, space) on two GPUs, a host thread each; returns each rank's error message
-// ("" if it did not throw). Empty when fewer than two GPUs are visible.
-template <class Body>
-std::vector<std::string> on_two_gpus(Body body) {
-  int devices = 0;
-  ok(cudaGetDeviceCount(&devices));
-  if (devices < 2) {
-    MESSAGE("not run: 2 ranks need 2 GPUs, ", devices, " visible");
-    return {};
-  }
-  std::vector<cudaStream_t> streams(2, nullptr);
-  for (int r = 0; r < 2; ++r) {
-    ok(cudaSetDevice(r));
-    ok(cudaStreamCreateWithFlags(&streams[std::size_t(r)], cudaStreamNonBlocking));
-  }
-  std::vector<std::string> errors(2);
-  {
-    const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all({0, 1}, streams);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < 2; ++r)
-      threads.emplace_back([&, r] {
-        try {
-          ok(cudaSetDevice(r));
-          body(r, comms[std::size_t(r)], moe::cuda(streams[std::size_t(r)]));
-        } catch (const std::exception& e) {
-          errors[std::size_t(r)] = e.what();
-        } catch (...) {
-          errors[std::size_t(r)] = "a failed doctest assertion";
-        }
-      });
-    for (auto& t : threads) t.join();
-  }
-  for (int r = 0; r < 2; ++r) {
-    ok(cudaSetDevice(r));
-    ok(cudaStreamDestroy(streams[std::size_t(r)]));
-  }
-  ok(cudaSetDevice(0));
-  return errors;
-}
-
 }  // namespace
 
 TEST_CASE("expert_parallel over NCCL, bad input: every rank fails with the same error, none hangs") {
   using parallel_type = moe::presets::switch_transformer<float, moe::cuda>::parallel_layer<moe::nccl_communicator>;
   const auto cfg = moe::presets::switch_transformer<float, moe::cuda>::make_config(16, 24, 4, 9);
   SUBCASE("ranks that build different layers") {
-    const auto errors = on_two_gpus([&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+    const auto errors = on_gpus(2, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
       auto mine = cfg;
       mine.d_ff = r == 0 ? 24 : 32;
       parallel_type layer(mine, comm, space);
@@ -228,7 +196,7 @@ TEST_CASE("expert_parallel over NCCL, bad input: every rank fails with the same 
     for (const std::string& e : errors) CHECK(e.find("rank 1 has d_ff=32 but rank 0 has d_ff=24") != std::string::npos);
   }
   SUBCASE("ranks that bring different token counts") {
-    const auto errors = on_two_gpus([&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+    const auto errors = on_gpus(2, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
       parallel_type layer(cfg, comm, space);
       const int tokens = r == 0 ? 8 : 12;
       device_vector<float> x(moe_test::random_vector<float>(std::size_t(tokens) * 16, 40 + std::uint64_t(r)));

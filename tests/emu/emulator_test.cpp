@@ -502,6 +502,7 @@ TEST_CASE("NCCL between emulated GPUs: ncclCommInitRank joins threads by unique 
   cudaSetDevice(0);
   CHECK(ncclSend(buf, 4, ncclInt32, 1, comms[0], s1) == ncclInvalidUsage);  // a stream of GPU 1 for rank 0 (GPU 0)
   CHECK(ncclGroupEnd() == ncclInvalidUsage);                                 // no group open
+  CHECK(ncclAllReduce(buf, buf, 4, ncclInt32, ncclMax, comms[0], s0) == ncclInvalidArgument);  // only ncclSum
   for (ncclComm_t c : comms) ncclCommDestroy(c);
   cudaFree(buf);
   cudaStreamDestroy(s0);
@@ -540,6 +541,16 @@ TEST_CASE("emulator child") {
       ncclAllReduce(b, b, std::size_t(4 + r), ncclFloat32, ncclSum, c, st);
       cudaStreamSynchronize(st);
     });
+  if (s == "nccl_one_thread_group") {  // one thread puts both GPUs' operations in one group
+    ncclComm_t comms[2] = {nullptr, nullptr};
+    const int both[2] = {0, 1};
+    ncclCommInitAll(comms, 2, both);
+    ncclGroupStart();
+    ncclSend(d, 4, ncclInt32, 1, comms[0], nullptr);  // the legacy stream of GPU 0
+    cudaSetDevice(1);
+    ncclRecv(d + 4, 4, ncclInt32, 0, comms[1], nullptr);  // ... and of GPU 1
+    ncclGroupEnd();
+  }
   if (s == "nccl_missing_peer")  // rank 1 never joins the all-reduce
     on_ranks(2, [](int r, ncclComm_t& c, cudaStream_t st) {
       float* b = device_alloc<float>(8);
@@ -562,6 +573,7 @@ TEST_CASE("misuse is reported: warp collectives") {
 TEST_CASE("misuse is reported: NCCL programs that would hang or corrupt memory") {
   check_aborts_with("nccl_size_mismatch", "NCCL rank 1 called ncclRecv for 12 bytes from rank 0, whose matching ncclSend sends 8");
   check_aborts_with("nccl_collective_mismatch", "called ncclAllReduce with 4 x ncclFloat32");
+  check_aborts_with("nccl_one_thread_group", "a group with operations of several ranks (one thread driving");
   check_aborts_with("nccl_missing_peer", "NCCL rank 0 of 2 waited 1 s in ncclAllReduce #0 for 1 rank(s) that did not call it");
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # moe-train --device cuda against --device host: each preset (and glam in bf16, st-moe in fp16) trains
-# 20 steps with the same seed on both; the first step's loss (same initial weights, same batch) must agree to 1e-4 relative, every
-# later step within 0.02 nats (the runs drift apart through summation order and Adam's
+# 20 steps with the same seed on both; the first step's loss (same initial weights, same batch) must
+# agree to 1e-4 relative, every later step within 0.02 nats (the runs drift apart through summation order and Adam's
 # normalisation of tiny gradients), and the CUDA run's loss must fall like the host's.
 # Skipped (77) when the CUDA run finds no GPU (moe-train exits 4). With MOE_CUDA_TEST_EMULATED=1 the
 # binary is moe-train-emu (tests/emu: --device cuda on the host kernel emulator).
@@ -13,6 +13,30 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 args=(--steps 20 --batch 8 --seq 32 --d-model 32 --layers 2 --heads 2 --experts 4 --eval-every 10
       --eval-batches 2 --lr 1e-2 --no-progress)
+# compare_to_host <label> <host log> <cuda log> <step-1 relative limit> <nats limit>: same steps; step
+# 1 equal to the first limit; every step's loss and validation loss within the second; the cuda
+# loss falls.
+compare_to_host() {
+  "$py" - "$@" <<'PY'
+import json, sys
+label, step1, limit = sys.argv[1], float(sys.argv[4]), float(sys.argv[5])
+host = [json.loads(l) for l in open(sys.argv[2])]
+cuda = [json.loads(l) for l in open(sys.argv[3])]
+assert [r["step"] for r in cuda] == [r["step"] for r in host] == list(range(1, 21)), f"{label}: one line per step"
+h0, c0 = host[0]["loss"], cuda[0]["loss"]
+assert abs(h0 - c0) <= step1 * abs(h0), f"{label}: step 1 loss host {h0} vs cuda {c0}"
+worst = max(abs(h["loss"] - c["loss"]) for h, c in zip(host, cuda))
+assert worst <= limit, f"{label}: losses drift {worst:.4f} nats apart (limit {limit})"
+for h, c in zip(host, cuda):
+    if "val_loss" in h:
+        assert abs(h["val_loss"] - c["val_loss"]) <= limit, f"{label}: val loss {h['val_loss']} vs {c['val_loss']}"
+assert cuda[-1]["loss"] < cuda[0]["loss"] - 0.3, f"{label}: cuda loss did not fall ({c0} -> {cuda[-1]['loss']})"
+rate = lambda rows: sum(r["tokens_per_s"] for r in rows[5:]) / len(rows[5:])
+print(f"{label}: step 1 {h0:.5f} (host) {c0:.5f} (cuda); worst step gap {worst:.5f}; "
+      f"tokens/s host {rate(host):.0f}, cuda {rate(cuda):.0f}")
+PY
+}
+
 # name: preset[/bf16|/fp16]: 16-bit MoE layers (float32 masters; fp16 with loss scaling) on both
 # spaces, with 1e-3 at step 1 (16-bit roundings of the layers' outputs may differ by one unit) and
 # 0.05 nats after.
@@ -35,24 +59,7 @@ for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
   [[ $rc == 0 ]] || { cat "$tmp/$preset.cuda.out"; echo "FAIL: $name --device cuda exited $rc"; exit 1; }
   "$bin" --preset "$preset" --device host "${args[@]}" "${extra[@]}" --log "$tmp/$preset.host.jsonl" >"$tmp/$preset.host.out" 2>&1 ||
     { cat "$tmp/$preset.host.out"; echo "FAIL: $name --device host"; exit 1; }
-  "$py" - "$tmp/$preset.host.jsonl" "$tmp/$preset.cuda.jsonl" "$name" "$step1" "$limit" <<'PY' || exit 1
-import json, sys
-host = [json.loads(l) for l in open(sys.argv[1])]
-cuda = [json.loads(l) for l in open(sys.argv[2])]
-preset, step1, limit = sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-assert [r["step"] for r in cuda] == [r["step"] for r in host] == list(range(1, 21)), "one line per step"
-h0, c0 = host[0]["loss"], cuda[0]["loss"]
-assert abs(h0 - c0) <= step1 * abs(h0), f"{preset}: step 1 loss host {h0} vs cuda {c0}"
-worst = max(abs(h["loss"] - c["loss"]) for h, c in zip(host, cuda))
-assert worst <= limit, f"{preset}: losses drift {worst:.4f} nats apart (limit {limit})"
-for h, c in zip(host, cuda):
-    if "val_loss" in h:
-        assert abs(h["val_loss"] - c["val_loss"]) <= limit, f"{preset}: val loss {h['val_loss']} vs {c['val_loss']}"
-assert cuda[-1]["loss"] < cuda[0]["loss"] - 0.3, f"{preset}: cuda loss did not fall ({c0} -> {cuda[-1]['loss']})"
-rate = lambda rows: sum(r["tokens_per_s"] for r in rows[5:]) / len(rows[5:])
-print(f"{preset}: step 1 {h0:.5f} (host) {c0:.5f} (cuda); worst step gap {worst:.5f}; "
-      f"tokens/s host {rate(host):.0f}, cuda {rate(cuda):.0f}")
-PY
+  compare_to_host "$name" "$tmp/$preset.host.jsonl" "$tmp/$preset.cuda.jsonl" "$step1" "$limit" || exit 1
 done
 
 # --ranks 2 on cuda (one GPU per rank, NCCL): with two GPUs it must follow the host's two-rank run;
@@ -72,20 +79,8 @@ if [[ ${gpus:-0} -ge 2 ]]; then
       { cat "$tmp/r2.cuda.out"; echo "FAIL: $preset --ranks 2 --device cuda"; exit 1; }
     "$bin" --preset $preset --device host --ranks 2 "${args[@]}" --log "$tmp/r2.host.jsonl" >/dev/null 2>&1 ||
       { echo "FAIL: $preset --ranks 2 --device host"; exit 1; }
-    "$py" - "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" "$preset" "$where" <<'PY' || exit 1
-import json, sys
-host = [json.loads(l) for l in open(sys.argv[1])]
-cuda = [json.loads(l) for l in open(sys.argv[2])]
-preset, where = sys.argv[3], sys.argv[4]
-assert [r["step"] for r in cuda] == [r["step"] for r in host] == list(range(1, 21)), "one line per step"
-h0, c0 = host[0]["loss"], cuda[0]["loss"]
-assert abs(h0 - c0) <= 1e-4 * abs(h0), f"{preset} --ranks 2: step 1 loss host {h0} vs cuda {c0}"
-worst = max(abs(h["loss"] - c["loss"]) for h, c in zip(host, cuda))
-assert worst <= 0.02, f"{preset} --ranks 2: cuda and host {worst:.4f} nats apart"
-assert cuda[-1]["loss"] < c0 - 0.3, f"{preset} --ranks 2: cuda loss did not fall ({c0} -> {cuda[-1]['loss']})"
-print(f"{preset} --ranks 2 (NCCL, 2 {where}): step 1 {h0:.5f} (host) {c0:.5f} (cuda); "
-      f"worst step gap to the host {worst:.5f}")
-PY
+    compare_to_host "$preset --ranks 2 (NCCL, 2 $where)" "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" 1e-4 0.02 ||
+      exit 1
   done
   # Checkpoints of a two-GPU run are rank-independent: GLaM saved at --ranks 2 (killed at the start
   # of step 11) and resumed at --ranks 1 on one GPU follows the uninterrupted one-GPU run (1e-5

@@ -11,7 +11,8 @@
 //     rank must pass the same count, type and operation;
 //   - operations between ncclGroupStart and ncclGroupEnd are issued together (all sends posted
 //     before any receive waits), so a group that exchanges with every peer cannot deadlock.
-// Results are deterministic: reductions add the ranks' contributions in rank order.
+// Results are deterministic: ncclAllReduce adds the ranks' contributions in rank order (ncclSum, the
+// one reduction the library uses, is the one emulated).
 //
 // What NCCL would do with an inconsistent program (sizes that differ between matched operations,
 // collectives of different kinds, a rank that never takes part) is a hang or corrupted memory; here
@@ -22,7 +23,7 @@
 //
 // Not emulated: one thread driving several communicators in one group (NCCL allows it; the
 // emulator's queues run only when their own device is synchronised), other collectives
-// (broadcast, reduce-scatter), and the speed of any link.
+// (broadcast, reduce-scatter), reductions other than ncclSum, and the speed of any link.
 #pragma once
 
 #include <algorithm>
@@ -120,7 +121,6 @@ struct collective {
   op_kind kind = op_kind::all_reduce;
   std::size_t count = 0;
   ncclDataType_t type = ncclFloat32;
-  ncclRedOp_t op = ncclSum;
   int first_rank = 0;  // the rank whose arguments the others must match
   std::vector<std::vector<unsigned char>> parts;
   int posted = 0, taken = 0;
@@ -156,37 +156,29 @@ struct operation {
   void* dst = nullptr;
   std::size_t count = 0;  // elements (per rank for ncclAllGather)
   ncclDataType_t type = ncclChar;
-  ncclRedOp_t op = ncclSum;
   int peer = -1;
 };
 
 template <class T>
-void reduce_into(void* dst, const std::vector<std::vector<unsigned char>>& parts, std::size_t count, ncclRedOp_t op) {
+void sum_into(void* dst, const std::vector<std::vector<unsigned char>>& parts, std::size_t count) {
   std::vector<T> acc(count), v(count);
   std::memcpy(acc.data(), parts[0].data(), count * sizeof(T));
   for (std::size_t r = 1; r < parts.size(); ++r) {
     std::memcpy(v.data(), parts[r].data(), count * sizeof(T));
-    for (std::size_t i = 0; i < count; ++i) {
-      switch (op) {
-        case ncclSum: acc[i] = acc[i] + v[i]; break;
-        case ncclProd: acc[i] = acc[i] * v[i]; break;
-        case ncclMax: acc[i] = v[i] > acc[i] ? v[i] : acc[i]; break;
-        case ncclMin: acc[i] = v[i] < acc[i] ? v[i] : acc[i]; break;
-      }
-    }
+    for (std::size_t i = 0; i < count; ++i) acc[i] = acc[i] + v[i];
   }
   std::memcpy(dst, acc.data(), count * sizeof(T));
 }
-inline void reduce_into(void* dst, const collective& k) {
+inline void sum_into(void* dst, const collective& k) {
   switch (k.type) {
-    case ncclInt8: return reduce_into<std::int8_t>(dst, k.parts, k.count, k.op);
-    case ncclUint8: return reduce_into<std::uint8_t>(dst, k.parts, k.count, k.op);
-    case ncclInt32: return reduce_into<std::int32_t>(dst, k.parts, k.count, k.op);
-    case ncclUint32: return reduce_into<std::uint32_t>(dst, k.parts, k.count, k.op);
-    case ncclInt64: return reduce_into<std::int64_t>(dst, k.parts, k.count, k.op);
-    case ncclUint64: return reduce_into<std::uint64_t>(dst, k.parts, k.count, k.op);
-    case ncclFloat32: return reduce_into<float>(dst, k.parts, k.count, k.op);
-    case ncclFloat64: return reduce_into<double>(dst, k.parts, k.count, k.op);
+    case ncclInt8: return sum_into<std::int8_t>(dst, k.parts, k.count);
+    case ncclUint8: return sum_into<std::uint8_t>(dst, k.parts, k.count);
+    case ncclInt32: return sum_into<std::int32_t>(dst, k.parts, k.count);
+    case ncclUint32: return sum_into<std::uint32_t>(dst, k.parts, k.count);
+    case ncclInt64: return sum_into<std::int64_t>(dst, k.parts, k.count);
+    case ncclUint64: return sum_into<std::uint64_t>(dst, k.parts, k.count);
+    case ncclFloat32: return sum_into<float>(dst, k.parts, k.count);
+    case ncclFloat64: return sum_into<double>(dst, k.parts, k.count);
   }
 }
 
@@ -205,15 +197,13 @@ inline void run_group(clique& c, int rank, const std::vector<operation>& ops) {
       seq[i] = c.next_collective[std::size_t(rank)]++;
       collective& k = c.collectives[seq[i]];
       if (k.posted == 0) {
-        k.kind = o.kind, k.count = o.count, k.type = o.type, k.op = o.op, k.first_rank = rank;
+        k.kind = o.kind, k.count = o.count, k.type = o.type, k.first_rank = rank;
         k.parts.resize(std::size_t(c.size));
-      } else if (k.kind != o.kind || k.count != o.count || k.type != o.type ||
-                 (o.kind == op_kind::all_reduce && k.op != o.op)) {
+      } else if (k.kind != o.kind || k.count != o.count || k.type != o.type) {
         die("NCCL collective #" + std::to_string(seq[i]) + ": rank " + std::to_string(rank) + " called " +
-            op_name(o.kind) + " with " + std::to_string(o.count) + " x " + type_name(o.type) + " (op " +
-            std::to_string(int(o.op)) + ") but rank " + std::to_string(k.first_rank) + " called " + op_name(k.kind) +
-            " with " + std::to_string(k.count) + " x " + type_name(k.type) + " (op " + std::to_string(int(k.op)) +
-            "); on GPUs this hangs or corrupts memory");
+            op_name(o.kind) + " with " + std::to_string(o.count) + " x " + type_name(o.type) + " but rank " +
+            std::to_string(k.first_rank) + " called " + op_name(k.kind) + " with " + std::to_string(k.count) + " x " +
+            type_name(k.type) + "; on GPUs this hangs or corrupts memory");
       }
       k.parts[std::size_t(rank)].assign(src, src + bytes);
       ++k.posted;
@@ -243,7 +233,7 @@ inline void run_group(clique& c, int rank, const std::vector<operation>& ops) {
            std::string("in ") + op_name(o.kind) + " #" + std::to_string(seq[i]) + " for " +
                std::to_string(c.size - k.posted) + " rank(s) that did not call it");
     if (o.kind == op_kind::all_reduce) {
-      reduce_into(o.dst, k);
+      sum_into(o.dst, k);
     } else {
       auto* out = static_cast<unsigned char*>(o.dst);
       for (const auto& part : k.parts) out = std::copy(part.begin(), part.end(), out);
@@ -302,12 +292,6 @@ inline const char* ncclGetErrorString(ncclResult_t r) {
     case ncclInProgress: return "NCCL operation in progress";
   }
   return "unknown result code";
-}
-
-inline ncclResult_t ncclGetVersion(int* v) {
-  if (!v) return ncclInvalidArgument;
-  *v = 0;
-  return ncclSuccess;
 }
 
 inline ncclResult_t ncclCommInitAll(ncclComm_t* comms, int ndev, const int* devlist) {
@@ -464,8 +448,11 @@ inline ncclResult_t ncclRecv(void* buf, std::size_t count, ncclDataType_t type, 
 }
 inline ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, std::size_t count, ncclDataType_t type,
                                   ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+  if (op != ncclSum)
+    return moe_emu::nccl::warn(ncclInvalidArgument, "ncclAllReduce: only ncclSum is emulated (op " +
+                                                        std::to_string(int(op)) + ")");
   moe_emu::nccl::operation o{moe_emu::nccl::op_kind::all_reduce};
-  o.src = sendbuff, o.dst = recvbuff, o.count = count, o.type = type, o.op = op;
+  o.src = sendbuff, o.dst = recvbuff, o.count = count, o.type = type;
   return moe_emu::nccl::issue(comm, stream, o);
 }
 inline ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, std::size_t sendcount, ncclDataType_t type,
