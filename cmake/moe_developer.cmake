@@ -36,6 +36,24 @@ if(MOE_ENABLE_CUDA AND NOT MOE_SANITIZE AND NOT MOE_SANITIZE_THREAD)
   endif()
 endif()
 
+# NCCL (expert parallelism across GPUs): optional, looked for beside the CUDA toolkit. MOE_NCCL is ON
+# and the interface target moe_nccl carries it when found.
+set(MOE_NCCL OFF)
+if(MOE_CUDA)
+  find_library(MOE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  find_path(MOE_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  if(MOE_NCCL_LIBRARY AND MOE_NCCL_INCLUDE_DIR)
+    add_library(moe_nccl INTERFACE)
+    target_include_directories(moe_nccl INTERFACE ${MOE_NCCL_INCLUDE_DIR})
+    target_link_libraries(moe_nccl INTERFACE ${MOE_NCCL_LIBRARY})
+    set(MOE_NCCL ON)
+    message(STATUS "moe: NCCL found (${MOE_NCCL_LIBRARY})")
+  else()
+    message(STATUS "moe: NCCL not found; cuda_expert_parallel_test, moe-train --device cuda --ranks and "
+                   "moe_bench_cuda's ep/ family are not built")
+  endif()
+endif()
+
 # moe_cuda_options(target): flags every CUDA target of moe uses.
 function(moe_cuda_options target)
   set_target_properties(${target} PROPERTIES CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON)
