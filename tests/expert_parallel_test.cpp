@@ -1,6 +1,7 @@
 // Expert parallelism with the in-process communicator: R ranks (threads) holding E/R experts each
 // compute, bit for bit, what one moe::layer holding every expert computes on the same global batch,
-// for R ∈ {1, 2, 4, 8}, top-1 and top-2, capacity and dropless, with jitter, noise and dropout.
+// for R ∈ {1, 2, 4, 8}, top-1 and top-2, capacity and dropless, with jitter, noise and dropout, in
+// float32, bfloat16 and float16 storage.
 // Bad setups fail on every rank with a clear error, never a hang.
 #include "test_util.hpp"
 
@@ -51,46 +52,82 @@ void require_no_errors(const std::vector<std::exception_ptr>& errors) {
   }
 }
 
-template <class... Policies>
-void check_equivalence(int ranks, typename moe::layer<float, Policies...>::config cfg, int tokens_per_rank,
+// Every element widened to double (exactly: float, bfloat16 and float16 all embed in double).
+template <class V>
+std::vector<double> widened(const V* p, std::size_t n) {
+  std::vector<double> w(n);
+  for (std::size_t i = 0; i < n; ++i) w[i] = double(moe::widen(p[i]));
+  return w;
+}
+
+// T is the storage type (float, or bfloat16/float16 with float32 master gradients): on the host
+// space every rank's arithmetic is the single layer's, in the same order, so equality is bitwise
+// whatever the precision.
+template <class T, class... Policies>
+void check_equivalence(int ranks, typename moe::layer<T, Policies...>::config cfg, int tokens_per_rank,
                        std::uint64_t seed) {
-  using single = moe::layer<float, Policies...>;
-  using parallel = moe::expert_parallel<float, moe::in_process_communicator, Policies...>;
-  const int d = cfg.d_model, T = tokens_per_rank * ranks;
+  using single = moe::layer<T, Policies...>;
+  using parallel = moe::expert_parallel<T, moe::in_process_communicator, Policies...>;
+  const int d = cfg.d_model, tokens = tokens_per_rank * ranks;
   CAPTURE(ranks);
-  const auto x = moe_test::random_vector<float>(std::size_t(T) * d, seed);
-  const auto dy = moe_test::random_vector<float>(std::size_t(T) * d, seed + 1);
+  const auto x = moe_test::random_vector<T>(std::size_t(tokens) * std::size_t(d), seed);
+  const auto dy = moe_test::random_vector<T>(std::size_t(tokens) * std::size_t(d), seed + 1);
   const moe::step_context ctx{.training = true, .step = 7};
 
   single ref(cfg, moe::host(1));
-  std::vector<float> y_ref(x.size()), dx_ref(x.size());
-  ref.forward(ctx, {x.data(), T, d}, {y_ref.data(), T, d});
-  ref.backward({dy.data(), T, d}, {dx_ref.data(), T, d});
+  std::vector<T> y_ref(x.size()), dx_ref(x.size());
+  ref.forward(ctx, {x.data(), tokens, d}, {y_ref.data(), tokens, d});
+  ref.backward({dy.data(), tokens, d}, {dx_ref.data(), tokens, d});
   const moe::routing_statistics ref_stats = ref.statistics();
-  std::vector<std::vector<float>> ref_grads;
-  ref.for_each_parameter([&](const auto& p) { ref_grads.emplace_back(p.grad, p.grad + p.size()); });
-  std::vector<std::vector<float>> ref_values;
-  ref.for_each_parameter([&](const auto& p) { ref_values.emplace_back(p.value, p.value + p.size()); });
+  // The bytes each rank must report: its kept pairs' rows to other ranks' experts and the rows other
+  // ranks send to its experts, both ways in each pass, plus a token id per row sent forward.
+  std::vector<std::size_t> want_forward_bytes(static_cast<std::size_t>(ranks)), want_backward_bytes(want_forward_bytes.size());
+  {
+    const moe::routing_decisions dec = ref.routing();
+    const int local = cfg.num_experts / ranks;
+    std::vector<std::size_t> sent(want_forward_bytes.size()), received(want_forward_bytes.size());
+    for (int t = 0; t < dec.tokens; ++t)
+      for (int j = 0; j < dec.pairs_per_token; ++j) {
+        if (!dec.kept(t, j)) continue;
+        const int from = t / tokens_per_rank, to = dec.expert[std::size_t(dec.index(t, j))] / local;
+        if (from == to) continue;
+        ++sent[std::size_t(from)];
+        ++received[std::size_t(to)];
+      }
+    const std::size_t row = std::size_t(d) * sizeof(T);
+    for (std::size_t r = 0; r < sent.size(); ++r) {
+      want_backward_bytes[r] = (sent[r] + received[r]) * row;
+      want_forward_bytes[r] = want_backward_bytes[r] + sent[r] * sizeof(int);
+    }
+  }
+  std::vector<std::vector<double>> ref_grads, ref_values;
+  ref.for_each_parameter([&](const auto& p) {
+    ref_grads.push_back(widened(p.grad, std::size_t(p.size())));
+    ref_values.push_back(widened(p.value, std::size_t(p.size())));
+  });
 
-  std::vector<float> y(x.size()), dx(x.size());
+  std::vector<T> y(x.size()), dx(x.size());
   const auto R = static_cast<std::size_t>(ranks);
-  std::vector<std::vector<std::vector<float>>> grads(R), values(R);
+  std::vector<std::vector<std::vector<double>>> grads(R), values(R);
   std::vector<moe::routing_statistics> stats(static_cast<std::size_t>(ranks));
+  std::vector<std::size_t> forward_bytes(R), backward_bytes(R);
   const auto errors = run_ranks(ranks, [&](int r, moe::in_process_communicator& comm) {
     parallel ep(cfg, comm, moe::host(1));
     const std::size_t off = std::size_t(r) * std::size_t(tokens_per_rank) * std::size_t(d);
     ep.forward(ctx, {x.data() + off, tokens_per_rank, d}, {y.data() + off, tokens_per_rank, d});
     ep.backward({dy.data() + off, tokens_per_rank, d}, {dx.data() + off, tokens_per_rank, d});
     ep.for_each_parameter([&](const auto& p) {
-      grads[std::size_t(r)].emplace_back(p.grad, p.grad + p.size());
-      values[std::size_t(r)].emplace_back(p.value, p.value + p.size());
+      grads[std::size_t(r)].push_back(widened(p.grad, std::size_t(p.size())));
+      values[std::size_t(r)].push_back(widened(p.value, std::size_t(p.size())));
     });
     stats[std::size_t(r)] = ep.statistics();
+    forward_bytes[std::size_t(r)] = ep.forward_exchange_bytes();
+    backward_bytes[std::size_t(r)] = ep.backward_exchange_bytes();
   });
   require_no_errors(errors);
 
-  CHECK(y == y_ref);    // bitwise
-  CHECK(dx == dx_ref);  // bitwise
+  CHECK(widened(y.data(), y.size()) == widened(y_ref.data(), y_ref.size()));     // bitwise
+  CHECK(widened(dx.data(), dx.size()) == widened(dx_ref.data(), dx_ref.size())); // bitwise
   for (int r = 0; r < ranks; ++r) {
     CAPTURE(r);
     REQUIRE(grads[std::size_t(r)].size() == ref_grads.size());
@@ -104,11 +141,14 @@ void check_equivalence(int ranks, typename moe::layer<float, Policies...>::confi
         const std::size_t slice = mine.size();
         REQUIRE(slice * std::size_t(ranks) == ref_grads[k].size());
         const auto first = ref_grads[k].begin() + std::ptrdiff_t(std::size_t(r) * slice);
-        CHECK(mine == std::vector<float>(first, first + std::ptrdiff_t(slice)));
+        CHECK(mine == std::vector<double>(first, first + std::ptrdiff_t(slice)));
         const auto vfirst = ref_values[k].begin() + std::ptrdiff_t(std::size_t(r) * slice);
-        CHECK(values[std::size_t(r)][k] == std::vector<float>(vfirst, vfirst + std::ptrdiff_t(slice)));
+        CHECK(values[std::size_t(r)][k] == std::vector<double>(vfirst, vfirst + std::ptrdiff_t(slice)));
       }
     }
+    CHECK(forward_bytes[std::size_t(r)] == want_forward_bytes[std::size_t(r)]);
+    CHECK(backward_bytes[std::size_t(r)] == want_backward_bytes[std::size_t(r)]);
+    if (ranks > 1) CHECK(forward_bytes[std::size_t(r)] > 0);  // the routing does cross ranks
     CHECK(stats[std::size_t(r)].routed_per_expert == ref_stats.routed_per_expert);
     CHECK(stats[std::size_t(r)].kept_per_expert == ref_stats.kept_per_expert);
     CHECK(stats[std::size_t(r)].dropped_pairs == ref_stats.dropped_pairs);
@@ -121,8 +161,6 @@ void check_equivalence(int ranks, typename moe::layer<float, Policies...>::confi
 }  // namespace
 
 TEST_CASE("expert parallel = one layer: top-2, GEGLU, capacity with drops, BPR, jitter, dropout, z-loss") {
-  using Policies = std::tuple<>;
-  (void)sizeof(Policies);
   for (int ranks : {1, 2, 4, 8}) {
     moe::layer<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>::config c{};
     c.d_model = 16;
@@ -138,7 +176,7 @@ TEST_CASE("expert parallel = one layer: top-2, GEGLU, capacity with drops, BPR, 
     c.capacity.order = moe::drop_order::bpr;
     c.expert.dropout = 0.2f;
     c.expert.bias = true;
-    check_equivalence<moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>(ranks, c, 64,
+    check_equivalence<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>(ranks, c, 64,
                                                                                                         11);
   }
 }
@@ -151,9 +189,8 @@ TEST_CASE("expert parallel = one layer: top-1 dropless, learned noise, importanc
     c.num_experts = 8;
     c.seed = 6;
     c.router.learned_noise = true;
-    c.group_size = 0;  // each rank's tokens form one group; the reference uses the same groups
-    c.group_size = 48;
-    check_equivalence<moe::top_k, moe::dropless, moe::relu_ffn, moe::losses<moe::importance>>(ranks, c, 48, 12);
+    c.group_size = 48;  // each rank's tokens form one group; the reference uses the same groups
+    check_equivalence<float, moe::top_k, moe::dropless, moe::relu_ffn, moe::losses<moe::importance>>(ranks, c, 48, 12);
   }
 }
 
@@ -167,7 +204,31 @@ TEST_CASE("expert parallel = one layer: expert choice") {
     c.group_size = 40;
     c.capacity.train = 1.5;
     c.capacity.minimum = 1;
-    check_equivalence<moe::expert_choice, moe::swiglu_ffn, moe::losses<moe::router_z_loss>>(ranks, c, 40, 13);
+    check_equivalence<float, moe::expert_choice, moe::swiglu_ffn, moe::losses<moe::router_z_loss>>(ranks, c, 40, 13);
+  }
+}
+
+TEST_CASE("expert parallel = one layer in bfloat16 and float16 storage (float32 master gradients)") {
+  // Low-precision storage changes where rows are rounded, not what each rank computes: the ranks
+  // must still reproduce the single layer bit for bit.
+  auto config = [](auto c) {
+    c.d_model = 16;
+    c.d_ff = 24;
+    c.num_experts = 8;
+    c.seed = 8;
+    c.group_size = 32;
+    c.router.k = 2;
+    c.expert.bias = true;
+    return c;
+  };
+  using Losses = moe::losses<moe::load_balancing, moe::router_z_loss>;
+  auto with_drops = config(moe::layer<moe::bfloat16, moe::top_k, moe::geglu_ffn, Losses>::config{});
+  with_drops.capacity.train = 1.0;
+  with_drops.capacity.minimum = 1;
+  for (int ranks : {1, 2, 4}) {
+    check_equivalence<moe::bfloat16, moe::top_k, moe::geglu_ffn, Losses>(ranks, with_drops, 32, 14);
+    check_equivalence<moe::float16, moe::top_k, moe::dropless, moe::relu_ffn, Losses>(
+        ranks, config(moe::layer<moe::float16, moe::top_k, moe::dropless, moe::relu_ffn, Losses>::config{}), 32, 15);
   }
 }
 

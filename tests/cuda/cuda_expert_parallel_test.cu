@@ -1,7 +1,7 @@
 // Expert parallelism over NCCL.
 //   - One rank on one GPU: the expert-parallel layer on moe::cuda with an nccl_communicator gives
 //     what moe::layer gives on the same GPU (within float tolerance; routing exactly), and exchanges
-//     nothing with other ranks.
+//     nothing with other ranks. float32 for each preset; GLaM also in bf16 storage (within 2e-2).
 //   - R ∈ {2, 4} ranks on R GPUs, one host thread each (as moe-train --ranks drives them): each rank
 //     holds E/R experts and its share of the global batch; outputs, input gradients and gradients
 //     equal, within float tolerance, what one moe::layer holding every expert computes on the global
@@ -9,7 +9,9 @@
 //     they say they did not run, and the kernel emulator (tests/emu, MOE_EMU_DEVICES=4, NCCL
 //     emulated between its devices) runs them in CI.
 //   - Bad input over NCCL (2 GPUs): ranks that build different layers, or bring different token
-//     counts, fail on every rank with the same clear error, never a hang.
+//     counts, fail on every rank with the same clear error, never a hang; so does a rank whose own
+//     input is bad (a wrong view, a non-finite value) for the others.
+#include <limits>
 #include <numeric>
 #include <thread>
 
@@ -21,10 +23,15 @@ namespace {
 
 using namespace moe_cuda_test;
 
+// float within 1e-5; bf16 storage within 2e-2 (as cuda_layer_test): the ranks' GEMMs see other row
+// counts and arrangements, so their float32 sums may round to the neighbouring bf16 value.
+template <class T>
+constexpr double rtol_for = std::is_same_v<T, float> ? 1e-5 : 2e-2;
+
 template <class Preset>
 void one_rank_case(std::uint64_t seed, moe::step_context ctx) {
-  using T = float;
   using layer_type = typename Preset::layer;
+  using T = typename layer_type::element_type;
   using parallel_type = typename Preset::template parallel_layer<moe::nccl_communicator>;
   stream_holder stream;
   const moe::cuda space(stream.s);
@@ -52,7 +59,7 @@ void one_rank_case(std::uint64_t seed, moe::step_context ctx) {
   parallel.zero_grad();
   parallel.forward(ctx, {xd.p, tokens, d}, {yd.p, tokens, d});
   parallel.backward({dyd.p, tokens, d}, {dxd.p, tokens, d});
-  check_steps(collect_step(parallel, yd, dxd), ref, 1e-5, true);
+  check_steps(collect_step(parallel, yd, dxd), ref, rtol_for<T>, true);
   // One rank sends its rows to itself: nothing crosses a link.
   CHECK(parallel.forward_exchange_bytes() == 0);
   CHECK(parallel.backward_exchange_bytes() == 0);
@@ -107,8 +114,9 @@ std::vector<std::string> on_gpus(int R, Body body) {
 // R ranks, one GPU and one host thread each, against moe::layer on GPU 0 with the global batch.
 template <class Preset>
 void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
-  using T = float;
   using layer_type = typename Preset::layer;
+  using T = typename layer_type::element_type;
+  constexpr double rtol = rtol_for<T>;
   using parallel_type = typename Preset::template parallel_layer<moe::nccl_communicator>;
   if (!have_gpus(R)) return;
   const int tokens_per_rank = 48, tokens = tokens_per_rank * R, d = 32;
@@ -149,13 +157,13 @@ void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
     const auto slice = [&](const std::vector<T>& v) {
       return std::vector<T>(v.begin() + std::ptrdiff_t(rr * share), v.begin() + std::ptrdiff_t((rr + 1) * share));
     };
-    check_close(widened(g.y), widened(slice(ref.y)), 1e-5, "forward y");
-    check_close(widened(g.dx), widened(slice(ref.dx)), 1e-5, "backward dx");
+    check_close(widened(g.y), widened(slice(ref.y)), rtol, "forward y");
+    check_close(widened(g.dx), widened(slice(ref.dx)), rtol, "backward dx");
     // Statistics are global (summed over ranks during forward).
     CHECK(g.stats.routed_per_expert == ref.stats.routed_per_expert);
     CHECK(g.stats.kept_per_expert == ref.stats.kept_per_expert);
     CHECK(g.stats.dropped_pairs == ref.stats.dropped_pairs);
-    check_close({g.stats.aux_loss, g.stats.router_entropy}, {ref.stats.aux_loss, ref.stats.router_entropy}, 1e-5,
+    check_close({g.stats.aux_loss, g.stats.router_entropy}, {ref.stats.aux_loss, ref.stats.router_entropy}, rtol,
                 "aux_loss, router entropy");
     // This rank's routing: its tokens' pairs, global expert ids.
     const std::size_t k = ref.routing.expert.size() / std::size_t(R);
@@ -168,12 +176,12 @@ void ranks_case(int R, std::uint64_t seed, moe::step_context ctx) {
     for (const auto& [name, want] : ref.params.grad) {
       const std::vector<double>& mine = g.params.grad.at(name);
       if (mine.size() == want.size()) {
-        check_close(mine, want, 1e-5, "gradient " + name);
+        check_close(mine, want, rtol, "gradient " + name);
         CHECK(g.params.value.at(name) == ref.params.value.at(name));
       } else {
         REQUIRE(mine.size() * std::size_t(R) == want.size());
         const auto first = want.begin() + std::ptrdiff_t(rr * mine.size());
-        check_close(mine, std::vector<double>(first, first + std::ptrdiff_t(mine.size())), 1e-5, "gradient " + name);
+        check_close(mine, std::vector<double>(first, first + std::ptrdiff_t(mine.size())), rtol, "gradient " + name);
         const std::vector<double>& all = ref.params.value.at(name);
         const auto vfirst = all.begin() + std::ptrdiff_t(rr * mine.size());
         CHECK(g.params.value.at(name) == std::vector<double>(vfirst, vfirst + std::ptrdiff_t(mine.size())));
@@ -206,6 +214,43 @@ TEST_CASE("expert_parallel over NCCL, bad input: every rank fails with the same 
     for (const std::string& e : errors)
       CHECK(e.find("every rank must call forward with the same count") != std::string::npos);
   }
+  SUBCASE("different token counts that one rank cannot even group") {
+    // Rank 1's 12 tokens do not split into groups of 8: it fails before the count exchange, and
+    // still every rank reports the count mismatch (the cause) instead of waiting for rank 1.
+    auto grouped = cfg;
+    grouped.group_size = 8;
+    const auto errors = on_gpus(2, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+      parallel_type layer(grouped, comm, space);
+      const int tokens = r == 0 ? 8 : 12;
+      device_vector<float> x(moe_test::random_vector<float>(std::size_t(tokens) * 16, 42 + std::uint64_t(r)));
+      device_vector<float> y(std::size_t(tokens) * 16);
+      layer.forward({true, 1}, {x.p, tokens, 16}, {y.p, tokens, 16});
+    });
+    for (const std::string& e : errors) {
+      CHECK(e.find("has 12") != std::string::npos);
+      CHECK(e.find("has 8") != std::string::npos);
+      CHECK(e.find("every rank must call forward with the same count") != std::string::npos);
+    }
+  }
+  SUBCASE("a rank whose own input is bad stops every rank") {
+    // Rank 1 fails on its own (a wrong output view; a non-finite input, which the CUDA space only
+    // reports at its next synchronisation): it raises its error, and rank 0 learns of the failure
+    // in the count exchange instead of waiting for rank 1's rows.
+    for (const bool nan_input : {false, true}) {
+      CAPTURE(nan_input);
+      const auto errors = on_gpus(2, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+        parallel_type layer(cfg, comm, space);
+        std::vector<float> xs = moe_test::random_vector<float>(8 * 16, 44 + std::uint64_t(r));
+        if (r == 1 && nan_input) xs[21] = std::numeric_limits<float>::quiet_NaN();
+        device_vector<float> x(xs), y(8 * 16);
+        const int width = r == 1 && !nan_input ? 8 : 16;
+        layer.forward({true, 1}, {x.p, 8, 16}, {y.p, 8 * 16 / width, width});
+      });
+      if (errors.empty()) continue;
+      CHECK(errors[1].find(nan_input ? "non-finite value" : "y is [16, 8], expected [8, 16]") != std::string::npos);
+      CHECK(errors[0].find("rank 1 failed before the token exchange") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU: switch_transformer") {
@@ -218,6 +263,10 @@ TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU:
   for (int R : {2, 4}) ranks_case<moe::presets::st_moe<float, moe::cuda>>(R, 17, {true, 8});
 }
 
+TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU: glam, bf16") {
+  for (int R : {2, 4}) ranks_case<moe::presets::glam<moe::bfloat16, moe::cuda>>(R, 19, {true, 9});
+}
+
 TEST_CASE("expert_parallel over NCCL, one rank = moe::layer on the same GPU: switch_transformer") {
   one_rank_case<moe::presets::switch_transformer<float, moe::cuda>>(3, {true, 2});
 }
@@ -226,4 +275,7 @@ TEST_CASE("expert_parallel over NCCL, one rank = moe::layer on the same GPU: gla
 }
 TEST_CASE("expert_parallel over NCCL, one rank = moe::layer on the same GPU: st_moe") {
   one_rank_case<moe::presets::st_moe<float, moe::cuda>>(7, {true, 6});
+}
+TEST_CASE("expert_parallel over NCCL, one rank = moe::layer on the same GPU: glam, bf16") {
+  one_rank_case<moe::presets::glam<moe::bfloat16, moe::cuda>>(9, {true, 7});
 }

@@ -207,6 +207,11 @@ class cuda {
                                        static_cast<long long>(r.index) % cols));
   }
 
+  // Device pointer to the flat index of the first non-finite value recorded and not yet reported
+  // (~0ull: none). Device code reads it to learn, in stream order, that the step has failed before
+  // the host does (moe::expert_parallel tells its peers so in its count exchange).
+  const unsigned long long* nonfinite_index_device() const { return &state().record->index; }
+
   // ---- parallel loops -----------------------------------------------------------------------
   // f(i) for every i in [0, n) on the device (f is copied to the kernel: capture by value).
   template <class F>

@@ -19,11 +19,16 @@
 // is the same mean, summed in another order (equal to within rounding).
 //
 // Every rank must call forward/backward with the same number of tokens. Sizes of the token
-// exchange are host values (NCCL needs them), so a forward synchronises once with the host.
+// exchange are host values (NCCL needs them), so a forward synchronises once with the host: after
+// the per-expert counts are exchanged (every rank's token count travels with them and is checked
+// there). Backward does not synchronise; statistics() does, as moe::layer's does.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -59,7 +64,10 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
 
   expert_parallel(const config& cfg, Comm comm, const space_type& space = space_type{})
       : core(checked(cfg, comm), space, comm.rank() * (cfg.num_experts / comm.size()), cfg.num_experts / comm.size()),
-        comm_(std::move(comm)) {
+        comm_(std::move(comm)),
+        gathered_stats_(this->space_, sizeof(double) * std::size_t(ranks() * this->stats_size())),
+        count_blocks_(this->space_, sizeof(int) * std::size_t(2 * ranks() * (this->local_experts_ + 2))) {
+    this->space_.fill_zero(gathered_stats_.data(), gathered_stats_.bytes());
     check_same_configuration();
   }
 
@@ -77,10 +85,15 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   }
 
   // Routing statistics of the latest forward over all ranks (per-expert counts summed, means over
-  // all tokens). Local: the exchange happened during forward.
+  // all tokens). Local, not collective: every rank's statistics were gathered during forward; this
+  // synchronises the space to read them.
   routing_statistics statistics() const {
     require(last_.valid, "statistics", "no forward pass recorded (call forward first)");
-    return this->decode_statistics(global_stats_.data(), last_.tokens * ranks(), last_.groups * ranks(),
+    const int n = this->stats_size();
+    std::vector<double> all(static_cast<std::size_t>(ranks() * n));
+    this->space_.synchronize();
+    this->space_.copy_to_host(all.data(), gathered_stats_.data(), sizeof(double) * all.size());
+    return this->decode_statistics(combine_statistics(all, n).data(), last_.tokens * ranks(), last_.groups * ranks(),
                                    last_.capacity, last_.training);
   }
 
@@ -94,7 +107,10 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   }
 
   // Bytes this rank sent to other ranks in the token exchanges of the latest forward (rows to the
-  // experts' owners and results back), and of the latest backward: for scaling estimates.
+  // experts' owners with their 4-byte token ids, and results back) and of the latest backward
+  // (∂out rows to the owners, ∂x rows back): for scaling estimates. Not counted, being small and
+  // independent of the routing: the count blocks (R·(E/R + 2) ints), the statistics gather (a few
+  // dozen doubles plus 2E) and the router-gradient gather (groups·d·E floats) to each peer.
   std::size_t forward_exchange_bytes() const { return last_.forward_bytes; }
   std::size_t backward_exchange_bytes() const { return last_.backward_bytes; }
 
@@ -117,11 +133,9 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     int* perm = nullptr;        // [recv] arrival row → owner row
     row_map owner_rows;         // rows_bound = recv
     int* owner_offsets = nullptr;  // [L + 1]
-    int* counts = nullptr;         // [2·R·L] send counts, then received counts (space memory)
     R* partials = nullptr;         // [R·G, d, E] all ranks' per-group router gradients
     R* noise_partials = nullptr;
     double* local_stats = nullptr;  // [stats_size] this rank's statistics
-    double* stats = nullptr;        // [R, stats_size] all ranks' statistics
   };
 
   struct last_call {
@@ -216,68 +230,102 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     st.owner_rows.row_pair = w.take<int>(recv);
     st.owner_rows.row_token = w.take<int>(recv);
     st.owner_rows.row_expert = w.take<int>(recv);
-    st.counts = w.take<int>(2 * R_ * L);
     st.partials = w.take<R>(R_ * s.groups * d * E);
     st.noise_partials = this->cfg_.router.learned_noise ? w.take<R>(R_ * s.groups * d * E) : nullptr;
     st.local_stats = w.take<double>(this->stats_size());
-    st.stats = w.take<double>(R_ * this->stats_size());
   }
 
  public:
   // The steps of forward and backward: not part of the API. They are public only because nvcc
   // rejects extended (__device__) lambdas inside private or protected member functions.
   void forward_impl(const step_context& ctx, matrix_view<const T> x, matrix_view<T> y) {
-    this->check_io(x, y);
     const index_t tokens = x.extent[0];
-    // Every rank must bring the same number of tokens (global token ids are rank·T + t).
-    {
-      const std::int64_t mine = tokens;
-      std::vector<std::int64_t> all(static_cast<std::size_t>(ranks()));
-      gather_host(&mine, sizeof mine, all.data());
-      for (int p = 0; p < ranks(); ++p)
-        require(all[std::size_t(p)] == tokens, "expert_parallel", "rank ", p, " has ", all[std::size_t(p)],
-                " tokens but rank ", rank(), " has ", tokens, "; every rank must call forward with the same count");
-    }
     last_.valid = false;
-    const routing_shape s = shape(tokens, ctx.training);
-    const index_t recv_bound = receive_bound(s);
-    call_state st;
-    {
-      workspace_carver measure;
-      carve(measure, s, recv_bound, st);
-      ws_.reserve(measure.bytes());
-      workspace_carver w(ws_.data(), ws_.bytes());
-      carve(w, s, recv_bound, st);
-    }
     const auto& sp = this->space_;
-    const index_t d = s.d_model;
-    const int L = this->local_experts_, R_ = ranks(), E = s.experts;
+    const int L = this->local_experts_, R_ = ranks();
 
-    this->route(ctx, x.data, st.plan);
-    dispatch_type::template assign<T>(sp, st.plan, st.dispatch);
-    detail::reduce_statistics<core::num_losses>(sp, st.plan, st.dispatch.rows, st.local_stats);
-    dispatch_type::dispatch(sp, st.plan, st.dispatch, x.data, st.xp);
+    // This rank's part before the first exchange: checks, routing, packing. A failure here is not
+    // thrown yet: the peers would wait for this rank in the count exchange (over NCCL, forever).
+    // It is announced in that exchange instead, and then every rank fails.
+    std::exception_ptr local_failure;
+    routing_shape s{};
+    index_t recv_bound = 0;
+    call_state st;
+    try {
+      this->check_io(x, y);
+      require(tokens <= index_t(std::numeric_limits<int>::max()), "expert_parallel", "tokens=", tokens,
+              " per rank exceeds the int range of token ids");
+      s = shape(tokens, ctx.training);
+      recv_bound = receive_bound(s);
+      {
+        workspace_carver measure;
+        carve(measure, s, recv_bound, st);
+        ws_.reserve(measure.bytes());
+        workspace_carver w(ws_.data(), ws_.bytes());
+        carve(w, s, recv_bound, st);
+      }
+      this->route(ctx, x.data, st.plan);
+      dispatch_type::template assign<T>(sp, st.plan, st.dispatch);
+      detail::reduce_statistics<core::num_losses>(sp, st.plan, st.dispatch.rows, st.local_stats);
+      dispatch_type::dispatch(sp, st.plan, st.dispatch, x.data, st.xp);
 
-    // Global token ids of this rank's rows, sent along so owners key dropout by token.
-    {
+      // Global token ids of this rank's rows, sent along so owners key dropout by token.
       const int* row_token = st.dispatch.rows.rows.row_token;
       int* out = st.row_token;
       const int base = int(s.token_base);
       sp.parallel_for(st.dispatch.rows.rows.rows_bound,
                       [=] MOE_LAMBDA(index_t r) { out[r] = row_token[r] >= 0 ? base + row_token[r] : -1; });
+    } catch (...) {
+      local_failure = std::current_exception();
     }
+    const index_t d = s.d_model;
 
-    // Counts: rows this rank sends to rank q for its local expert e, and what every rank sends here.
-    std::vector<int> offsets(std::size_t(E) + 1);
+    // Counts, exchanged in blocks of L + 2 ints: to rank q, the rows this rank sends to each of q's
+    // L local experts (from the dispatcher's expert offsets, on the device), this rank's token count,
+    // and whether its part above succeeded. The one host synchronisation of forward then reads what
+    // was sent and received.
+    const int B = L + 2;
+    int* blocks_d = count_blocks_.template as<int>();
+    const int mine = int(std::min<index_t>(tokens, std::numeric_limits<int>::max()));
+    if (!local_failure) {
+      const int* offsets = st.dispatch.rows.rows.expert_offsets;
+      const int local = L;
+      // A non-finite value the CUDA space recorded (raised on the host only at the next
+      // synchronize) is a failure too: read in stream order, on the device.
+      const unsigned long long* nonfinite = nullptr;
+      if constexpr (requires { sp.nonfinite_index_device(); }) nonfinite = sp.nonfinite_index_device();
+      sp.parallel_for(R_ * B, [=] MOE_LAMBDA(index_t i) {
+        const index_t q = i / (local + 2), j = i - q * (local + 2), e = q * local + j;
+        const int ok = nonfinite == nullptr || *nonfinite == ~0ull ? 1 : 0;
+        blocks_d[i] = j == local ? mine : j == local + 1 ? ok : offsets[e + 1] - offsets[e];
+      });
+    } else {
+      std::vector<int> failed(static_cast<std::size_t>(R_ * B), 0);
+      for (int q = 0; q < R_; ++q) failed[std::size_t(q * B + L)] = mine;
+      sp.copy_from_host(blocks_d, failed.data(), sizeof(int) * failed.size());
+    }
+    comm_.all_to_all(blocks_d, blocks_d + R_ * B, sizeof(int) * std::size_t(B));
+    std::vector<int> blocks(static_cast<std::size_t>(2 * R_ * B));
     sp.synchronize();
-    sp.copy_to_host(offsets.data(), st.dispatch.rows.rows.expert_offsets, sizeof(int) * offsets.size());
-    std::vector<int> send_counts(static_cast<std::size_t>(R_ * L));
-    for (int e = 0; e < E; ++e) send_counts[std::size_t(e)] = offsets[std::size_t(e + 1)] - offsets[std::size_t(e)];
-    sp.copy_from_host(st.counts, send_counts.data(), sizeof(int) * send_counts.size());
-    comm_.all_to_all(st.counts, st.counts + R_ * L, sizeof(int) * std::size_t(L));
-    std::vector<int> recv_counts(static_cast<std::size_t>(R_ * L));
-    sp.synchronize();
-    sp.copy_to_host(recv_counts.data(), st.counts + R_ * L, sizeof(int) * recv_counts.size());
+    sp.copy_to_host(blocks.data(), blocks_d, sizeof(int) * blocks.size());
+    const auto received_block = [&](int p) { return blocks.data() + std::size_t((R_ + p) * B); };
+    // Every rank must bring the same number of tokens (global token ids are rank·T + t); every rank
+    // sees every count, so each fails with the same message. Then this rank's own failure, then a
+    // peer's.
+    for (int p = 0; p < R_; ++p)
+      require(received_block(p)[L] == tokens, "expert_parallel", "rank ", p, " has ", received_block(p)[L],
+              " tokens but rank ", rank(), " has ", tokens, "; every rank must call forward with the same count");
+    if (local_failure) std::rethrow_exception(local_failure);
+    for (int p = 0; p < R_; ++p)
+      if (received_block(p)[L + 1] != 1)
+        throw error(detail::concat("expert_parallel: rank ", p, " failed before the token exchange (its own error "
+                                   "says why); rank ", rank(), " stops with it"));
+    std::vector<int> send_counts(static_cast<std::size_t>(R_ * L)), recv_counts(send_counts.size());
+    for (int p = 0; p < R_; ++p)
+      for (int e = 0; e < L; ++e) {
+        send_counts[std::size_t(p * L + e)] = blocks[std::size_t(p * B + e)];
+        recv_counts[std::size_t(p * L + e)] = received_block(p)[e];
+      }
 
     last_.send_rows.assign(std::size_t(R_), 0);
     last_.recv_rows.assign(std::size_t(R_), 0);
@@ -337,19 +385,16 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     exchange_rows(st.recv, st.out, last_.recv_rows, last_.send_rows, d);
     dispatch_type::combine(sp, st.plan, st.dispatch, st.out, y.data);
 
-    // Statistics of all ranks.
-    const int n = this->stats_size();
-    comm_.all_gather(st.local_stats, sizeof(double) * std::size_t(n), st.stats);
-    std::vector<double> all(static_cast<std::size_t>(R_ * n));
-    sp.synchronize();
-    sp.copy_to_host(all.data(), st.stats, sizeof(double) * all.size());
-    global_stats_ = combine_statistics(all, n);
+    // Statistics of all ranks, read by statistics() when asked for.
+    comm_.all_gather(st.local_stats, sizeof(double) * std::size_t(this->stats_size()),
+                     gathered_stats_.template as<double>());
 
     std::size_t bytes = 0;
     for (int p = 0; p < R_; ++p)
       if (p != rank())
         bytes += std::size_t(last_.send_rows[std::size_t(p)] + last_.recv_rows[std::size_t(p)]) * std::size_t(d) *
-                 sizeof(T);
+                     sizeof(T) +
+                 std::size_t(last_.send_rows[std::size_t(p)]) * sizeof(int);  // token ids
     last_.forward_bytes = bytes;
     last_.tokens = tokens;
     last_.groups = s.groups;
@@ -465,8 +510,9 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
 
   Comm comm_;
   buffer<space_type> ws_;
+  buffer<space_type> gathered_stats_;  // [R, stats_size] every rank's statistics of the latest forward
+  buffer<space_type> count_blocks_;    // [2, R, L + 2] the count exchange: sent blocks, received blocks
   last_call last_;
-  std::vector<double> global_stats_;
 };
 
 }  // namespace moe
