@@ -21,6 +21,9 @@
 //                                     the first expert projection over top-2 rows: grouped GEMM,
 //                                     one cuBLAS GEMM per expert, or one strided-batched GEMM over
 //                                     E·C padded rows; TFLOPps and useful_TFLOPps
+//   ep/<preset>/<dtype>/R:<R>/T:<T>/skew:<s>
+//                                     expert parallelism over NCCL on R of the visible GPUs
+//                                     (cuda_expert_parallel.cu; built where NCCL is found)
 // Default sizes are the issue's CUDA target: d_model 2048, d_ff 8192, E = 8, ≥ 4096 tokens per
 // expert (T = 32768), bf16 storage. --smoke: tiny sizes, for CI to build and (on a GPU) run it.
 // Without a device the binary prints why and exits 77.
@@ -39,75 +42,11 @@
 #include <moe/cuda.cuh>
 
 #include "common.hpp"
+#include "cuda_common.cuh"
 
 namespace moe_bench {
 
-// The host binary's sizes() lives in common.cpp; the CUDA sizes are their own.
-struct cuda_sizes {
-  bool smoke = false;
-  int d_model = 2048, d_ff = 8192, experts = 8, tokens = 32768;
-};
-cuda_sizes& cuda_size() {
-  static cuda_sizes s;
-  return s;
-}
-
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-struct stream_holder {
-  cudaStream_t s = nullptr;
-  stream_holder() { check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~stream_holder() { cudaStreamDestroy(s); }
-};
-
-template <class T>
-struct device_buffer {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit device_buffer(std::size_t count) : n(count) {
-    check(cudaMalloc(&p, std::max<std::size_t>(n, 1) * sizeof(T)), "cudaMalloc");
-  }
-  device_buffer(const std::vector<float>& h) : device_buffer(h.size()) { upload(h); }
-  ~device_buffer() { cudaFree(p); }
-  device_buffer(const device_buffer&) = delete;
-  void upload(const std::vector<float>& h) {
-    std::vector<T> t(h.size());
-    for (std::size_t i = 0; i < h.size(); ++i) t[i] = T(h[i]);
-    check(cudaMemcpy(p, t.data(), t.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
-  }
-};
-
-// Times one call of f on `stream` with CUDA events; returns seconds.
-struct event_timer {
-  cudaEvent_t a = nullptr, b = nullptr;
-  event_timer() {
-    check(cudaEventCreate(&a), "cudaEventCreate");
-    check(cudaEventCreate(&b), "cudaEventCreate");
-  }
-  ~event_timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  template <class F>
-  double seconds(cudaStream_t s, F&& f) {
-    check(cudaEventRecord(a, s), "cudaEventRecord");
-    f();
-    check(cudaEventRecord(b, s), "cudaEventRecord");
-    check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    return ms * 1e-3;
-  }
-};
-
-template <class T>
-const char* dtype_name() {
-  return std::is_same_v<T, moe::bfloat16> ? "bf16" : std::is_same_v<T, moe::float16> ? "fp16" : "f32";
-}
 
 // ---- copy: the ceiling of memory-bound kernels ---------------------------------------------------
 void bm_copy(benchmark::State& st, std::size_t bytes) {
@@ -676,6 +615,9 @@ int main(int argc, char** argv) {
                                            std::to_string(z.d_model) + ", d_ff " + std::to_string(z.d_ff) +
                                            ", E " + std::to_string(z.experts) + ", T " + std::to_string(z.tokens));
   register_all<moe::bfloat16>();
+#if MOE_BENCH_NCCL
+  register_cuda_expert_parallel_benchmarks(devices);
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -3,8 +3,9 @@
 //
 // ep/<preset>/R:<ranks>/T:<tokens per rank>: R ranks (threads, each with a one-thread host space),
 // E = 8 experts split over them, one forward + backward per iteration. Counters:
-//   exchange_MB    bytes rank 0 sent and received per step (rows, token ids; forward + backward) —
-//                  the number the scaling model of docs/expert_parallelism.md starts from
+//   exchange_MB    bytes rank 0 sent to other ranks per step (rows and their token ids, forward +
+//                  backward; it receives as much when the load is even) — the number the scaling
+//                  model of docs/expert_parallelism.md starts from
 //   exchange_ms    rank 0's wall time inside the communicator per step (copies and waiting for peers)
 //   exchange_frac  exchange_ms / step time
 //   tokens_per_s   tokens of all ranks per second
