@@ -41,15 +41,15 @@
 
 #include "common.hpp"
 #include "cuda_common.cuh"
+#include "timed_communicator.hpp"
 
 namespace moe_bench {
 
-// Named (not anonymous): nvcc warns about members of an anonymous-namespace class that the
-// communicator concept lists but expert_parallel never calls.
-namespace cuda_ep {
+namespace {
 
-// CUDA events recorded in pairs on a stream; take_seconds() sums the time inside each pair.
-// Created on first use, on the device current in the thread that records them.
+// The clock of timed_communicator on the device: a CUDA event on the communicator's stream before
+// and after each collective; take_seconds() sums the time inside each pair. Events are created on
+// first use, on the device current in the thread that records them.
 class event_log {
  public:
   event_log() = default;
@@ -58,14 +58,8 @@ class event_log {
   ~event_log() {
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
   }
-  void mark(cudaStream_t s) {
-    if (used_ == events_.size()) {
-      cudaEvent_t e = nullptr;
-      check(cudaEventCreate(&e), "cudaEventCreate");
-      events_.push_back(e);
-    }
-    check(cudaEventRecord(events_[used_++], s), "cudaEventRecord");
-  }
+  void before(const moe::nccl_communicator& c) { mark(c.stream()); }
+  void after(const moe::nccl_communicator& c) { mark(c.stream()); }
   // Seconds inside the pairs recorded since the last call (waits for the last event).
   double take_seconds() {
     double total = 0;
@@ -80,59 +74,20 @@ class event_log {
   }
 
  private:
+  void mark(cudaStream_t s) {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      check(cudaEventCreate(&e), "cudaEventCreate");
+      events_.push_back(e);
+    }
+    check(cudaEventRecord(events_[used_++], s), "cudaEventRecord");
+  }
   std::vector<cudaEvent_t> events_;
   std::size_t used_ = 0;
 };
 
-// moe::nccl_communicator with a pair of events around every collective on its stream.
-class timed_nccl {
- public:
-  using policy_kind = moe::communicator_kind;
-  static constexpr const char* name = "nccl";
-  static constexpr bool host_memory = false;
-
-  timed_nccl(moe::nccl_communicator inner, std::shared_ptr<event_log> log)
-      : inner_(std::move(inner)), log_(std::move(log)) {}
-  int rank() const { return inner_.rank(); }
-  int size() const { return inner_.size(); }
-
-  void all_to_all(const void* src, void* dst, std::size_t bytes) {
-    timed([&] { inner_.all_to_all(src, dst, bytes); });
-  }
-  void all_to_all_v(const void* src, const std::size_t* send_bytes, void* dst, const std::size_t* recv_bytes) {
-    timed([&] { inner_.all_to_all_v(src, send_bytes, dst, recv_bytes); });
-  }
-  void all_gather(const void* src, std::size_t bytes, void* dst) {
-    timed([&] { inner_.all_gather(src, bytes, dst); });
-  }
-  void all_reduce_sum(float* data, std::size_t count) {
-    timed([&] { inner_.all_reduce_sum(data, count); });
-  }
-  void all_reduce_sum(double* data, std::size_t count) {
-    timed([&] { inner_.all_reduce_sum(data, count); });
-  }
-  void barrier() {
-    timed([&] { inner_.barrier(); });
-  }
-
- private:
-  template <class F>
-  void timed(F&& f) {
-    log_->mark(inner_.stream());
-    f();
-    log_->mark(inner_.stream());
-  }
-  moe::nccl_communicator inner_;
-  std::shared_ptr<event_log> log_;
-};
+using timed_nccl = timed_communicator<moe::nccl_communicator, event_log>;
 static_assert(moe::communicator<timed_nccl>);
-
-}  // namespace cuda_ep
-
-namespace {
-
-using cuda_ep::event_log;
-using cuda_ep::timed_nccl;
 
 // Runs f; a failure ends the process, naming the rank: the other ranks may be waiting for this one
 // inside an NCCL collective, which nothing here can interrupt.

@@ -19,55 +19,13 @@
 #include <thread>
 
 #include "common.hpp"
+#include "timed_communicator.hpp"
 
 namespace moe_bench {
 
 namespace {
 
-// Forwards every collective to Comm and adds the wall time spent inside it to `seconds`.
-template <class Comm>
-class timed_communicator {
- public:
-  using policy_kind = moe::communicator_kind;
-  static constexpr const char* name = Comm::name;
-  static constexpr bool host_memory = Comm::host_memory;
-
-  timed_communicator(Comm inner, std::shared_ptr<double> seconds) : inner_(std::move(inner)), seconds_(seconds) {}
-  int rank() const { return inner_.rank(); }
-  int size() const { return inner_.size(); }
-  auto& world() const { return inner_.world(); }
-
-  void all_to_all(const void* src, void* dst, std::size_t bytes) {
-    timed([&] { inner_.all_to_all(src, dst, bytes); });
-  }
-  void all_to_all_v(const void* src, const std::size_t* send_bytes, void* dst, const std::size_t* recv_bytes) {
-    timed([&] { inner_.all_to_all_v(src, send_bytes, dst, recv_bytes); });
-  }
-  void all_gather(const void* src, std::size_t bytes, void* dst) {
-    timed([&] { inner_.all_gather(src, bytes, dst); });
-  }
-  void all_reduce_sum(float* data, std::size_t count) {
-    timed([&] { inner_.all_reduce_sum(data, count); });
-  }
-  void all_reduce_sum(double* data, std::size_t count) {
-    timed([&] { inner_.all_reduce_sum(data, count); });
-  }
-  void barrier() {
-    timed([&] { inner_.barrier(); });
-  }
-
- private:
-  template <class F>
-  void timed(F&& f) {
-    const auto start = std::chrono::steady_clock::now();
-    f();
-    *seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  Comm inner_;
-  std::shared_ptr<double> seconds_;
-};
-
-using comm_type = timed_communicator<moe::in_process_communicator>;
+using comm_type = timed_communicator<moe::in_process_communicator, wall_clock>;
 static_assert(moe::communicator<comm_type>);
 
 template <class Preset>
@@ -79,7 +37,7 @@ void bm_expert_parallel(benchmark::State& st, int ranks, int tokens_per_rank) {
   const std::size_t n = std::size_t(tokens_per_rank) * std::size_t(d);
 
   struct rank_state {
-    std::shared_ptr<double> exchange_seconds = std::make_shared<double>(0.0);
+    std::shared_ptr<wall_clock> exchange = std::make_shared<wall_clock>();
     std::unique_ptr<layer_type> layer;
     std::vector<float> x, y, dy, dx;
     std::size_t bytes = 0;
@@ -101,7 +59,7 @@ void bm_expert_parallel(benchmark::State& st, int ranks, int tokens_per_rank) {
   auto construct = [&](int r) {
     rank_state& s = rs[std::size_t(r)];
     s.layer = std::make_unique<layer_type>(
-        cfg, comm_type(moe::in_process_communicator(world, r), s.exchange_seconds), moe::host(1));
+        cfg, comm_type(moe::in_process_communicator(world, r), s.exchange), moe::host(1));
     s.x = random_values(n, 10 + std::uint64_t(r));
     s.y.resize(n);
     s.dx.resize(n);
@@ -124,7 +82,7 @@ void bm_expert_parallel(benchmark::State& st, int ranks, int tokens_per_rank) {
     ++step;
   };
   step_all();  // warm-up
-  *rs[0].exchange_seconds = 0.0;
+  rs[0].exchange->seconds = 0.0;
   const std::uint32_t first = step;
   for (auto _ : st) step_all();
   const double steps = double(step - first);
@@ -133,8 +91,8 @@ void bm_expert_parallel(benchmark::State& st, int ranks, int tokens_per_rank) {
   workers.clear();  // joins
 
   st.counters["exchange_MB"] = double(rs[0].bytes) * 1e-6;
-  st.counters["exchange_ms"] = *rs[0].exchange_seconds / steps * 1e3;
-  st.counters["exchange_frac"] = rate(*rs[0].exchange_seconds / steps);
+  st.counters["exchange_ms"] = rs[0].exchange->seconds / steps * 1e3;
+  st.counters["exchange_frac"] = rate(rs[0].exchange->seconds / steps);
   st.counters["tokens_per_s"] = rate(double(tokens_per_rank) * ranks);
 }
 

@@ -40,8 +40,11 @@ void one_rank_case(std::uint64_t seed, moe::step_context ctx) {
   auto comms = moe::nccl_communicator::init_all({device}, {stream.s});
   REQUIRE(comms.size() == 1);
 
-  const int tokens = 96, d = 48;
-  auto cfg = Preset::make_config(d, 80, 8, seed);
+  // 16-bit storage runs the emulated tensor-core path, many times slower on the kernel emulator:
+  // smaller there (still not multiples of the GEMM tiles).
+  constexpr bool is_float = std::is_same_v<T, float>;
+  const int tokens = is_float ? 96 : 64, d = is_float ? 48 : 32;
+  auto cfg = Preset::make_config(d, is_float ? 80 : 40, 8, seed);
   cfg.group_size = tokens / 2;
   layer_type single(cfg, space);
   parallel_type parallel(cfg, comms[0], space);
@@ -264,7 +267,7 @@ TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU:
 }
 
 TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU: glam, bf16") {
-  for (int R : {2, 4}) ranks_case<moe::presets::glam<moe::bfloat16, moe::cuda>>(R, 19, {true, 9});
+  ranks_case<moe::presets::glam<moe::bfloat16, moe::cuda>>(2, 19, {true, 9});  // R = 4: float cases
 }
 
 TEST_CASE("expert_parallel over NCCL, one rank = moe::layer on the same GPU: switch_transformer") {
