@@ -80,6 +80,26 @@ struct event_timer {
   }
 };
 
+// Median seconds of `reps` timed calls of f on `stream`, after `warmup` untimed ones (the reference
+// timings taken inside a benchmark: dense FFN, copy, one-GPU layer).
+template <class F>
+double median_event_seconds(cudaStream_t stream, F&& f, int reps = 5, int warmup = 2) {
+  event_timer timer;
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) t.push_back(timer.seconds(stream, f));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Copies router weights (float, [d, E] as in make_routed_inputs) into a layer on the device.
+template <class Layer>
+void set_router_weights(Layer& layer, const std::vector<float>& w_router) {
+  auto w = layer.router_weights();
+  check(cudaMemcpy(w.data, w_router.data(), w_router.size() * sizeof(float), cudaMemcpyHostToDevice),
+        "router weights");
+}
+
 template <class T>
 const char* dtype_name() {
   return std::is_same_v<T, moe::bfloat16> ? "bf16" : std::is_same_v<T, moe::float16> ? "fp16" : "f32";

@@ -102,14 +102,6 @@ void or_exit(int rank, F&& f) {
   }
 }
 
-// Copies the imposed router weights into a layer (every rank holds the same, replicated router).
-template <class Layer>
-void set_router(Layer& layer, const routed_inputs& in) {
-  auto w = layer.router_weights();
-  check(cudaMemcpy(w.data, in.w_router.data(), in.w_router.size() * sizeof(float), cudaMemcpyHostToDevice),
-        "router weights");
-}
-
 // Median seconds of forward + backward of moe::layer holding every expert, on the current device.
 template <class Preset>
 double single_layer_seconds(const typename Preset::layer::config& cfg, const routed_inputs& in) {
@@ -117,22 +109,19 @@ double single_layer_seconds(const typename Preset::layer::config& cfg, const rou
   using T = typename Layer::element_type;
   stream_holder stream;
   Layer layer(cfg, moe::cuda(stream.s));
-  set_router(layer, in);
+  set_router_weights(layer, in.w_router);
   const int tokens = in.tokens, d = in.d;
   const std::size_t n = std::size_t(tokens) * std::size_t(d);
   device_buffer<T> x(in.x), dy(random_values(n, 5, 0.01f, 0.1f)), y(n), dx(n);
-  event_timer timer;
   std::uint32_t step = 0;
-  auto pass = [&] {
-    layer.forward({.training = true, .step = step++}, {x.p, tokens, d}, {y.p, tokens, d});
-    layer.backward({dy.p, tokens, d}, {dx.p, tokens, d});
-  };
   const bool smoke = cuda_size().smoke;  // the emulator runs these: keep them few
-  for (int i = 0; i < (smoke ? 1 : 2); ++i) pass();
-  std::vector<double> t;
-  for (int i = 0; i < (smoke ? 1 : 5); ++i) t.push_back(timer.seconds(stream.s, pass));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return median_event_seconds(
+      stream.s,
+      [&] {
+        layer.forward({.training = true, .step = step++}, {x.p, tokens, d}, {y.p, tokens, d});
+        layer.backward({dy.p, tokens, d}, {dx.p, tokens, d});
+      },
+      smoke ? 1 : 5, smoke ? 1 : 2);
 }
 
 template <class Preset>
@@ -168,7 +157,7 @@ void bm_cuda_expert_parallel(benchmark::State& st, int ranks, int k, skew s) {
   auto build = [&](int r, rank_state& rs) {
     const auto rr = std::size_t(r);
     rs.layer = std::make_unique<Layer>(cfg, timed_nccl(comms[rr], rs.log), moe::cuda(raw[rr]));  // collective
-    set_router(*rs.layer, in);
+    set_router_weights(*rs.layer, in.w_router);  // every rank holds the same, replicated router
     // Rank r's tokens: the same imposed routing, its own filler values, two buffers in turn.
     rs.x0 = std::make_unique<device_buffer<T>>(r == 0 ? in.x : rerandomized_x(in, 100 + rr));
     rs.x1 = std::make_unique<device_buffer<T>>(rerandomized_x(in, 200 + rr));

@@ -126,17 +126,10 @@ template <class T, class Act>
 double dense_device_seconds(const moe::cuda& sp, cudaStream_t s, index_t tokens, index_t d, index_t f, bool gated,
                             bool backward, const T* x, const T* dy, T* y, T* dx) {
   device_dense_ffn<T, Act> ffn(sp, tokens, d, f, gated);
-  event_timer timer;
-  auto pass = [&] {
+  return median_event_seconds(s, [&] {
     ffn.forward(x, y);
     if (backward) ffn.backward(x, dy, dx);
-  };
-  pass();
-  pass();
-  std::vector<double> t;
-  for (int i = 0; i < 5; ++i) t.push_back(timer.seconds(s, pass));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  });
 }
 
 template <class T, class Act>
@@ -172,11 +165,7 @@ void bm_layer(benchmark::State& st, int k, bool gated, bool backward, skew s) {
   Layer layer(cfg, sp);
   // Routing imposed by the router weights and the inputs (common.hpp: make_routed_inputs).
   const routed_inputs in = make_routed_inputs(T_, d, E, k, s, 1234);
-  {
-    auto w = layer.router_weights();
-    check(cudaMemcpy(w.data, in.w_router.data(), in.w_router.size() * sizeof(float), cudaMemcpyHostToDevice),
-          "router weights");
-  }
+  set_router_weights(layer, in.w_router);
   const std::size_t n = std::size_t(T_) * std::size_t(d);
   device_buffer<T> x0(in.x), x1(rerandomized_x(in, 99)), dy(random_values(n, 5, 0.01f, 0.1f)), y(n), dx(n);
   device_buffer<unsigned char> ws(layer.workspace_bytes(T_));
@@ -249,16 +238,9 @@ double device_copy_seconds(std::size_t bytes) {
   stream_holder stream;
   device_buffer<unsigned char> src(bytes), dst(bytes);
   check(cudaMemsetAsync(src.p, 0x5a, bytes, stream.s), "cudaMemset");
-  event_timer timer;
-  auto copy = [&] {
+  return measured[bytes] = median_event_seconds(stream.s, [&] {
     check(cudaMemcpyAsync(dst.p, src.p, bytes, cudaMemcpyDeviceToDevice, stream.s), "cudaMemcpyAsync");
-  };
-  copy();
-  copy();
-  std::vector<double> t;
-  for (int i = 0; i < 5; ++i) t.push_back(timer.seconds(stream.s, copy));
-  std::sort(t.begin(), t.end());
-  return measured[bytes] = t[t.size() / 2];
+  });
 }
 
 int capacity_for(double cf, int tokens, int experts) {

@@ -289,13 +289,13 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     const int mine = int(std::min<index_t>(tokens, std::numeric_limits<int>::max()));
     if (!local_failure) {
       const int* offsets = st.dispatch.rows.rows.expert_offsets;
-      const int local = L;
+      const int local = L, block = B;
       // A non-finite value the CUDA space recorded (raised on the host only at the next
       // synchronize) is a failure too: read in stream order, on the device.
       const unsigned long long* nonfinite = nullptr;
       if constexpr (requires { sp.nonfinite_index_device(); }) nonfinite = sp.nonfinite_index_device();
       sp.parallel_for(R_ * B, [=] MOE_LAMBDA(index_t i) {
-        const index_t q = i / (local + 2), j = i - q * (local + 2), e = q * local + j;
+        const index_t q = i / block, j = i - q * block, e = q * local + j;
         const int ok = nonfinite == nullptr || *nonfinite == ~0ull ? 1 : 0;
         blocks_d[i] = j == local ? mine : j == local + 1 ? ok : offsets[e + 1] - offsets[e];
       });
