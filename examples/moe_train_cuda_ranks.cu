@@ -1,57 +1,20 @@
 // moe-train --device cuda --ranks R: one GPU per rank, one thread per GPU in this process, NCCL
 // between them (moe::nccl_communicator::init_all). The MoE layers are expert-parallel
 // (moe::expert_parallel over NCCL: each rank holds E/R experts and exchanges tokens all-to-all), the
-// rest data-parallel (dense gradients all-reduced). float32 only. Built where NCCL is found.
+// rest data-parallel (dense gradients all-reduced). float32 here, 16-bit MoE layers in
+// moe_train_cuda_ranks_lowp.cu (which compiles in parallel). Built where NCCL is found.
 //
 // Not yet run on real GPUs (the machines this was developed on have at most one); tested on the
 // host kernel emulator's GPUs and NCCL (tests/emu, tests/trainer/cuda_test.sh).
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <numeric>
-#include <thread>
 #include <vector>
 
-#include <moe/parallel/nccl.cuh>
-
-#include "trainer/run_cuda.hpp"
+#include "trainer/run_cuda_ranks.hpp"
 
 namespace trainer {
-
-namespace {
-
-template <class Preset, class DenseFFN>
-int run_ranks(const options& o, const std::vector<moe::nccl_communicator>& comms,
-              const std::vector<cudaStream_t>& streams) {
-  using parallel_layer = typename Preset::template parallel_layer<moe::nccl_communicator>;
-  using model_t = model<float, moe::cuda, Preset, DenseFFN, parallel_layer>;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < o.ranks; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        moe::cuda_detail::check(cudaSetDevice(r), "cudaSetDevice");
-        const moe::cuda space(streams[std::size_t(r)]);
-        moe::nccl_communicator comm = comms[std::size_t(r)];
-        rank_context<moe::nccl_communicator, moe::cuda> rc{r, o.ranks, &comm, &space};
-        typename model_t::moe_factory make = [&comm, space](const typename parallel_layer::config& c) {
-          return std::make_unique<parallel_layer>(c, comm, space);
-        };
-        run_rank<model_t>(o, space, rc, make);
-        space.synchronize();
-      } catch (const std::exception& e) {
-        // The other ranks may be waiting in an NCCL collective for this one, which nothing here can
-        // interrupt: end the process, naming the cause, rather than hang.
-        std::fprintf(stderr, "moe-train: rank %d stopped: %s\n", r, e.what());
-        std::fflush(stderr);
-        std::_Exit(1);
-      }
-    });
-  for (auto& t : threads) t.join();
-  return 0;
-}
-
-}  // namespace
 
 int train_cuda_ranks(const options& o, int devices) {
   if (devices < o.ranks) {
@@ -75,6 +38,7 @@ int train_cuda_ranks(const options& o, int devices) {
                             "cudaStreamCreate");
   }
   const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all(ids, streams);
+  if (o.precision != "fp32") return train_cuda_ranks_low_precision(o, comms, streams);
   namespace mp = moe::presets;
   using moe::cuda;
   switch (o.kind) {

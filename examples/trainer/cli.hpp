@@ -242,8 +242,6 @@ inline options parse_options(int argc, char** argv) {
     throw usage_error("--loss-scale: only fp16 scales the loss (this run has --precision " + o.precision + ")");
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
-  if (o.ranks > 1 && o.device == "cuda" && o.precision != "fp32")
-    throw usage_error("--ranks: several GPU ranks train in fp32 only (this run has --precision " + o.precision + ")");
   const int rank_tokens = o.batch / o.ranks * o.seq;
   if (o.group_size > 0 && rank_tokens % o.group_size != 0)
     throw usage_error("--group-size: " + std::to_string(o.group_size) + " does not divide the " +

@@ -267,9 +267,10 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     std::printf("  train    %d steps x %d sequences x %d tokens, %s lr %.3g, warm-up %d, clip %.3g\n", opt.steps,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
+    // The element type of the layers built (not the flag): tests/trainer checks it against --precision.
     if (Model::low_precision_moe)
-      std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n", opt.precision.c_str(),
-                  Model::loss_scaled ? ", dynamic loss scaling from 2^16" : "");
+      std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n",
+                  moe::type_name<typename Model::moe_element>(), Model::loss_scaled ? ", dynamic loss scaling from 2^16" : "");
     std::fflush(stdout);
   }
 

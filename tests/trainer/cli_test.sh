@@ -43,7 +43,6 @@ expect 2 '--group-size: 100 does not divide the 1024 tokens' --group-size 100
 expect 2 '--resume: needs --checkpoint' --resume
 expect 2 '--ranks: 3 does not divide --batch 16' --ranks 3
 expect 2 '--ranks: 16 does not divide --experts 8' --ranks 16 --batch 32
-expect 2 '--ranks: several GPU ranks train in fp32 only \(this run has --precision bf16\)' --device cuda --ranks 2 --precision bf16
 expect 2 '--group-size: 512 does not divide the 256 tokens of a batch share \(per rank\)' --ranks 4 --group-size 512
 expect 2 '--resume: takes no value' --resume=yes --checkpoint "$tmp/x"
 expect 1 "--data: cannot open '$tmp/missing.txt'" --data "$tmp/missing.txt"
