@@ -18,14 +18,8 @@ namespace {
 int train_preset(const trainer::options& o) {
   using namespace trainer;
   if (o.precision != "fp32") return train_host_low_precision(o);  // moe_train_lowp.cpp
-  switch (o.kind) {
-    case preset::dense:  // builds no MoE layer: the preset type only completes the template
-      return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
-    case preset::switch_transformer: return train<moe::presets::switch_transformer<float>, moe::relu_ffn>(o);
-    case preset::glam: return train<moe::presets::glam<float>, moe::geglu_ffn>(o);
-    case preset::st_moe: return train<moe::presets::st_moe<float>, moe::geglu_ffn>(o);
-  }
-  return 2;
+  return with_preset<float, moe::host>(o.kind,
+                                       [&]<class Preset, class DenseFFN>() { return train<Preset, DenseFFN>(o); });
 }
 
 }  // namespace

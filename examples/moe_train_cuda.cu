@@ -44,20 +44,10 @@ int train_cuda(const options& o) {
   int code = 0;
   {
     const moe::cuda space(stream.s);
-    if (o.precision != "fp32") {
-      code = train_cuda_low_precision(o, space);  // moe_train_cuda_lowp.cu
-    } else {
-      namespace mp = moe::presets;
-      using moe::cuda;
-      switch (o.kind) {
-        case preset::dense:  // builds no MoE layer: the preset type only completes the template
-        case preset::switch_transformer:
-          code = run_on<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, space);
-          break;
-        case preset::glam: code = run_on<mp::glam<float, cuda>, moe::geglu_ffn>(o, space); break;
-        case preset::st_moe: code = run_on<mp::st_moe<float, cuda>, moe::geglu_ffn>(o, space); break;
-      }
-    }
+    code = o.precision != "fp32"
+               ? train_cuda_low_precision(o, space)  // moe_train_cuda_lowp.cu
+               : with_preset<float, moe::cuda>(
+                     o.kind, [&]<class Preset, class DenseFFN>() { return run_on<Preset, DenseFFN>(o, space); });
     space.synchronize();
   }
   return code;

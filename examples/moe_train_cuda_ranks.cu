@@ -38,16 +38,9 @@ int train_cuda_ranks(const options& o, int devices) {
                             "cudaStreamCreate");
   }
   const std::vector<moe::nccl_communicator> comms = moe::nccl_communicator::init_all(ids, streams);
-  if (o.precision != "fp32") return train_cuda_ranks_low_precision(o, comms, streams);
-  namespace mp = moe::presets;
-  using moe::cuda;
-  switch (o.kind) {
-    case preset::dense:  // builds no MoE layer: the preset type only completes the template
-    case preset::switch_transformer: return run_ranks<mp::switch_transformer<float, cuda>, moe::relu_ffn>(o, comms, streams);
-    case preset::glam: return run_ranks<mp::glam<float, cuda>, moe::geglu_ffn>(o, comms, streams);
-    case preset::st_moe: return run_ranks<mp::st_moe<float, cuda>, moe::geglu_ffn>(o, comms, streams);
-  }
-  return 2;
+  if (o.precision != "fp32") return train_cuda_ranks_low_precision(o, comms, streams);  // moe_train_cuda_ranks_lowp.cu
+  return with_preset<float, moe::cuda>(
+      o.kind, [&]<class Preset, class DenseFFN>() { return run_ranks<Preset, DenseFFN>(o, comms, streams); });
 }
 
 }  // namespace trainer

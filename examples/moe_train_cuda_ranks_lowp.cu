@@ -9,24 +9,8 @@ namespace trainer {
 
 int train_cuda_ranks_low_precision(const options& o, const std::vector<moe::nccl_communicator>& comms,
                                    const std::vector<cudaStream_t>& streams) {
-  namespace mp = moe::presets;
-  using moe::bfloat16;
-  using moe::cuda;
-  using moe::float16;
-  const bool bf16 = o.precision == "bf16";
-  switch (o.kind) {
-    case preset::dense: break;  // the parser refuses 16-bit precision for the dense preset
-    case preset::switch_transformer:
-      return bf16 ? run_ranks<mp::switch_transformer<bfloat16, cuda>, moe::relu_ffn>(o, comms, streams)
-                  : run_ranks<mp::switch_transformer<float16, cuda>, moe::relu_ffn>(o, comms, streams);
-    case preset::glam:
-      return bf16 ? run_ranks<mp::glam<bfloat16, cuda>, moe::geglu_ffn>(o, comms, streams)
-                  : run_ranks<mp::glam<float16, cuda>, moe::geglu_ffn>(o, comms, streams);
-    case preset::st_moe:
-      return bf16 ? run_ranks<mp::st_moe<bfloat16, cuda>, moe::geglu_ffn>(o, comms, streams)
-                  : run_ranks<mp::st_moe<float16, cuda>, moe::geglu_ffn>(o, comms, streams);
-  }
-  return 2;
+  return with_low_precision_preset<moe::cuda>(
+      o, [&]<class Preset, class DenseFFN>() { return run_ranks<Preset, DenseFFN>(o, comms, streams); });
 }
 
 }  // namespace trainer

@@ -270,7 +270,8 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     // The element type of the layers built (not the flag): tests/trainer checks it against --precision.
     if (Model::low_precision_moe)
       std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n",
-                  moe::type_name<typename Model::moe_element>(), Model::loss_scaled ? ", dynamic loss scaling from 2^16" : "");
+                  moe::type_name<typename Model::moe_element>(),
+                  Model::loss_scaled ? ", dynamic loss scaling from 2^16" : "");
     std::fflush(stdout);
   }
 
@@ -484,6 +485,28 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
 }
 
 // A run of one preset: one rank, or `--ranks` in-process ranks (threads).
+// The preset type of o.kind, with MoE layers of element type E in Space, and its dense FFN: returns
+// f.template operator()<Preset, DenseFFN>(). The dense preset builds no MoE layer; the Switch preset
+// type only completes its template. One place for every translation unit's instantiations.
+template <class E, class Space, class F>
+int with_preset(preset kind, F&& f) {
+  namespace mp = moe::presets;
+  switch (kind) {
+    case preset::dense:
+    case preset::switch_transformer: return f.template operator()<mp::switch_transformer<E, Space>, moe::relu_ffn>();
+    case preset::glam: return f.template operator()<mp::glam<E, Space>, moe::geglu_ffn>();
+    case preset::st_moe: return f.template operator()<mp::st_moe<E, Space>, moe::geglu_ffn>();
+  }
+  return 2;
+}
+
+// with_preset for --precision bf16 or fp16 (the parser refuses them for the dense preset).
+template <class Space, class F>
+int with_low_precision_preset(const options& o, F&& f) {
+  return o.precision == "bf16" ? with_preset<moe::bfloat16, Space>(o.kind, f)
+                               : with_preset<moe::float16, Space>(o.kind, f);
+}
+
 template <class MoePreset, class DenseFFN>
 int train(const options& opt) {
   using T = float;

@@ -48,19 +48,24 @@ check_layers_built() {
   [[ $got == "$want" ]] || { echo "FAIL: $1 built MoE layers '${got:-float32}', not '${want:-float32}'"; return 1; }
 }
 
-# name: preset[/bf16|/fp16]: 16-bit MoE layers (float32 masters; fp16 with loss scaling) on both
-# spaces, with 1e-3 at step 1 (16-bit roundings of the layers' outputs may differ by one unit) and
-# 0.05 nats after.
-for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
-  preset=${name%/*}
+# read_name <name>: name is preset[/bf16|/fp16]; sets preset, extra (the --precision flag) and the
+# limits step1 and limit. 16-bit MoE layers (float32 masters; fp16 with loss scaling) on both spaces
+# get 1e-3 at step 1 (16-bit roundings of the layers' outputs may differ by one unit) and 0.05 nats
+# after.
+read_name() {
+  preset=${1%/*}
   extra=()
   step1=1e-4
   limit=0.02
-  if [[ $name == */* ]]; then
-    extra=(--precision "${name#*/}")
+  if [[ $1 == */* ]]; then
+    extra=(--precision "${1#*/}")
     step1=1e-3
     limit=0.05
   fi
+}
+
+for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
+  read_name "$name"
   "$bin" --preset "$preset" --device cuda "${args[@]}" "${extra[@]}" --log "$tmp/$preset.cuda.jsonl" >"$tmp/$preset.cuda.out" 2>&1
   rc=$?
   if [[ $rc == 4 ]]; then
@@ -89,15 +94,7 @@ if [[ ${gpus:-0} -ge 2 ]]; then
   # The 16-bit runs with the single-GPU runs' limits; st-moe/fp16: its loss scale stays the same on
   # both ranks (an overflow on one is a non-finite gradient norm on both).
   for name in switch st-moe glam/bf16 st-moe/fp16; do
-    preset=${name%/*}
-    extra=()
-    step1=1e-4
-    limit=0.02
-    if [[ $name == */* ]]; then
-      extra=(--precision "${name#*/}")
-      step1=1e-3
-      limit=0.05
-    fi
+    read_name "$name"
     "$bin" --preset "$preset" --device cuda --ranks 2 "${args[@]}" "${extra[@]}" --log "$tmp/r2.cuda.jsonl" \
       >"$tmp/r2.cuda.out" 2>&1 || { cat "$tmp/r2.cuda.out"; echo "FAIL: $name --ranks 2 --device cuda"; exit 1; }
     check_layers_built "$name --ranks 2" "$tmp/r2.cuda.out" || exit 1
