@@ -12,6 +12,9 @@
 //                                     the full layer on moe::cuda, with vs_dense = time of the dense FFN
 //                                     of equal active FLOPs (measured in the same benchmark, just
 //                                     before) / layer time
+//   router/<top1|top2|expert_choice>/<dtype>/E:<E>/T:<T>
+//                                     the routing stages on their own (E ∈ {8, 64, 256}, T ∈ {4k,
+//                                     64k}): GBps and vs_copy for the one read of x
 //   dispatch/<permute|combine|permute_bwd|combine_bwd>/<sorted|padded|dropless>/cf:<CF>/E:<E>/T:<T>/skew:<s>
 //                                     one dispatcher stage on a device routing plan (top-2, routed
 //                                     once in setup), CF 1.0 / 1.25 / 2.0 (dropless: sorted, no
@@ -257,25 +260,48 @@ struct device_dispatch_case {
   skew routing = skew::uniform;
 };
 
-// A routing plan and a dispatcher's state carved from one device buffer, as moe::layer carves them.
+// A routing plan (with room for num_losses auxiliary-loss sums) and a dispatcher's state carved from
+// one device buffer, as moe::layer carves them.
 template <class T, class Dispatch>
 struct device_plan {
   moe::routing_plan<float> plan;
   typename Dispatch::state dispatch;
   moe::buffer<moe::cuda> ws;
 
-  device_plan(const moe::cuda& sp, const moe::routing_shape& s) {
+  device_plan(const moe::cuda& sp, const moe::routing_shape& s, int num_losses = 0) {
     moe::workspace_carver measure;
-    carve(measure, s);
+    carve(measure, s, num_losses);
     ws = moe::buffer<moe::cuda>(sp, measure.bytes());
     moe::workspace_carver w(ws.data(), ws.bytes());
-    carve(w, s);
+    carve(w, s, num_losses);
   }
-  void carve(moe::workspace_carver& w, const moe::routing_shape& s) {
-    moe::routing_plan<float>::carve<moe::cuda>(w, s, false, false, 0, plan);
+  void carve(moe::workspace_carver& w, const moe::routing_shape& s, int num_losses) {
+    moe::routing_plan<float>::carve<moe::cuda>(w, s, false, false, num_losses, plan);
     Dispatch::template carve<T, float>(w, s, dispatch);
   }
 };
+
+// No dispatcher: the router family's plans.
+struct no_dispatch {
+  struct state {};
+  template <class T, class R>
+  static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
+};
+
+// One routing group of T tokens, K (token, expert) pairs per token, capacity C.
+moe::routing_shape one_group_shape(int T, int E, int K, int C, index_t d) {
+  moe::routing_shape shape;
+  shape.tokens = T;
+  shape.experts = E;
+  shape.groups = 1;
+  shape.group_tokens = T;
+  shape.pairs_per_token = K;
+  shape.capacity = C;
+  shape.d_model = d;
+  shape.total_tokens = T;
+  shape.total_groups = 1;
+  return shape;
+}
 
 // Top-2 routing (renormalised gates, router in float) on the device, once, outside the timing:
 // router_forward, assign_slots (position order) and the dispatcher's assign, as a layer's forward
@@ -310,17 +336,7 @@ void bm_device_dispatch(benchmark::State& st, device_dispatch_case c) {
   rcfg.renormalize = true;
   // Dropless: every expert may take all S tokens (moe::dropless::capacity).
   const int C = c.cf > 0 ? capacity_for(c.cf, T_, E) : T_;
-  moe::routing_shape shape;
-  shape.tokens = T_;
-  shape.experts = E;
-  shape.groups = 1;
-  shape.group_tokens = T_;
-  shape.pairs_per_token = 2;
-  shape.capacity = C;
-  shape.d_model = d;
-  shape.total_tokens = T_;
-  shape.total_groups = 1;
-  device_plan<T, Dispatch> p(sp, shape);
+  device_plan<T, Dispatch> p(sp, one_group_shape(T_, E, 2, C, d));
 
   const std::size_t token_values = std::size_t(T_) * std::size_t(d);
   const bool permute = c.what == dispatch_stage::permute;
@@ -409,6 +425,48 @@ std::string device_dispatch_name(const char* dispatcher, const device_dispatch_c
   const std::string cf = c.cf > 0 ? std::to_string(c.cf).substr(0, 4) : "none";
   return std::string("dispatch/") + to_string(c.what) + "/" + dispatcher + "/cf:" + cf + "/E:" +
          std::to_string(c.experts) + "/T:" + std::to_string(c.tokens) + "/skew:" + to_string(c.routing);
+}
+
+// ---- router: the routing stages on their own --------------------------------------------------------
+// router_forward (the logits GEMM over bf16 x with float router weights, softmax, selection),
+// routing_summary (the auxiliary losses' sums) and assign_slots (capacity, position order), as a
+// layer's forward runs them; no jitter; two x buffers in turn. GBps counts one read of x
+// (T·d·sizeof(T)), the least traffic any router has; vs_copy = time of a copy moving those bytes
+// (a cudaMemcpyAsync of half of them: it reads and writes) / router time. Top-1 and top-2 with the
+// Switch losses (load balancing + z-loss), capacity factor 1.25; expert choice (Zhou et al. 2022)
+// with the z-loss, capacity factor 2.
+template <class T, class Router, class LossSet>
+void bm_device_router(benchmark::State& st, typename Router::config rcfg, double cf, int E, int T_) {
+  const cuda_sizes& z = cuda_size();
+  stream_holder stream;
+  const moe::cuda sp(stream.s);
+  const index_t d = z.d_model;
+  const routed_pair& inputs = cached_routed_inputs(T_, int(d), E, skew::uniform);
+  device_plan<T, no_dispatch> p(
+      sp, one_group_shape(T_, E, Router::pairs_per_token(rcfg, E), capacity_for(cf, T_, E), d), LossSet::count);
+  device_buffer<T> x0(inputs.in.x), x1(inputs.x1);
+  device_buffer<float> w_router(inputs.in.w_router);
+  const typename LossSet::config lcfg{};
+  const moe::router_streams rng = moe::router_streams::make(1, 0, 0);
+  const T* xs[2] = {x0.p, x1.p};
+  unsigned step = 0;
+  auto pass = [&] {
+    moe::detail::router_forward<Router>(sp, rcfg, p.plan, xs[step++ & 1u], w_router.p,
+                                        static_cast<const float*>(nullptr), true, rng);
+    moe::detail::routing_summary<Router, LossSet>(sp, lcfg, p.plan);
+    moe::detail::assign_slots<Router>(sp, p.plan, moe::drop_order::position);
+  };
+  pass();
+  pass();
+  sp.synchronize();
+  const double bytes = double(T_) * double(d) * sizeof(T);
+  const double t_copy = device_copy_seconds(std::size_t(bytes / 2));
+  event_timer timer;
+  for (auto _ : st) st.SetIterationTime(timer.seconds(stream.s, pass));
+  sp.synchronize();
+  st.counters["tokens_per_s"] = rate(T_);
+  st.counters["GBps"] = rate(bytes * 1e-9);
+  st.counters["vs_copy"] = ratio_to(t_copy);
 }
 
 // ---- expert_gemm: the first expert projection on its own -------------------------------------------
@@ -536,6 +594,27 @@ void register_all() {
       });
     }
   }
+  // Routers: E ∈ {8, 64, 256}, T ∈ {4k, 64k} (--smoke: the smoke E and T).
+  const std::vector<int> router_tokens = z.smoke ? std::vector<int>{z.tokens} : std::vector<int>{4096, 65536};
+  const std::vector<int> router_experts = z.smoke ? std::vector<int>{z.experts} : std::vector<int>{8, 64, 256};
+  using lb_z = moe::losses<moe::load_balancing, moe::router_z_loss>;
+  using z_only = moe::losses<moe::router_z_loss>;
+  for (int T_ : router_tokens)
+    for (int E : router_experts) {
+      const std::string tail = "/" + dt + "/E:" + std::to_string(E) + "/T:" + std::to_string(T_);
+      moe::top_k::config top1, top2;
+      top1.k = 1;
+      top2.k = 2;
+      top2.renormalize = true;
+      reg("router/top1" + tail,
+          [=](benchmark::State& st) { bm_device_router<T, moe::top_k, lb_z>(st, top1, 1.25, E, T_); });
+      reg("router/top2" + tail,
+          [=](benchmark::State& st) { bm_device_router<T, moe::top_k, lb_z>(st, top2, 1.25, E, T_); });
+      reg("router/expert_choice" + tail, [=](benchmark::State& st) {
+        bm_device_router<T, moe::expert_choice, z_only>(st, moe::expert_choice::config{}, 2.0, E, T_);
+      });
+    }
+
   // Skew outermost: cached_routed_inputs keeps one entry.
   for (skew sk : {skew::uniform, skew::zipf})
     for (dispatch_stage s : {dispatch_stage::permute, dispatch_stage::combine, dispatch_stage::permute_bwd,

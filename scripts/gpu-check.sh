@@ -109,7 +109,7 @@ grep -HE "ERROR SUMMARY|RACECHECK SUMMARY" "$out"/sanitize_*.log 2>/dev/null | s
 [[ -f $out/trainer_cuda.log ]] && grep -E "^(dense|switch|glam|st-moe)(/bf16|/fp16)?:|FAIL" "$out/trainer_cuda.log" | sed 's/^/  trainer /'
 if [[ -f $out/bench_cuda.log ]]; then
   echo "  benchmarks:"
-  grep -E "^(copy|dense|layer|dispatch|expert|ep)/" "$out/bench_cuda.log" | sed -E 's/ +/ /g' | cut -c1-170 | sed 's/^/    /'
+  grep -E "^(copy|dense|layer|router|dispatch|expert|ep)/" "$out/bench_cuda.log" | sed -E 's/ +/ /g' | cut -c1-170 | sed 's/^/    /'
 fi
 if [[ -f $out/torch_cuda.log ]]; then
   echo "  torch:"
