@@ -93,6 +93,26 @@ std::vector<float> rerandomized_x(const routed_inputs& in, std::uint64_t seed) {
   return x;
 }
 
+moe::routing_shape one_group_shape(int tokens, int experts, int pairs_per_token, int capacity, index_t d_model) {
+  moe::routing_shape s;
+  s.tokens = tokens;
+  s.experts = experts;
+  s.groups = 1;
+  s.group_tokens = tokens;
+  s.pairs_per_token = pairs_per_token;
+  s.capacity = capacity;
+  s.d_model = d_model;
+  s.total_tokens = tokens;
+  s.total_groups = 1;
+  return s;
+}
+
+int capacity_for(double cf, int tokens, int experts) {
+  moe::capacity_factor::config c;
+  c.train = cf;
+  return moe::capacity_factor::capacity(c, true, tokens, experts, 1);
+}
+
 std::vector<int> expert_loads(const routed_inputs& in) {
   std::vector<int> load(std::size_t(in.experts), 0);
   for (int e : in.first) ++load[std::size_t(e)];

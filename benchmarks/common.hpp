@@ -105,6 +105,13 @@ std::vector<float> rerandomized_x(const routed_inputs& in, std::uint64_t seed);
 // Rows each expert would receive (first and second choices), before any capacity limit.
 std::vector<int> expert_loads(const routed_inputs& in);
 
+// The routing shape of one group of `tokens` tokens as a single layer has it (total_tokens = tokens,
+// total_groups = 1: the auxiliary losses' normalisers), `pairs_per_token` (token, expert) pairs per
+// token, `capacity` slots per expert. The router and dispatch families' plans.
+moe::routing_shape one_group_shape(int tokens, int experts, int pairs_per_token, int capacity, index_t d_model);
+// Slots per expert of that group at training capacity factor cf.
+int capacity_for(double cf, int tokens, int experts);
+
 // ---- timing ---------------------------------------------------------------------------------------
 // Median wall-clock seconds of `reps` calls of f, after `warmup` untimed calls.
 template <class F>

@@ -246,10 +246,23 @@ double device_copy_seconds(std::size_t bytes) {
   });
 }
 
-int capacity_for(double cf, int tokens, int experts) {
-  moe::capacity_factor::config c;
-  c.train = cf;
-  return moe::capacity_factor::capacity(c, true, tokens, experts, 1);
+// The memory-bound families' timing: two warm-up calls of pass, the copy reference (a
+// cudaMemcpyAsync of bytes/2: it reads and writes them, so it moves `bytes`), then the timed loop.
+// Sets tokens_per_s, GBps (bytes per call), vs_copy = copy time / call time, and copy_GBps.
+template <class F>
+void time_memory_bound(benchmark::State& st, const moe::cuda& sp, cudaStream_t stream, F&& pass, double bytes,
+                       int tokens) {
+  pass();
+  pass();
+  sp.synchronize();
+  const double t_copy = device_copy_seconds(std::size_t(bytes / 2));
+  event_timer timer;
+  for (auto _ : st) st.SetIterationTime(timer.seconds(stream, pass));
+  sp.synchronize();
+  st.counters["tokens_per_s"] = rate(tokens);
+  st.counters["GBps"] = rate(bytes * 1e-9);
+  st.counters["vs_copy"] = ratio_to(t_copy);
+  st.counters["copy_GBps"] = t_copy > 0 ? bytes / t_copy * 1e-9 : 0.0;
 }
 
 // ---- dispatch: the dispatcher stages on their own --------------------------------------------------
@@ -288,20 +301,6 @@ struct no_dispatch {
   static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
 };
 
-// One routing group of T tokens, K (token, expert) pairs per token, capacity C.
-moe::routing_shape one_group_shape(int T, int E, int K, int C, index_t d) {
-  moe::routing_shape shape;
-  shape.tokens = T;
-  shape.experts = E;
-  shape.groups = 1;
-  shape.group_tokens = T;
-  shape.pairs_per_token = K;
-  shape.capacity = C;
-  shape.d_model = d;
-  shape.total_tokens = T;
-  shape.total_groups = 1;
-  return shape;
-}
 
 // Top-2 routing (renormalised gates, router in float) on the device, once, outside the timing:
 // router_forward, assign_slots (position order) and the dispatcher's assign, as a layer's forward
@@ -406,18 +405,7 @@ void bm_device_dispatch(benchmark::State& st, device_dispatch_case c) {
       case dispatch_stage::assign: break;
     }
   };
-  pass();
-  pass();
-  sp.synchronize();
-  const double t_copy = device_copy_seconds(std::size_t(bytes / 2));
-  event_timer timer;
-  for (auto _ : st) st.SetIterationTime(timer.seconds(stream.s, pass));
-  sp.synchronize();
-
-  st.counters["tokens_per_s"] = rate(T_);
-  st.counters["GBps"] = rate(bytes * 1e-9);
-  st.counters["vs_copy"] = ratio_to(t_copy);
-  st.counters["copy_GBps"] = t_copy > 0 ? bytes / t_copy * 1e-9 : 0.0;
+  time_memory_bound(st, sp, stream.s, pass, bytes, T_);
   set_load_counters(st, per_expert, routed > 0 ? (routed - kept) / routed : 0.0);
 }
 
@@ -456,17 +444,7 @@ void bm_device_router(benchmark::State& st, typename Router::config rcfg, double
     moe::detail::routing_summary<Router, LossSet>(sp, lcfg, p.plan);
     moe::detail::assign_slots<Router>(sp, p.plan, moe::drop_order::position);
   };
-  pass();
-  pass();
-  sp.synchronize();
-  const double bytes = double(T_) * double(d) * sizeof(T);
-  const double t_copy = device_copy_seconds(std::size_t(bytes / 2));
-  event_timer timer;
-  for (auto _ : st) st.SetIterationTime(timer.seconds(stream.s, pass));
-  sp.synchronize();
-  st.counters["tokens_per_s"] = rate(T_);
-  st.counters["GBps"] = rate(bytes * 1e-9);
-  st.counters["vs_copy"] = ratio_to(t_copy);
+  time_memory_bound(st, sp, stream.s, pass, double(T_) * double(d) * sizeof(T), T_);
 }
 
 // ---- expert_gemm: the first expert projection on its own -------------------------------------------

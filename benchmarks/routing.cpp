@@ -51,31 +51,13 @@ struct no_dispatch {
   static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
 };
 
-moe::routing_shape make_shape(int tokens, int experts, int pairs_per_token, int capacity) {
-  moe::routing_shape s;
-  s.tokens = tokens;
-  s.experts = experts;
-  s.groups = 1;
-  s.group_tokens = tokens;
-  s.pairs_per_token = pairs_per_token;
-  s.capacity = capacity;
-  s.d_model = sizes().d_model;
-  return s;
-}
-
-int capacity_for(double cf, int tokens, int experts) {
-  moe::capacity_factor::config c;
-  c.train = cf;
-  return moe::capacity_factor::capacity(c, true, tokens, experts, 1);
-}
-
 // ---- routers --------------------------------------------------------------------------------------
 
 template <class Router, class LossSet>
 void bm_router(benchmark::State& st, typename Router::config rcfg, int k_inputs, double cf, int E, int T) {
   const routed_inputs in = make_routed_inputs(T, sizes().d_model, E, k_inputs, skew::uniform, 77);
   const int K = Router::pairs_per_token(rcfg, E);
-  planned<no_dispatch> p(make_shape(T, E, K, capacity_for(cf, T, E)), LossSet::count);
+  planned<no_dispatch> p(one_group_shape(T, E, K, capacity_for(cf, T, E), sizes().d_model), LossSet::count);
   const typename LossSet::config lcfg{};
   const moe::router_streams rng = moe::router_streams::make(1, 0, 0);
   auto route = [&] {
@@ -113,7 +95,7 @@ void bm_dispatch(benchmark::State& st, dispatch_case c) {
   const routed_inputs in = make_routed_inputs(T, d, E, 2, c.routing, 4321);
   // Dropless: every expert may take all S tokens (moe::dropless::capacity).
   const int C = c.cf > 0 ? capacity_for(c.cf, T, E) : T;
-  planned<Dispatch> p(make_shape(T, E, 2, C), 0);
+  planned<Dispatch> p(one_group_shape(T, E, 2, C, d), 0);
   const moe::router_streams rng = moe::router_streams::make(1, 0, 0);
   const moe::host& sp = space();
   moe::detail::router_forward<router>(sp, rcfg, p.plan, in.x.data(), in.w_router.data(), no_noise, true, rng);
