@@ -484,10 +484,9 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
   return 0;
 }
 
-// A run of one preset: one rank, or `--ranks` in-process ranks (threads).
-// The preset type of o.kind, with MoE layers of element type E in Space, and its dense FFN: returns
-// f.template operator()<Preset, DenseFFN>(). The dense preset builds no MoE layer; the Switch preset
-// type only completes its template. One place for every translation unit's instantiations.
+// The preset type of `kind`, with MoE layers of element type E in Space, and its dense FFN: returns
+// f.template operator()<Preset, DenseFFN>(). The dense preset builds no MoE layer: for it the Switch
+// preset type only completes the template. One place for every translation unit's instantiations.
 template <class E, class Space, class F>
 int with_preset(preset kind, F&& f) {
   namespace mp = moe::presets;
@@ -507,6 +506,7 @@ int with_low_precision_preset(const options& o, F&& f) {
                                : with_preset<moe::float16, Space>(o.kind, f);
 }
 
+// A run of one preset: one rank, or `--ranks` in-process ranks (threads).
 template <class MoePreset, class DenseFFN>
 int train(const options& opt) {
   using T = float;
