@@ -111,6 +111,12 @@ std::vector<int> expert_loads(const routed_inputs& in);
 moe::routing_shape one_group_shape(int tokens, int experts, int pairs_per_token, int capacity, index_t d_model);
 // Slots per expert of that group at training capacity factor cf.
 int capacity_for(double cf, int tokens, int experts);
+// No dispatcher: the plans of the router families (a dispatcher's carve and state, empty).
+struct no_dispatch {
+  struct state {};
+  template <class T, class R>
+  static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
+};
 
 // ---- timing ---------------------------------------------------------------------------------------
 // Median wall-clock seconds of `reps` calls of f, after `warmup` untimed calls.

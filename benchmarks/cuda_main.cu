@@ -294,14 +294,6 @@ struct device_plan {
   }
 };
 
-// No dispatcher: the router family's plans.
-struct no_dispatch {
-  struct state {};
-  template <class T, class R>
-  static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
-};
-
-
 // Top-2 routing (renormalised gates, router in float) on the device, once, outside the timing:
 // router_forward, assign_slots (position order) and the dispatcher's assign, as a layer's forward
 // runs them. Then one dispatcher stage per iteration, bf16 rows:

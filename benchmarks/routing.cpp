@@ -44,13 +44,6 @@ struct planned {
   }
 };
 
-// No dispatcher: the router benchmarks.
-struct no_dispatch {
-  struct state {};
-  template <class T, class R_>
-  static void carve(moe::workspace_carver&, const moe::routing_shape&, state&) {}
-};
-
 // ---- routers --------------------------------------------------------------------------------------
 
 template <class Router, class LossSet>
