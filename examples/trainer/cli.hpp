@@ -44,11 +44,16 @@ struct options {
   int eval_batches = 4;
   int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or all hardware threads)
   int ranks = 1;    // in-process ranks: experts split over them, the rest data-parallel
+  recipe_overrides recipe;  // ablations of the preset's recipe
   bool progress = true;
   // Testing only: kill the process at the start of this step / in the middle of the checkpoint
   // written at this step.
   int crash_at_step = -1;
   int crash_in_checkpoint_at_step = -1;
+  // Testing only: at this step, rank `inject_inf_rank` writes +inf into its first expert gradient
+  // (one it alone holds when the experts are split), as a float16 overflow on that rank alone would.
+  int inject_inf_at_step = -1;
+  int inject_inf_rank = 0;
 };
 
 class usage_error : public std::runtime_error {
@@ -59,8 +64,8 @@ class usage_error : public std::runtime_error {
 inline const char* usage_text =
     "usage: moe-train [flags]\n"
     "  --preset dense|switch|glam|st-moe   model (default switch)\n"
-    "  --device host|cuda                  execution space (default host; cuda: one GPU, float32, in\n"
-    "                                      builds with CUDA; exit code 4 when no GPU is usable)\n"
+    "  --device host|cuda                  execution space (default host; cuda: in builds with CUDA;\n"
+    "                                      exit code 4 when no GPU is usable)\n"
     "  --precision fp32|bf16|fp16          storage of the MoE layers (16-bit: float32 master weights in the\n"
     "                                      optimiser; fp16 adds dynamic loss scaling; the rest of the\n"
     "                                      model stays float32)\n"
@@ -71,13 +76,16 @@ inline const char* usage_text =
     "  --optimizer adamw|adafactor         (adamw)\n"
     "  --lr X --schedule inverse-sqrt|cosine --warmup N --clip X --weight-decay X\n"
     "  --seed N                            initialisation, data and routing randomness (1)\n"
+    "  --init-scale S --balance-loss A     ablations of the preset's recipe: weight init scale s (std\n"
+    "  --z-loss C --jitter E               sqrt(s/fan_in), every matrix), load-balancing weight, router\n"
+    "  --capacity-factor CF                z-loss weight (st-moe), router input jitter, train capacity factor\n"
     "  --data FILE                         train on a text file, byte-level (default: the synthetic corpus)\n"
     "  --log FILE                          JSONL log, one object per step\n"
     "  --checkpoint DIR --checkpoint-every N --resume\n"
     "  --eval-every N --eval-batches N     validation (250, 4)\n"
     "  --threads N                         host threads (per rank)\n"
     "  --ranks R                           ranks: MoE experts split over R, the rest data-parallel (host:\n"
-    "                                      threads; cuda: one GPU per rank, NCCL, fp32)\n"
+    "                                      threads; cuda: one GPU per rank, NCCL)\n"
     "  --no-progress                       no live progress line\n";
 
 namespace detail {
@@ -189,6 +197,16 @@ inline options parse_options(int argc, char** argv) {
       o.optim.weight_decay = parse_double(flag, take(), 0.0, 1.0);
     } else if (flag == "--seed") {
       o.seed = parse_int<std::uint64_t>(flag, take(), 0, std::numeric_limits<std::uint64_t>::max());
+    } else if (flag == "--init-scale") {
+      o.recipe.init_scale = float(parse_double(flag, take(), 1e-6, 100.0));
+    } else if (flag == "--balance-loss") {
+      o.recipe.balance_loss = parse_double(flag, take(), 0.0, 100.0);
+    } else if (flag == "--z-loss") {
+      o.recipe.z_loss = parse_double(flag, take(), 0.0, 100.0);
+    } else if (flag == "--jitter") {
+      o.recipe.jitter = float(parse_double(flag, take(), 0.0, 0.999));
+    } else if (flag == "--capacity-factor") {
+      o.recipe.capacity_factor = parse_double(flag, take(), 1e-3, 1024.0);
     } else if (flag == "--data") {
       o.data = take();
     } else if (flag == "--log") {
@@ -215,6 +233,10 @@ inline options parse_options(int argc, char** argv) {
       o.crash_at_step = parse_int(flag, take(), 1, imax);
     } else if (flag == "--crash-in-checkpoint-at-step") {
       o.crash_in_checkpoint_at_step = parse_int(flag, take(), 1, imax);
+    } else if (flag == "--inject-inf-at-step") {
+      o.inject_inf_at_step = parse_int(flag, take(), 1, imax);
+    } else if (flag == "--inject-inf-rank") {
+      o.inject_inf_rank = parse_int(flag, take(), 0, 1023);
     } else {
       throw usage_error(flag + ": unknown flag (see --help)");
     }
@@ -242,12 +264,26 @@ inline options parse_options(int argc, char** argv) {
     throw usage_error("--loss-scale: only fp16 scales the loss (this run has --precision " + o.precision + ")");
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
+  if (o.kind == preset::dense) {
+    const char* moe_only = o.recipe.balance_loss ? "--balance-loss" : o.recipe.z_loss ? "--z-loss"
+                           : o.recipe.jitter      ? "--jitter"
+                           : o.recipe.capacity_factor ? "--capacity-factor" : nullptr;
+    if (moe_only) throw usage_error(std::string(moe_only) + ": it applies to the MoE layers, and the dense preset has none");
+  }
+  if (o.recipe.z_loss && o.kind != preset::st_moe)
+    throw usage_error(std::string("--z-loss: the ") + preset_name(o.kind) +
+                      " preset's MoE layers have no router z-loss (st-moe's do)");
   const int rank_tokens = o.batch / o.ranks * o.seq;
   if (o.group_size > 0 && rank_tokens % o.group_size != 0)
     throw usage_error("--group-size: " + std::to_string(o.group_size) + " does not divide the " +
                       std::to_string(rank_tokens) + " tokens of a batch" +
                       (o.ranks > 1 ? " share (per rank)" : std::string()));
   if (o.resume && o.checkpoint.empty()) throw usage_error("--resume: needs --checkpoint DIR");
+  if (o.inject_inf_rank >= o.ranks)
+    throw usage_error("--inject-inf-rank: " + std::to_string(o.inject_inf_rank) + " is not a rank of --ranks " +
+                      std::to_string(o.ranks));
+  if (o.inject_inf_at_step > 0 && o.kind == preset::dense)
+    throw usage_error("--inject-inf-at-step: it writes into an expert gradient, and the dense preset has none");
   if (o.crash_in_checkpoint_at_step > 0 && o.checkpoint.empty())
     throw usage_error("--crash-in-checkpoint-at-step: needs --checkpoint DIR");
   return o;

@@ -17,6 +17,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,43 @@ inline const char* preset_name(preset p) {
   return "?";
 }
 
+// Changes to a preset's recipe, for ablations (--init-scale, --balance-loss, --z-loss, --jitter,
+// --capacity-factor). Unset: the preset's own value.
+struct recipe_overrides {
+  // s of every weight matrix's truncated normal, std sqrt(s / fan_in): embeddings, attention, dense
+  // FFNs, routers and experts alike (Switch §2.4 reduced it from 1.0 to 0.1 for the whole model).
+  std::optional<float> init_scale;
+  std::optional<double> balance_loss;     // load-balancing loss weight α (c_B)
+  std::optional<double> z_loss;           // router z-loss weight c_z (presets whose layers have it: st-moe)
+  std::optional<float> jitter;            // router input jitter ε
+  std::optional<double> capacity_factor;  // training capacity factor (evaluation keeps the preset's)
+
+  bool any() const { return init_scale || balance_loss || z_loss || jitter || capacity_factor; }
+  // "preset" when nothing is changed, else the changed values: the checkpoint header records it.
+  std::string describe() const {
+    if (!any()) return "preset";
+    std::string out;
+    auto add = [&](const char* name, const auto& v) {
+      if (!v) return;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%s%s=%.9g", out.empty() ? "" : ",", name, double(*v));
+      out += buf;
+    };
+    add("init_scale", init_scale);
+    add("balance_loss", balance_loss);
+    add("z_loss", z_loss);
+    add("jitter", jitter);
+    add("capacity_factor", capacity_factor);
+    return out;
+  }
+};
+
+// The initialisation scale s of the model's weights: Switch's 0.1 for the Switch preset, 1.0 for
+// the others, unless overridden.
+inline float init_scale_of(preset p, const recipe_overrides& r) {
+  return r.init_scale.value_or(p == preset::switch_transformer ? 0.1f : 1.0f);
+}
+
 struct model_config {
   preset kind = preset::switch_transformer;
   int vocab = 256;
@@ -44,6 +83,7 @@ struct model_config {
   int experts = 8;
   int group_size = 0;  // MoE routing group (0 = the whole batch)
   std::uint64_t seed = 1;
+  recipe_overrides recipe;
 };
 
 struct ffn_spec {

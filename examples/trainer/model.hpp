@@ -362,7 +362,7 @@ class model {
     };
     std::vector<entry> entries;
     // Switch §2.4: truncated normal with std sqrt(s / fan_in), s = 0.1 for the Switch preset.
-    const float init_scale = cfg_.kind == preset::switch_transformer ? 0.1f : 1.0f;
+    const float init_scale = init_scale_of(cfg_.kind, cfg_.recipe);
     auto tn = [&](index_t fan_in) { return std::sqrt(init_scale / float(fan_in)); };
     entries.push_back({"tok_emb", 2, {V, d, 0}, true, tn(d)});
     entries.push_back({"pos_emb", 2, {S, d, 0}, true, tn(d)});
@@ -478,6 +478,16 @@ class model {
     typename MoeLayer::config c = MoePreset::make_config(cfg_.d_model, f.d_ff, cfg_.experts, cfg_.seed);
     c.layer_id = std::uint32_t(block_index);
     c.group_size = cfg_.group_size;
+    const recipe_overrides& r = cfg_.recipe;
+    if (r.init_scale) c.router.init_scale = c.expert.init_scale = *r.init_scale;
+    if (r.balance_loss) c.losses.load_balancing.weight = *r.balance_loss;
+    if (r.z_loss) {
+      // parse_options refuses --z-loss for presets whose loss set has no z-loss.
+      if constexpr (requires { c.losses.router_z_loss.weight; }) c.losses.router_z_loss.weight = *r.z_loss;
+      else moe::fail("--z-loss", "the ", preset_name(cfg_.kind), " preset's MoE layers have no router z-loss");
+    }
+    if (r.jitter) c.router.jitter = *r.jitter;
+    if (r.capacity_factor) c.capacity.train = *r.capacity_factor;
     return c;
   }
 

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -168,6 +170,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
   mc.experts = opt.experts;
   mc.group_size = opt.group_size;
   mc.seed = opt.seed;
+  mc.recipe = opt.recipe;
   if (!opt.checkpoint.empty() && rc.main()) {
     ::mkdir(opt.checkpoint.c_str(), 0755);
     struct stat st {};
@@ -192,6 +195,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       {"seed", std::to_string(opt.seed)},     {"data", opt.data.empty() ? "synthetic" : opt.data},
       {"optimizer", opt.optim.kind == optimizer_kind::adamw ? "adamw" : "adafactor"},
       {"precision", opt.precision},
+      {"recipe", opt.recipe.describe()},
       {"vocab", std::to_string(mc.vocab)}};
 
   int start_step = 0;
@@ -199,7 +203,8 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     const checkpoint_data ck = read_checkpoint(opt.checkpoint);
     for (const auto& [k, v] : header) {
       const auto it = ck.header.find(k);
-      if (it == ck.header.end() && k == "precision" && v == "fp32") continue;  // written before --precision
+      // Written before --precision / the recipe flags: their defaults.
+      if (it == ck.header.end() && ((k == "precision" && v == "fp32") || (k == "recipe" && v == "preset"))) continue;
       if (it == ck.header.end() || it->second != v)
         throw checkpoint_error("--resume: the checkpoint was written with " + k + "=" +
                                (it == ck.header.end() ? std::string("<missing>") : it->second) +
@@ -267,6 +272,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     std::printf("  train    %d steps x %d sequences x %d tokens, %s lr %.3g, warm-up %d, clip %.3g\n", opt.steps,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
+    if (opt.recipe.any()) std::printf("  recipe   %s (the rest as the preset)\n", opt.recipe.describe().c_str());
     // The element type of the layers built (not the flag): tests/trainer checks it against --precision.
     if (Model::low_precision_moe)
       std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n",
@@ -331,6 +337,16 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     return total / opt.eval_batches;
   };
 
+  // Testing: +inf in this rank's first expert gradient (sharded: held by this rank alone).
+  auto inject_inf = [&] {
+    const auto params = net.parameters();
+    const auto it = std::find_if(params.begin(), params.end(),
+                                 [](const param_view<T>& p) { return p.name.find(".experts.") != std::string::npos; });
+    if (it == params.end()) moe::fail("--inject-inf-at-step", "this model has no expert gradient");
+    const T inf = std::numeric_limits<T>::infinity();
+    space.copy_from_host(it->grad, &inf, sizeof(T));
+  };
+
   // ---- training --------------------------------------------------------------------------------
   const bool tty = opt.progress && rc.main() && ::isatty(STDOUT_FILENO);
   const auto t_begin = std::chrono::steady_clock::now();
@@ -348,6 +364,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       throw moe::numeric_error("training loss is " + fmt("%g", loss) + " at step " + std::to_string(step));
     net.backward(d_by_token, d_offsets, B);
     sum_dense_grads();
+    if (step == opt.inject_inf_at_step && rc.rank == opt.inject_inf_rank) inject_inf();
     const double lr = learning_rate(opt.optim, step);
     const double gnorm = opt_state.step(lr, Model::loss_scaled);
     const bool overflow = !std::isfinite(gnorm);  // float16 layers only: the update was skipped

@@ -45,6 +45,12 @@ expect 2 '--ranks: 3 does not divide --batch 16' --ranks 3
 expect 2 '--ranks: 16 does not divide --experts 8' --ranks 16 --batch 32
 expect 2 '--group-size: 512 does not divide the 256 tokens of a batch share \(per rank\)' --ranks 4 --group-size 512
 expect 2 '--resume: takes no value' --resume=yes --checkpoint "$tmp/x"
+expect 2 "--init-scale: '0' is not a number in" --init-scale 0
+expect 2 "--jitter: '1' is not a number in \[0.0+, 0.99" --jitter 1
+expect 2 "--capacity-factor: 'x' is not a number" --capacity-factor x
+expect 2 "--balance-loss: '-0.1' is not a number" --balance-loss -0.1
+expect 2 '--z-loss: the switch preset.s MoE layers have no router z-loss \(st-moe.s do\)' --z-loss 1e-3
+expect 2 '--balance-loss: it applies to the MoE layers, and the dense preset has none' --preset dense --balance-loss 0
 expect 1 "--data: cannot open '$tmp/missing.txt'" --data "$tmp/missing.txt"
 expect 1 "--data: '$tmp/empty.txt' is empty" --data "$tmp/empty.txt"
 expect 3 'no checkpoint at' --resume --checkpoint "$tmp/no_checkpoint"
