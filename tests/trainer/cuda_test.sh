@@ -91,10 +91,12 @@ else
   where="GPUs"
 fi
 if [[ ${gpus:-0} -ge 2 ]]; then
-  # The 16-bit runs with the single-GPU runs' limits; st-moe/fp16: its loss scale stays the same on
-  # both ranks (an overflow on one is a non-finite gradient norm on both).
+  # The 16-bit runs with the single-GPU runs' limits. st-moe/fp16 overflows on rank 1 alone at step
+  # 5 (+inf written into its own expert gradient): the gradient norm, summed over the ranks through
+  # NCCL, is non-finite on both, so both skip that update and keep one loss scale.
   for name in switch st-moe glam/bf16 st-moe/fp16; do
     read_name "$name"
+    [[ $name == */fp16 ]] && extra+=(--inject-inf-at-step 5 --inject-inf-rank 1)
     "$bin" --preset "$preset" --device cuda --ranks 2 "${args[@]}" "${extra[@]}" --log "$tmp/r2.cuda.jsonl" \
       >"$tmp/r2.cuda.out" 2>&1 || { cat "$tmp/r2.cuda.out"; echo "FAIL: $name --ranks 2 --device cuda"; exit 1; }
     check_layers_built "$name --ranks 2" "$tmp/r2.cuda.out" || exit 1
@@ -102,6 +104,17 @@ if [[ ${gpus:-0} -ge 2 ]]; then
       >/dev/null 2>&1 || { echo "FAIL: $name --ranks 2 --device host"; exit 1; }
     compare_to_host "$name --ranks 2 (NCCL, 2 $where)" "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" "$step1" "$limit" ||
       exit 1
+    if [[ $name == */fp16 ]]; then
+      "$py" - "$tmp/r2.host.jsonl" "$tmp/r2.cuda.jsonl" <<'PY' || { echo "FAIL: $name --ranks 2 overflow on rank 1"; exit 1; }
+import json, sys
+for path, space in zip(sys.argv[1:], ("host", "cuda")):
+    rows = [json.loads(l) for l in open(path)]
+    skipped = [r["step"] for r in rows if r.get("skipped")]
+    assert skipped == [5], f"{space}: skipped steps {skipped}, expected [5]"
+    assert rows[5]["loss_scale"] == rows[4]["loss_scale"] / 2, f"{space}: the loss scale was not halved"
+print("st-moe/fp16 --ranks 2: the inf on rank 1 alone skipped step 5 on both ranks, host and cuda")
+PY
+    fi
   done
   # Checkpoints of a two-GPU run are rank-independent: GLaM saved at --ranks 2 (killed at the start
   # of step 11) and resumed at --ranks 1 on one GPU follows the uninterrupted one-GPU run (1e-5

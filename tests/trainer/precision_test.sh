@@ -90,3 +90,36 @@ status=0
 [[ $status -eq 3 ]] && grep -q "written with precision=bf16, this run has precision=fp32" "$tmp/mix.err" ||
   { echo "FAIL: a bf16 checkpoint was not refused by an fp32 run (exit $status):"; cat "$tmp/mix.err"; exit 1; }
 echo "a bf16 checkpoint is refused by an fp32 run"
+
+# fp16 with --ranks 2, an overflow on one rank alone (+inf written into rank 1's own expert gradient
+# at step 5): the gradient norm is summed over the ranks, so every rank skips that update and halves
+# its loss scale, and the run follows the one-rank run with the same overflow. In float32 the same
+# inf ends the run with one error on every rank, never a hang.
+iargs=(--preset glam --precision fp16 --steps 12 --batch 4 --seq 16 --d-model 16 --layers 2 --heads 2 --experts 4
+       --group-size 32 --eval-every 12 --eval-batches 1 --lr 1e-2 --no-progress)
+"$bin" "${iargs[@]}" --ranks 1 --inject-inf-at-step 5 --log "$tmp/inf1.jsonl" >/dev/null
+"$bin" "${iargs[@]}" --ranks 2 --inject-inf-at-step 5 --inject-inf-rank 1 --log "$tmp/inf2.jsonl" >/dev/null
+"$bin" "${iargs[@]}" --ranks 2 --log "$tmp/clean2.jsonl" >/dev/null
+"$py" - "$tmp/inf1.jsonl" "$tmp/inf2.jsonl" "$tmp/clean2.jsonl" <<'PY'
+import json, sys
+one, two, clean = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+for name, run in (("--ranks 1", one), ("--ranks 2, inf on rank 1", two)):
+    assert [r["step"] for r in run if r.get("skipped")] == [5], (name, [r["step"] for r in run if r.get("skipped")])
+    assert run[4]["grad_norm"] is None and run[5]["loss_scale"] == run[4]["loss_scale"] / 2, name
+assert not any(r.get("skipped") for r in clean) and clean[5]["loss_scale"] == clean[4]["loss_scale"]
+for a, b in zip(one, two):
+    assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]) + 1e-7, (a["step"], a["loss"], b["loss"])
+assert two[5]["loss"] != clean[5]["loss"], "the skipped update left the run unchanged"
+print(f"fp16 --ranks 2: an inf on rank 1 alone skipped step 5 on both ranks (scale {two[4]['loss_scale']:.0f} -> "
+      f"{two[5]['loss_scale']:.0f}); 12 steps follow the one-rank run")
+PY
+status=0
+"$bin" "${iargs[@]/fp16/fp32}" --ranks 2 --inject-inf-at-step 5 --inject-inf-rank 1 >/dev/null 2>"$tmp/inf.err" ||
+  status=$?
+if [[ $status -eq 0 ]] || [[ $(wc -l <"$tmp/inf.err") -ne 1 ]] || ! grep -q "gradient norm is inf at update 5" "$tmp/inf.err"
+then
+  echo "FAIL: fp32 --ranks 2 with an inf gradient on rank 1: exit $status, stderr:"
+  cat "$tmp/inf.err"
+  exit 1
+fi
+echo "fp32 --ranks 2: the inf gradient on rank 1 ends the run: $(cat "$tmp/inf.err")"
