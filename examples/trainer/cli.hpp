@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,6 +36,10 @@ struct options {
   int group_size = 0;
   optim_config optim{};
   std::uint64_t seed = 1;
+  // The corpus (synthetic: its generation; text: its order) and the batches drawn from it; defaults
+  // to `seed`. Separate, so that runs can vary the model's randomness on the same data.
+  std::optional<std::uint64_t> data_seed;
+  std::uint64_t corpus_seed() const { return data_seed.value_or(seed); }
   std::string data;
   std::string log;
   std::string checkpoint;
@@ -76,6 +81,7 @@ inline const char* usage_text =
     "  --optimizer adamw|adafactor         (adamw)\n"
     "  --lr X --schedule inverse-sqrt|cosine --warmup N --clip X --weight-decay X\n"
     "  --seed N                            initialisation, data and routing randomness (1)\n"
+    "  --data-seed N                       the data's seed alone (default --seed): other seeds, same data\n"
     "  --init-scale S --balance-loss A     ablations of the preset's recipe: weight init scale s (std\n"
     "  --z-loss C --jitter E               sqrt(s/fan_in), every matrix), load-balancing weight, router\n"
     "  --capacity-factor CF                z-loss weight (st-moe), router input jitter, train capacity factor\n"
@@ -207,6 +213,8 @@ inline options parse_options(int argc, char** argv) {
       o.recipe.jitter = float(parse_double(flag, take(), 0.0, 0.999));
     } else if (flag == "--capacity-factor") {
       o.recipe.capacity_factor = parse_double(flag, take(), 1e-3, 1024.0);
+    } else if (flag == "--data-seed") {
+      o.data_seed = parse_int<std::uint64_t>(flag, take(), 0, std::numeric_limits<std::uint64_t>::max());
     } else if (flag == "--data") {
       o.data = take();
     } else if (flag == "--log") {

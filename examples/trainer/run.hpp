@@ -157,8 +157,8 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
 
   // ---- data ------------------------------------------------------------------------------------
   std::unique_ptr<corpus> data;
-  if (opt.data.empty()) data = std::make_unique<synthetic_corpus>(opt.seed);
-  else data = std::make_unique<text_corpus>(opt.data, opt.seed, opt.seq);
+  if (opt.data.empty()) data = std::make_unique<synthetic_corpus>(opt.corpus_seed());
+  else data = std::make_unique<text_corpus>(opt.data, opt.corpus_seed(), opt.seq);
 
   model_config mc;
   mc.kind = opt.kind;
@@ -196,6 +196,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       {"optimizer", opt.optim.kind == optimizer_kind::adamw ? "adamw" : "adafactor"},
       {"precision", opt.precision},
       {"recipe", opt.recipe.describe()},
+      {"data_seed", std::to_string(opt.corpus_seed())},
       {"vocab", std::to_string(mc.vocab)}};
 
   int start_step = 0;
@@ -204,7 +205,9 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     for (const auto& [k, v] : header) {
       const auto it = ck.header.find(k);
       // Written before --precision / the recipe flags: their defaults.
-      if (it == ck.header.end() && ((k == "precision" && v == "fp32") || (k == "recipe" && v == "preset"))) continue;
+      if (it == ck.header.end() && ((k == "precision" && v == "fp32") || (k == "recipe" && v == "preset") ||
+                                    (k == "data_seed" && v == std::to_string(opt.seed))))
+        continue;
       if (it == ck.header.end() || it->second != v)
         throw checkpoint_error("--resume: the checkpoint was written with " + k + "=" +
                                (it == ck.header.end() ? std::string("<missing>") : it->second) +

@@ -46,6 +46,7 @@ expect 2 '--ranks: 16 does not divide --experts 8' --ranks 16 --batch 32
 expect 2 '--group-size: 512 does not divide the 256 tokens of a batch share \(per rank\)' --ranks 4 --group-size 512
 expect 2 '--resume: takes no value' --resume=yes --checkpoint "$tmp/x"
 expect 2 "--init-scale: '0' is not a number in" --init-scale 0
+expect 2 "--data-seed: '-1' is not an integer" --data-seed -1
 expect 2 "--jitter: '1' is not a number in \[0.0+, 0.99" --jitter 1
 expect 2 "--capacity-factor: 'x' is not a number" --capacity-factor x
 expect 2 "--balance-loss: '-0.1' is not a number" --balance-loss -0.1

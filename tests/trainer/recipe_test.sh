@@ -2,7 +2,8 @@
 # The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor) change what
 # they name and nothing else: a flag set to the preset's own value reproduces the preset's run bit
 # for bit, another value changes the logged quantity it drives, and a checkpoint refuses to resume
-# under a different recipe.   usage: recipe_test.sh <moe-train> <python3>
+# under a different recipe. --data-seed keeps the data while --seed changes the model's randomness.
+#   usage: recipe_test.sh <moe-train> <python3>
 set -euo pipefail
 bin=$1
 py=$2
@@ -27,6 +28,15 @@ run glam_init1 --preset glam --init-scale 1
 run stmoe --preset st-moe
 run stmoe_z0 --preset st-moe --z-loss 0
 run stmoe_z1 --preset st-moe --z-loss 1
+run switch_seed1_data1 --preset switch --seed 1 --data-seed 1
+run switch_seed2_data1 --preset switch --seed 2 --data-seed 1
+run switch_seed2 --preset switch --seed 2
+floor() { sed -n 's/^  floor    \([0-9.]*\) .*/\1/p' "$tmp/$1.out"; }
+if [[ $(floor switch_seed2_data1) != "$(floor switch)" || $(floor switch_seed2) == "$(floor switch)" ]]; then
+  echo "FAIL: --data-seed 1 must keep seed 1's data (floor $(floor switch)): --seed 2 --data-seed 1 has floor" \
+    "$(floor switch_seed2_data1), --seed 2 has $(floor switch_seed2)"
+  exit 1
+fi
 grep -q "recipe   init_scale=1 (the rest as the preset)" "$tmp/switch_init1.out"
 if grep -q "recipe" "$tmp/switch.out"; then
   echo "FAIL: a run without recipe flags printed a recipe line"
@@ -45,6 +55,8 @@ assert core(log("switch_same")) == core(base), "the Switch preset's own values m
 assert core(log("glam_init1")) == core(log("glam")), "GLaM's init scale is already 1: same run"
 assert log("switch_init1")[0]["loss"] != base[0]["loss"], "--init-scale 1 must change the initial weights"
 assert log("switch_nojitter")[0]["loss"] != base[0]["loss"], "--jitter 0 must change Switch's routing"
+assert core(log("switch_seed1_data1")) == core(base), "--data-seed equal to --seed: the same run"
+assert log("switch_seed2_data1")[0]["loss"] != base[0]["loss"], "--seed 2 must change the initial weights"
 
 nobal = log("switch_nobalance")
 assert all(r["aux_loss"] == 0 for r in nobal), "--balance-loss 0: Switch's only auxiliary loss must weigh 0"
