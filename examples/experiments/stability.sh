@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The papers' stability recipes, ablated at toy scale over several seeds (DESIGN.md §3's headline
+# claims):
+#   init     Switch §2.4 / Table 3: weight init scale 0.1 against 1.0 (Switch preset)
+#   z-loss   ST-MoE §3.1 / Table 4: router z-loss c_z = 1e-3 against none (ST-MoE preset, at a
+#            learning rate ten times the default, where instability shows first)
+#   balance  Switch §2.2: load-balancing loss α = 1e-2 against none (Switch preset)
+# The seeds vary the model's randomness (initialisation, jitter, dropout) on one corpus
+# (--data-seed), as the papers' seeds do. Writes OUT/results.md (one table per ablation: mean ±
+# standard deviation over the seeds, and the difference to the paper's setting paired by seed), the
+# runs' OUT/*.jsonl and OUT/*.txt.
+#
+#   examples/experiments/stability.sh [OUT] [extra moe-train flags...]
+#   (OUT defaults to build/stability; STEPS, SEEDS, DATA_SEED and STRESS_LR from the environment,
+#    defaults 1000, "1 2 3", 1 and 3e-2; JOBS runs at once, default the number of cores, one thread
+#    each)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+out=${1:-build/stability}
+shift || true
+steps=${STEPS:-1000}
+seeds=${SEEDS:-1 2 3}
+stress_lr=${STRESS_LR:-3e-2}
+data_seed=${DATA_SEED:-1}
+jobs=${JOBS:-$(nproc)}
+
+source scripts/install_deps.sh
+moe_install_deps
+moe_find_nvcc
+cmake --preset default >/dev/null
+cmake --build --preset default --target moe-train -j "$(nproc)"
+bin=build/default/examples/moe-train
+mkdir -p "$out"
+
+# name|flags: one line per configuration, run once per seed.
+configs=(
+  "init-0.1|--preset switch --init-scale 0.1"
+  "init-1.0|--preset switch --init-scale 1.0"
+  "zloss-1e-3|--preset st-moe --lr $stress_lr --z-loss 1e-3"
+  "zloss-0|--preset st-moe --lr $stress_lr --z-loss 0"
+  "balance-0|--preset switch --balance-loss 0"
+)
+eval_every=$((steps / 10 > 0 ? steps / 10 : 1))
+# A run that fails (a non-finite router logit ends it with an error) is recorded, not fatal: its
+# status file says so and the table counts it as diverged.
+for seed in $seeds; do
+  for c in "${configs[@]}"; do
+    name=${c%%|*}
+    read -r -a flags <<<"${c#*|}"
+    while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
+    echo "== $name seed $seed"
+    run="$out/$name.seed$seed"
+    {
+      status=0
+      "$bin" "${flags[@]}" --steps "$steps" --eval-every "$eval_every" --seed "$seed" --data-seed "$data_seed" \
+        --threads 1 --no-progress \
+        --log "$run.jsonl" "$@" >"$run.txt" 2>&1 || status=$?
+      echo "$status" >"$run.status"
+    } &
+  done
+done
+wait
+
+/usr/bin/python3 - "$out" "$steps" "$stress_lr" "$data_seed" $seeds <<'PY'
+import json, math, statistics, sys
+out, steps, stress_lr, data_seed, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+nan = math.nan
+
+def summary(name, seed):
+    path = f"{out}/{name}.seed{seed}"
+    rows = [json.loads(line) for line in open(f"{path}.jsonl")]
+    failed = open(f"{path}.status").read().strip() != "0" or len(rows) != steps
+    if failed:
+        print(f"{name} seed {seed} failed: {open(path + '.txt').read().strip().splitlines()[-1]}")
+    if not rows:
+        return {"val": nan, "diverged": True, "logit_max": nan, "z": nan, "load_max": nan, "dropped": nan}
+    tail = rows[-max(1, len(rows) // 10):]  # the last tenth of the run
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    return {
+        "val": vals[-1] if vals and not failed else nan,
+        "diverged": failed or not all(math.isfinite(r["loss"]) for r in rows),
+        "logit_max": max(r["router_logit_max"] for r in tail),
+        "z": statistics.mean(r["z_loss"] for r in tail),
+        "load_max": statistics.mean(max(max(layer) for layer in r["expert_load"]) for r in tail),
+        "dropped": statistics.mean(r["dropped_fraction"] for r in tail),
+    }
+
+def cell(values, fmt, signed=False):
+    values = [v for v in values if math.isfinite(v)]
+    if not values: return "n/a"
+    f = fmt.replace("{:", "{:+") if signed else fmt
+    if len(values) == 1: return f.format(values[0])
+    return (f + " ± " + fmt).format(statistics.mean(values), statistics.stdev(values))
+
+def table(title, note, names, labels):
+    lines = [f"### {title}", "", note, "",
+             "| configuration | final val loss | Δ val loss vs the paper's setting (paired by seed) | diverged | "
+             "router logit max | z-loss value | busiest expert's share | dropped |",
+             "|---|---|---|---|---|---|---|---|"]
+    ref = [summary(names[0], s) for s in seeds]
+    for name, label in zip(names, labels):
+        runs = [summary(name, s) for s in seeds]
+        delta = "—" if name == names[0] else cell([r["val"] - q["val"] for r, q in zip(runs, ref)], "{:.4f}", True)
+        lines.append(" | ".join([
+            f"| {label}",
+            cell([r["val"] for r in runs], "{:.4f}"),
+            delta,
+            f"{sum(r['diverged'] for r in runs)}/{len(runs)}",
+            cell([r["logit_max"] for r in runs], "{:.2f}"),
+            cell([r["z"] for r in runs], "{:.3f}"),
+            cell([r["load_max"] for r in runs], "{:.3f}"),
+            cell([r["dropped"] for r in runs], "{:.3f}"),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+header = (f"{steps} steps; seeds {', '.join(seeds)} (initialisation, jitter, dropout) on the corpus of data seed "
+          f"{data_seed}; mean ± standard deviation over the seeds. Columns: validation loss at the end; its difference "
+          "to the paper's setting with the same seed; runs that failed or logged a non-finite loss; over the last "
+          "tenth of the run: the largest |router logit|, the mean z-loss value (mean logsumexp², unweighted), the "
+          "busiest expert's share of the kept tokens (1/8 = balanced), and the fraction of (token, expert) pairs "
+          "dropped.\n")
+text = "\n".join([
+    header,
+    table("Initialisation scale (Switch §2.4, Table 3)", "Switch preset, default learning rate.",
+          ["init-0.1", "init-1.0"], ["init scale 0.1 (Switch)", "init scale 1.0"]),
+    table("Router z-loss (ST-MoE §3.1, Table 4)", f"ST-MoE preset, learning rate {stress_lr} (ten times the default).",
+          ["zloss-1e-3", "zloss-0"], ["c_z = 1e-3 (ST-MoE)", "no z-loss"]),
+    table("Load-balancing loss (Switch §2.2)", "Switch preset, default learning rate.",
+          ["init-0.1", "balance-0"], ["α = 1e-2 (Switch)", "α = 0"]),
+])
+open(f"{out}/results.md", "w").write(text)
+print(text)
+PY
+echo "wrote $out/results.md"
