@@ -8,7 +8,7 @@
 # The seeds vary the model's randomness (initialisation, jitter, dropout) on one corpus
 # (--data-seed), as the papers' seeds do. Writes OUT/results.md (one table per ablation: mean ±
 # standard deviation over the seeds, and the difference to the paper's setting paired by seed), the
-# runs' OUT/*.jsonl and OUT/*.txt.
+# runs' OUT/*.jsonl and OUT/*.txt, and OUT/zloss.png (router logits and z-loss over the z-loss runs).
 #
 #   examples/experiments/stability.sh [OUT] [extra moe-train flags...]
 #   (OUT defaults to build/stability; STEPS, SEEDS, DATA_SEED and STRESS_LR from the environment,
@@ -130,5 +130,26 @@ text = "\n".join([
 ])
 open(f"{out}/results.md", "w").write(text)
 print(text)
+
+# What the z-loss does over a run: the largest |router logit| and the z-loss value, every seed.
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+for name, label, color in (("zloss-1e-3", "c_z = 1e-3 (ST-MoE)", "tab:blue"), ("zloss-0", "no z-loss", "tab:red")):
+    for i, seed in enumerate(seeds):
+        rows = [json.loads(line) for line in open(f"{out}/{name}.seed{seed}.jsonl")]
+        x = [r["step"] for r in rows]
+        kw = dict(color=color, alpha=0.7, lw=0.8, label=label if i == 0 else None)
+        left.plot(x, [r["router_logit_max"] for r in rows], **kw)
+        right.semilogy(x, [r["z_loss"] for r in rows], **kw)
+left.set(xlabel="step", ylabel="largest |router logit|", title="router logits")
+right.set(xlabel="step", ylabel="z-loss value (mean logsumexp²)", title="z-loss value")
+for ax in (left, right):
+    ax.grid(alpha=0.3)
+    ax.legend()
+fig.suptitle(f"ST-MoE preset, lr {stress_lr}, seeds {', '.join(seeds)}")
+fig.tight_layout()
+fig.savefig(f"{out}/zloss.png", dpi=110)
 PY
-echo "wrote $out/results.md"
+echo "wrote $out/results.md and $out/zloss.png"
