@@ -114,7 +114,8 @@ def table(title, note, names, labels):
     return "\n".join(lines) + "\n"
 
 header = (f"{steps} steps; seeds {', '.join(seeds)} (initialisation, jitter, dropout) on the corpus of data seed "
-          f"{data_seed}; mean ± standard deviation over the seeds. Columns: validation loss at the end; its difference "
+          f"{data_seed}; mean ± standard deviation over the seeds. Columns: validation loss at the end; its "
+          "difference "
           "to the paper's setting with the same seed; runs that failed or logged a non-finite loss; over the last "
           "tenth of the run: the largest |router logit|, the mean z-loss value (mean logsumexp², unweighted), the "
           "busiest expert's share of the kept tokens (1/8 = balanced), and the fraction of (token, expert) pairs "

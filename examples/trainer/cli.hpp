@@ -273,10 +273,13 @@ inline options parse_options(int argc, char** argv) {
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
   if (o.kind == preset::dense) {
-    const char* moe_only = o.recipe.balance_loss ? "--balance-loss" : o.recipe.z_loss ? "--z-loss"
-                           : o.recipe.jitter      ? "--jitter"
-                           : o.recipe.capacity_factor ? "--capacity-factor" : nullptr;
-    if (moe_only) throw usage_error(std::string(moe_only) + ": it applies to the MoE layers, and the dense preset has none");
+    const char* moe_only = o.recipe.balance_loss      ? "--balance-loss"
+                           : o.recipe.z_loss          ? "--z-loss"
+                           : o.recipe.jitter          ? "--jitter"
+                           : o.recipe.capacity_factor ? "--capacity-factor"
+                                                      : nullptr;
+    if (moe_only)
+      throw usage_error(std::string(moe_only) + ": it applies to the MoE layers, and the dense preset has none");
   }
   if (o.recipe.z_loss && o.kind != preset::st_moe)
     throw usage_error(std::string("--z-loss: the ") + preset_name(o.kind) +

@@ -116,8 +116,8 @@ PY
 status=0
 "$bin" "${iargs[@]/fp16/fp32}" --ranks 2 --inject-inf-at-step 5 --inject-inf-rank 1 >/dev/null 2>"$tmp/inf.err" ||
   status=$?
-if [[ $status -eq 0 ]] || [[ $(wc -l <"$tmp/inf.err") -ne 1 ]] || ! grep -q "gradient norm is inf at update 5" "$tmp/inf.err"
-then
+if [[ $status -eq 0 ]] || [[ $(wc -l <"$tmp/inf.err") -ne 1 ]] ||
+  ! grep -q "gradient norm is inf at update 5" "$tmp/inf.err"; then
   echo "FAIL: fp32 --ranks 2 with an inf gradient on rank 1: exit $status, stderr:"
   cat "$tmp/inf.err"
   exit 1
