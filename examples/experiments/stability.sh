@@ -2,9 +2,11 @@
 # The papers' stability recipes, ablated at toy scale over several seeds (DESIGN.md §3's headline
 # claims):
 #   init     Switch §2.4 / Table 3: weight init scale 0.1 against 1.0 (Switch preset)
-#   z-loss   ST-MoE §3.1 / Table 4: router z-loss c_z = 1e-3 against none (ST-MoE preset, at a
+#   z-loss   ST-MoE §3 (its stability study): router z-loss c_z = 1e-3 against none (ST-MoE preset, at a
 #            learning rate ten times the default, where instability shows first)
 #   balance  Switch §2.2: load-balancing loss α = 1e-2 against none (Switch preset)
+#   jitter   ST-MoE §3: multiplicative input jitter 1e-2 added for stability (ST-MoE preset at the
+#            same learning rate as the z-loss runs, with its z-loss)
 # The seeds vary the model's randomness (initialisation, jitter, dropout) on one corpus
 # (--data-seed), as the papers' seeds do. Writes OUT/results.md (one table per ablation: mean ±
 # standard deviation over the seeds, and the difference to the paper's setting paired by seed), the
@@ -13,7 +15,8 @@
 #   examples/experiments/stability.sh [OUT] [extra moe-train flags...]
 #   (OUT defaults to build/stability; STEPS, SEEDS, DATA_SEED and STRESS_LR from the environment,
 #    defaults 1000, "1 2 3", 1 and 3e-2; JOBS runs at once, default the number of cores, one thread
-#    each)
+#    each). Runs already done in OUT (status 0, STEPS lines logged) are kept, not run again: clear
+#    OUT after changing anything else.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=${1:-build/stability}
@@ -39,6 +42,7 @@ configs=(
   "zloss-1e-3|--preset st-moe --lr $stress_lr --z-loss 1e-3"
   "zloss-0|--preset st-moe --lr $stress_lr --z-loss 0"
   "balance-0|--preset switch --balance-loss 0"
+  "jitter-1e-2|--preset st-moe --lr $stress_lr --jitter 1e-2"
 )
 eval_every=$((steps / 10 > 0 ? steps / 10 : 1))
 # A run that fails (a non-finite router logit ends it with an error) is recorded, not fatal: its
@@ -48,8 +52,9 @@ for seed in $seeds; do
     name=${c%%|*}
     read -r -a flags <<<"${c#*|}"
     while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
-    echo "== $name seed $seed"
     run="$out/$name.seed$seed"
+    [[ -f $run.status && $(<"$run.status") == 0 && $(wc -l <"$run.jsonl") == "$steps" ]] && continue
+    echo "== $name seed $seed"
     {
       status=0
       "$bin" "${flags[@]}" --steps "$steps" --eval-every "$eval_every" --seed "$seed" --data-seed "$data_seed" \
@@ -124,10 +129,12 @@ text = "\n".join([
     header,
     table("Initialisation scale (Switch §2.4, Table 3)", "Switch preset, default learning rate.",
           ["init-0.1", "init-1.0"], ["init scale 0.1 (Switch)", "init scale 1.0"]),
-    table("Router z-loss (ST-MoE §3.1, Table 4)", f"ST-MoE preset, learning rate {stress_lr} (ten times the default).",
+    table("Router z-loss (ST-MoE §3)", f"ST-MoE preset, learning rate {stress_lr} (ten times the default).",
           ["zloss-1e-3", "zloss-0"], ["c_z = 1e-3 (ST-MoE)", "no z-loss"]),
     table("Load-balancing loss (Switch §2.2)", "Switch preset, default learning rate.",
           ["init-0.1", "balance-0"], ["α = 1e-2 (Switch)", "α = 0"]),
+    table("Input jitter (ST-MoE §3)", f"ST-MoE preset with its z-loss, learning rate {stress_lr}.",
+          ["zloss-1e-3", "jitter-1e-2"], ["no jitter (ST-MoE)", "jitter ε = 1e-2"]),
 ])
 open(f"{out}/results.md", "w").write(text)
 print(text)
