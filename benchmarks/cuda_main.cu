@@ -412,9 +412,9 @@ std::string device_dispatch_name(const char* dispatcher, const device_dispatch_c
 // routing_summary (the auxiliary losses' sums) and assign_slots (capacity, position order), as a
 // layer's forward runs them; no jitter; two x buffers in turn. GBps counts one read of x
 // (T·d·sizeof(T)), the least traffic any router has; vs_copy = time of a copy moving those bytes
-// (a cudaMemcpyAsync of half of them: it reads and writes) / router time. Top-1 and top-2 with the
-// Switch losses (load balancing + z-loss), capacity factor 1.25; expert choice (Zhou et al. 2022)
-// with the z-loss, capacity factor 2.
+// (a cudaMemcpyAsync of half of them: it reads and writes) / router time. Top-1 and top-2 with
+// ST-MoE's loss set (load balancing + z-loss), capacity factor 1.25; expert choice (Zhou et al.
+// 2022) with the z-loss, capacity factor 2.
 template <class T, class Router, class LossSet>
 void bm_device_router(benchmark::State& st, typename Router::config rcfg, double cf, int E, int T_) {
   const cuda_sizes& z = cuda_size();

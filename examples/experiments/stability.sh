@@ -67,13 +67,13 @@ done
 wait
 
 /usr/bin/python3 - "$out" "$steps" "$stress_lr" "$data_seed" $seeds <<'PY'
-import json, math, statistics, sys
+import json, math, os, statistics, sys
 out, steps, stress_lr, data_seed, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 nan = math.nan
 
 def summary(name, seed):
     path = f"{out}/{name}.seed{seed}"
-    rows = [json.loads(line) for line in open(f"{path}.jsonl")]
+    rows = [json.loads(line) for line in open(f"{path}.jsonl")] if os.path.exists(f"{path}.jsonl") else []
     failed = open(f"{path}.status").read().strip() != "0" or len(rows) != steps
     if failed:
         print(f"{name} seed {seed} failed: {open(path + '.txt').read().strip().splitlines()[-1]}")
