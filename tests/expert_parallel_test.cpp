@@ -65,7 +65,7 @@ std::vector<double> widened(const V* p, std::size_t n) {
 // whatever the precision.
 template <class T, class... Policies>
 void check_equivalence(int ranks, typename moe::layer<T, Policies...>::config cfg, int tokens_per_rank,
-                       std::uint64_t seed) {
+                       std::uint64_t seed, moe::trainable_parameters trainable = {}) {
   using single = moe::layer<T, Policies...>;
   using parallel = moe::expert_parallel<T, moe::in_process_communicator, Policies...>;
   const int d = cfg.d_model, tokens = tokens_per_rank * ranks;
@@ -75,6 +75,7 @@ void check_equivalence(int ranks, typename moe::layer<T, Policies...>::config cf
   const moe::step_context ctx{.training = true, .step = 7};
 
   single ref(cfg, moe::host(1));
+  ref.set_trainable(trainable);
   std::vector<T> y_ref(x.size()), dx_ref(x.size());
   ref.forward(ctx, {x.data(), tokens, d}, {y_ref.data(), tokens, d});
   ref.backward({dy.data(), tokens, d}, {dx_ref.data(), tokens, d});
@@ -113,6 +114,7 @@ void check_equivalence(int ranks, typename moe::layer<T, Policies...>::config cf
   std::vector<std::size_t> forward_bytes(R), backward_bytes(R);
   const auto errors = run_ranks(ranks, [&](int r, moe::in_process_communicator& comm) {
     parallel ep(cfg, comm, moe::host(1));
+    ep.set_trainable(trainable);
     const std::size_t off = std::size_t(r) * std::size_t(tokens_per_rank) * std::size_t(d);
     ep.forward(ctx, {x.data() + off, tokens_per_rank, d}, {y.data() + off, tokens_per_rank, d});
     ep.backward({dy.data() + off, tokens_per_rank, d}, {dx.data() + off, tokens_per_rank, d});
@@ -179,6 +181,28 @@ TEST_CASE("expert parallel = one layer: top-2, GEGLU, capacity with drops, BPR, 
     check_equivalence<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>(ranks, c, 64,
                                                                                                         11);
   }
+}
+
+TEST_CASE("expert parallel = one layer with frozen groups (the router's exchange skipped when it is frozen)") {
+  using L = moe::layer<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing>>;
+  L::config c{};
+  c.d_model = 16;
+  c.d_ff = 24;
+  c.num_experts = 8;
+  c.seed = 9;
+  c.group_size = 32;  // each rank's tokens form one group; the reference uses the same groups
+  c.router.k = 2;
+  c.router.learned_noise = true;
+  c.capacity.train = 1.0;
+  c.expert.bias = true;
+  for (int ranks : {2, 4})
+    for (const moe::trainable_parameters t : {moe::trainable_parameters{.router = false, .experts = true},
+                                              moe::trainable_parameters{.router = true, .experts = false},
+                                              moe::trainable_parameters{.router = false, .experts = false}}) {
+      CAPTURE(t.router);
+      CAPTURE(t.experts);
+      check_equivalence<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing>>(ranks, c, 32, 13, t);
+    }
 }
 
 TEST_CASE("expert parallel = one layer: top-1 dropless, learned noise, importance loss") {

@@ -226,3 +226,59 @@ TEST_CASE_TEMPLATE("gradients: every expert activation, plain and gated", Expert
   o.check_input = false;  // the input path is covered above; this isolates the expert maths
   check_layer_gradients(l, tokens, 29, o);
 }
+
+TEST_CASE("frozen parameter groups: their gradients are neither computed nor touched, the rest bit for bit") {
+  using L = moe::layer<double, moe::top_k, moe::losses<moe::router_z_loss>, moe::swiglu_ffn>;
+  auto c = base_config<L>();
+  c.router.k = 2;
+  c.router.learned_noise = true;
+  c.expert.bias = true;
+  c.expert.multiplicative_bias = true;
+  c.expert.dropout = 0.2f;
+  c.losses.router_z_loss.weight = 0.05;
+  const std::size_t n = std::size_t(tokens) * std::size_t(d_model);
+  const auto x = moe_test::random_vector<double>(n, 31), dy = moe_test::random_vector<double>(n, 32);
+  const moe::step_context ctx{.training = true, .step = 4};
+  auto run = [&](L& l) {
+    std::vector<double> y(n), dx(n);
+    l.forward(ctx, {x.data(), tokens, d_model}, {y.data(), tokens, d_model});
+    l.backward({dy.data(), tokens, d_model}, {dx.data(), tokens, d_model});
+    return dx;
+  };
+  auto grads = [](L& l) {
+    std::vector<std::pair<std::string, std::vector<double>>> out;
+    l.for_each_parameter([&](const auto& p) {
+      out.emplace_back(p.name, std::vector<double>(p.grad, p.grad + p.size()));
+    });
+    return out;
+  };
+  L full(c);
+  CHECK(full.trainable().router);
+  CHECK(full.trainable().experts);
+  const auto dx_full = run(full);
+  const auto g_full = grads(full);
+  REQUIRE(g_full.size() == 9);  // router.w, router.w_noise, experts.{w_in, w_up, w_out, b_in, b_up, b_out, scale}
+
+  for (const moe::trainable_parameters t : {moe::trainable_parameters{.router = false, .experts = true},
+                                            moe::trainable_parameters{.router = true, .experts = false},
+                                            moe::trainable_parameters{.router = false, .experts = false}}) {
+    CAPTURE(t.router);
+    CAPTURE(t.experts);
+    L l(c);
+    l.set_trainable(t);
+    auto frozen = [&](const std::string& name) { return name.rfind("router.", 0) == 0 ? !t.router : !t.experts; };
+    // A frozen gradient keeps whatever it holds (here a marker, not zero).
+    l.for_each_parameter([&](const auto& p) {
+      if (frozen(p.name)) std::fill(p.grad, p.grad + p.size(), 0.625);
+    });
+    const auto dx = run(l);
+    CHECK(dx == dx_full);  // ∂L/∂x does not depend on what is frozen
+    const auto g = grads(l);
+    REQUIRE(g.size() == g_full.size());
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      CAPTURE(g[i].first);
+      if (frozen(g[i].first)) CHECK(g[i].second == std::vector<double>(g[i].second.size(), 0.625));
+      else CHECK(g[i].second == g_full[i].second);
+    }
+  }
+}

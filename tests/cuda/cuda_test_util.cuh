@@ -228,11 +228,13 @@ void check_same_bits(const step_result<T>& a, const step_result<T>& b) {
 template <class HostLayer, class CudaLayer>
 auto compare_layer(const typename HostLayer::config& cfg, const typename CudaLayer::config& cuda_cfg,
                    const moe::cuda& space, int tokens, std::uint64_t seed, double rtol, bool exact_routing,
-                   moe::step_context ctx = {}) {
+                   moe::step_context ctx = {}, moe::trainable_parameters trainable = {}) {
   using T = typename HostLayer::element_type;
   static_assert(std::is_same_v<T, typename CudaLayer::element_type>);
   HostLayer h(cfg);
   CudaLayer g(cuda_cfg, space);
+  h.set_trainable(trainable);
+  g.set_trainable(trainable);
   // Initialisation is the same Philox draws in both spaces.
   {
     const parameter_snapshot hp = snapshot(h, false), gp = snapshot(g, true);

@@ -73,6 +73,17 @@ struct parameter_ref {
   }
 };
 
+// Which parameter groups of a MoE layer backward computes gradients for; the others are frozen (as
+// PyTorch's requires_grad = False): their weight-gradient GEMMs are skipped and their gradients are
+// left as they are (zero after zero_grad()). ∂L/∂x is computed either way. Fine-tuning recipes
+// freeze groups: ST-MoE's fine-tuning study updates all, only the non-MoE or only the MoE parameters.
+// moe::expert_parallel: every rank must freeze the same groups (the router's gradient exchange is
+// skipped when it is frozen).
+struct trainable_parameters {
+  bool router = true;   // router.w (and router.w_noise)
+  bool experts = true;  // every experts.* tensor
+};
+
 namespace detail {
 
 template <class P>
@@ -247,6 +258,9 @@ class layer_core {
     space_.fill_zero(expert_grad_block_.data(), expert_grad_block_.bytes());
   }
 
+  void set_trainable(trainable_parameters t) { trainable_ = t; }
+  trainable_parameters trainable() const { return trainable_; }
+
   // Calls f(parameter_ref<P, G>) for each parameter tensor: the router's (P = G = compute_type) and
   // the experts' (P = T, G = grad_type; the local experts only). Pointers are in the space's memory.
   template <class F>
@@ -347,11 +361,13 @@ class layer_core {
     const router_streams rng = router_streams::make(cfg_.seed, cfg_.layer_id, step);
     router_backward<router_type, loss_set_type>(space_, cfg_.router, cfg_.losses, plan, w_router_,
                                                 cfg_.router.learned_noise ? w_noise_ : nullptr, dx, training, rng,
-                                                aux_scale);
+                                                aux_scale, trainable_.router);
   }
 
-  // grad(W_r) += Σ_g partial_g over `groups` partials in order (and W_noise).
+  // grad(W_r) += Σ_g partial_g over `groups` partials in order (and W_noise); nothing when the
+  // router is frozen (route_backward computed no partials).
   void accumulate_router_grads(const R* partials, const R* noise_partials, int groups) {
+    if (!trainable_.router) return;
     const index_t n = index_t(cfg_.d_model) * cfg_.num_experts;
     accumulate_in_order(space_, partials, groups, n, g_router_);
     if (cfg_.router.learned_noise) accumulate_in_order(space_, noise_partials, groups, n, g_noise_);
@@ -376,6 +392,10 @@ class layer_core {
     return {w.w_in, w.w_up, w.w_out, w.b_in, w.b_up, w.b_out, w.scale};
   }
   const ffn_tensors<grad_type>& expert_grad_tensors() const { return expert_grads_; }
+  // The gradients expert backward computes into: none (null tensors) when the experts are frozen.
+  ffn_tensors<grad_type> expert_grads_to_compute() const {
+    return trainable_.experts ? expert_grads_ : ffn_tensors<grad_type>{};
+  }
 
   static constexpr int stat_fixed = detail::stat_fixed;
   int stats_size() const { return 1 + num_losses + stat_fixed + 2 * cfg_.num_experts; }
@@ -517,6 +537,7 @@ class layer_core {
   R *w_router_ = nullptr, *w_noise_ = nullptr, *g_router_ = nullptr, *g_noise_ = nullptr;
   ffn_tensors<T> experts_;
   ffn_tensors<grad_type> expert_grads_;
+  trainable_parameters trainable_;
 };
 
 }  // namespace detail
@@ -592,9 +613,9 @@ class layer : public detail::layer_core<T, Policies...> {
 
     const auto& sp = this->space_;
     dispatch_type::combine_backward(sp, st.plan, st.dispatch, st.act.out, dy.data, st.plan.dgate, st.dout);
-    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(), this->expert_grads_,
-                          st.dispatch.rows.rows, st.xp, st.act, st.dout, st.dxp, last_.training,
-                          this->dropout_stream(last_.step));
+    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(),
+                          this->expert_grads_to_compute(), st.dispatch.rows.rows, st.xp, st.act, st.dout, st.dxp,
+                          last_.training, this->dropout_stream(last_.step));
     dispatch_type::dispatch_backward(sp, st.plan, st.dispatch, st.dxp, st.plan.dx_acc);
     this->route_backward(st.plan, dx.data, last_.training, last_.step, R(aux_loss_scale));
     this->accumulate_router_grads(st.plan.router_partials, st.plan.noise_partials, st.plan.shape.groups);

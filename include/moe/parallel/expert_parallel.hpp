@@ -419,20 +419,23 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     dispatch_type::combine_backward(sp, st.plan, st.dispatch, st.out, dy.data, st.plan.dgate, st.dout);
     exchange_rows(st.dout, st.recv, last_.send_rows, last_.recv_rows, d);
     permute_rows(st.recv, st.owner_grad, st.perm, received, d, /*to_owner=*/true);
-    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(), this->expert_grads_,
-                          st.owner_rows, st.owner_x, st.act, st.owner_grad, st.owner_dx, last_.training,
-                          this->dropout_stream(last_.step));
+    expert_type::backward(sp, this->cfg_.expert, this->local_expert_shape(), this->const_experts(),
+                          this->expert_grads_to_compute(), st.owner_rows, st.owner_x, st.act, st.owner_grad,
+                          st.owner_dx, last_.training, this->dropout_stream(last_.step));
     permute_rows(st.owner_dx, st.recv, st.perm, received, d, /*to_owner=*/false);
     exchange_rows(st.recv, st.dxp, last_.recv_rows, last_.send_rows, d);
     dispatch_type::dispatch_backward(sp, st.plan, st.dispatch, st.dxp, st.plan.dx_acc);
     this->route_backward(st.plan, dx.data, last_.training, last_.step, R(aux_loss_scale));
 
-    // The replicated router: every rank adds all ranks' per-group gradients in global group order.
-    const index_t per_rank = index_t(s.groups) * d * s.experts;
-    comm_.all_gather(st.plan.router_partials, sizeof(R) * std::size_t(per_rank), st.partials);
-    if (this->cfg_.router.learned_noise)
-      comm_.all_gather(st.plan.noise_partials, sizeof(R) * std::size_t(per_rank), st.noise_partials);
-    this->accumulate_router_grads(st.partials, st.noise_partials, s.groups * ranks());
+    // The replicated router: every rank adds all ranks' per-group gradients in global group order
+    // (nothing to exchange when it is frozen: every rank freezes the same groups).
+    if (this->trainable().router) {
+      const index_t per_rank = index_t(s.groups) * d * s.experts;
+      comm_.all_gather(st.plan.router_partials, sizeof(R) * std::size_t(per_rank), st.partials);
+      if (this->cfg_.router.learned_noise)
+        comm_.all_gather(st.plan.noise_partials, sizeof(R) * std::size_t(per_rank), st.noise_partials);
+      this->accumulate_router_grads(st.partials, st.noise_partials, s.groups * ranks());
+    }
 
     std::size_t bytes = 0;
     for (int p = 0; p < ranks(); ++p)

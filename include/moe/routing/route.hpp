@@ -257,11 +257,12 @@ void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order
 
 // From ∂L/∂gate (plan.dgate, the task part; overwritten with the total) to ∂L/∂x (written, adding
 // plan.dx_acc, the experts' part), ∂L/∂raw logits (plan.draw) and the per-group weight gradients
-// (plan.router_partials, plan.noise_partials: see accumulate_in_order).
+// (plan.router_partials, plan.noise_partials: see accumulate_in_order) unless `weight_grads` is
+// false (a frozen router).
 template <class Router, class LossSet, class Space, class T, class R>
 void router_backward(const Space& sp, const typename Router::config& cfg, const typename LossSet::config& loss_cfg,
                      const routing_plan<R>& plan, const R* w_router, const R* w_noise, T* dx, bool training,
-                     const router_streams& rng, R aux_scale) {
+                     const router_streams& rng, R aux_scale, bool weight_grads = true) {
   const routing_shape s = plan.shape;
   const index_t T_ = s.tokens, d = s.d_model, base = s.token_base;
   const int E = s.experts, K = s.pairs_per_token, S = s.group_tokens;
@@ -302,7 +303,7 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
 
   // Per group g: ∂L/∂W_r(g) = x̃_gᵀ · ∂raw_g (one GEMM over the group's S tokens, never accumulated
   // in place, so a group's partial is the same bits wherever it is computed).
-  for (int g = 0; g < s.groups; ++g) {
+  for (int g = 0; weight_grads && g < s.groups; ++g) {
     const index_t t0 = index_t(g) * S;
     sp.gemm(op::transpose, op::none, d, E, index_t(S), R(1), plan.router_input + t0 * d, d, plan.draw + t0 * E, E,
             R(0), plan.router_partials + index_t(g) * d * E, E);
