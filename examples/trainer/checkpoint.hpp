@@ -149,7 +149,7 @@ inline void write_checkpoint(const std::string& dir, const checkpoint_data& data
 inline checkpoint_data read_checkpoint(const std::string& dir) {
   const std::string path = checkpoint_path(dir);
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw checkpoint_error("no checkpoint at '" + path + "' to resume from");
+  if (!in) throw checkpoint_error("no checkpoint at '" + path + "'");
   const std::vector<unsigned char> b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (b.size() < 8 + 8 + 8 + 8 || std::memcmp(b.data(), checkpoint_magic, 8) != 0)
     throw checkpoint_error("'" + path + "' is not a moe-train checkpoint (bad magic or truncated to " +
@@ -158,7 +158,7 @@ inline checkpoint_data read_checkpoint(const std::string& dir) {
   for (int i = 0; i < 8; ++i) stored |= std::uint64_t(b[b.size() - 8 + std::size_t(i)]) << (8 * i);
   if (fnv1a64(b.data(), b.size() - 8) != stored)
     throw checkpoint_error("checkpoint '" + path + "' is corrupt or truncated (checksum mismatch over " +
-                           std::to_string(b.size()) + " bytes); refusing to resume from it");
+                           std::to_string(b.size()) + " bytes); refusing to use it");
   detail::reader r{b, 8, path};
   checkpoint_data data;
   const std::string header = r.str(std::size_t(r.u64()));

@@ -2,10 +2,12 @@
 // one-line error before any work is done.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <string>
@@ -50,6 +52,11 @@ struct options {
   int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or all hardware threads)
   int ranks = 1;    // in-process ranks: experts split over them, the rest data-parallel
   recipe_overrides recipe;  // ablations of the preset's recipe
+  // Fine-tuning: start from the parameters of this checkpoint (not its optimiser state or step), and
+  // hold these parameter groups (param_group bits) fixed.
+  std::string init_from;
+  unsigned frozen = 0;
+  int train_sequences = 0;  // > 0: train on a fixed set of this many sequences (the data's first ones)
   bool progress = true;
   // Testing only: kill the process at the start of this step / in the middle of the checkpoint
   // written at this step.
@@ -85,7 +92,13 @@ inline const char* usage_text =
     "  --init-scale S --balance-loss A     ablations of the preset's recipe: weight init scale s (std\n"
     "  --z-loss C --jitter E               sqrt(s/fan_in), every matrix), load-balancing weight, router\n"
     "  --capacity-factor CF                z-loss weight (st-moe), router input jitter, train capacity factor\n"
+    "  --init-from DIR                     fine-tune: start from the parameters of the checkpoint in DIR (same\n"
+    "                                      model shape; fresh optimiser, step 0)\n"
+    "  --freeze GROUPS                     hold fixed, comma-separated: embedding, attention, dense-ffn, norms,\n"
+    "                                      router, experts, moe (router+experts), non-moe (the other four)\n"
+    "  --expert-dropout X                  dropout on the experts' hidden units in training (Switch: 0.4)\n"
     "  --data FILE                         train on a text file, byte-level (default: the synthetic corpus)\n"
+    "  --train-sequences N                 train on a fixed set of N sequences (a small task), validate as usual\n"
     "  --log FILE                          JSONL log, one object per step\n"
     "  --checkpoint DIR --checkpoint-every N --resume\n"
     "  --eval-every N --eval-batches N     validation (250, 4)\n"
@@ -213,6 +226,29 @@ inline options parse_options(int argc, char** argv) {
       o.recipe.jitter = float(parse_double(flag, take(), 0.0, 0.999));
     } else if (flag == "--capacity-factor") {
       o.recipe.capacity_factor = parse_double(flag, take(), 1e-3, 1024.0);
+    } else if (flag == "--expert-dropout") {
+      o.recipe.expert_dropout = float(parse_double(flag, take(), 0.0, 0.95));
+    } else if (flag == "--init-from") {
+      o.init_from = take();
+      if (o.init_from.empty()) throw usage_error("--init-from: empty directory name");
+    } else if (flag == "--freeze") {
+      const std::string& v = take();
+      o.frozen = 0;
+      std::size_t start = 0;
+      for (;;) {
+        const std::size_t comma = v.find(',', start);
+        const std::string name = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        const auto it = std::find_if(std::begin(group_names), std::end(group_names),
+                                     [&](const group_name& g) { return name == g.name; });
+        if (it == std::end(group_names))
+          throw usage_error("--freeze: '" + name + "' is not one of embedding, attention, dense-ffn, norms, router, " +
+                            "experts, moe, non-moe");
+        o.frozen |= it->groups;
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (flag == "--train-sequences") {
+      o.train_sequences = parse_int(flag, take(), 1, 1 << 24);
     } else if (flag == "--data-seed") {
       o.data_seed = parse_int<std::uint64_t>(flag, take(), 0, std::numeric_limits<std::uint64_t>::max());
     } else if (flag == "--data") {
@@ -277,6 +313,8 @@ inline options parse_options(int argc, char** argv) {
                            : o.recipe.z_loss          ? "--z-loss"
                            : o.recipe.jitter          ? "--jitter"
                            : o.recipe.capacity_factor ? "--capacity-factor"
+                           : o.recipe.expert_dropout  ? "--expert-dropout"
+                           : (o.frozen & group_moe)   ? "--freeze router/experts"
                                                       : nullptr;
     if (moe_only)
       throw usage_error(std::string(moe_only) + ": it applies to the MoE layers, and the dense preset has none");
@@ -290,6 +328,7 @@ inline options parse_options(int argc, char** argv) {
                       std::to_string(rank_tokens) + " tokens of a batch" +
                       (o.ranks > 1 ? " share (per rank)" : std::string()));
   if (o.resume && o.checkpoint.empty()) throw usage_error("--resume: needs --checkpoint DIR");
+  if ((o.frozen & group_all) == group_all) throw usage_error("--freeze: every parameter group is frozen, nothing trains");
   if (o.inject_inf_rank >= o.ranks)
     throw usage_error("--inject-inf-rank: " + std::to_string(o.inject_inf_rank) + " is not a rank of --ranks " +
                       std::to_string(o.ranks));

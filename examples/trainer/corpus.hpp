@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -286,6 +287,56 @@ class text_corpus final : public corpus {
   std::string path_;
   std::vector<unsigned char> bytes_;
   std::size_t split_ = 0;
+};
+
+// A finite training set (--train-sequences N), as in fine-tuning on a small task: the first N
+// sequences of the underlying corpus's training stream (sequence i is sequence i mod B of its batch
+// for step i / B), of which every step draws B uniformly at random, keyed by (seed, step). The
+// validation set is the underlying one: held out, never trained on, so overfitting shows.
+class finite_corpus final : public corpus {
+ public:
+  finite_corpus(std::unique_ptr<corpus> base, int sequences, int B, int S, std::uint64_t seed)
+      : base_(std::move(base)), sequences_(sequences), S_(S), seed_(seed) {
+    batch b;
+    for (int i = 0; i < sequences; i += B) {
+      base_->train_batch(std::uint32_t(i / B), B, S, b);
+      for (int q = 0; q < B && i + q < sequences; ++q) {
+        inputs_.insert(inputs_.end(), b.inputs.begin() + q * S, b.inputs.begin() + (q + 1) * S);
+        targets_.insert(targets_.end(), b.targets.begin() + q * S, b.targets.begin() + (q + 1) * S);
+        domain_.push_back(b.domain[std::size_t(q)]);
+      }
+    }
+  }
+
+  int vocab() const override { return base_->vocab(); }
+  int domains() const override { return base_->domains(); }
+  std::string describe() const override {
+    return base_->describe() + "; training on a fixed set of " + std::to_string(sequences_) + " sequences";
+  }
+  void train_batch(std::uint32_t step, int B, int S, batch& out) const override {
+    moe::require(S == S_, "--train-sequences", "batches of ", S, " tokens from a set of ", S_, "-token sequences");
+    const moe::rng_stream s{seed_, train_stream, 1, step};
+    out.B = B;
+    out.S = S;
+    out.inputs.resize(std::size_t(B) * std::size_t(S));
+    out.targets.resize(out.inputs.size());
+    out.domain.resize(std::size_t(B));
+    for (int q = 0; q < B; ++q) {
+      const std::size_t i = s.bits(std::uint64_t(q)).v[0] % std::uint32_t(sequences_);
+      std::copy_n(inputs_.begin() + std::ptrdiff_t(i) * S, S, out.inputs.begin() + q * S);
+      std::copy_n(targets_.begin() + std::ptrdiff_t(i) * S, S, out.targets.begin() + q * S);
+      out.domain[std::size_t(q)] = domain_[i];
+    }
+    out.index_tokens(vocab());
+  }
+  void valid_batch(int i, int B, int S, batch& out) const override { base_->valid_batch(i, B, S, out); }
+  double entropy_floor(int batches, int B, int S) const override { return base_->entropy_floor(batches, B, S); }
+
+ private:
+  std::unique_ptr<corpus> base_;
+  int sequences_, S_;
+  std::uint64_t seed_;
+  std::vector<int> inputs_, targets_, domain_;
 };
 
 }  // namespace trainer

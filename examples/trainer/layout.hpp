@@ -15,6 +15,7 @@
 // Widths are rounded to integers, so FLOPs match to within rounding; the exact counts are printed.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -36,8 +37,8 @@ inline const char* preset_name(preset p) {
   return "?";
 }
 
-// Changes to a preset's recipe, for ablations (--init-scale, --balance-loss, --z-loss, --jitter,
-// --capacity-factor). Unset: the preset's own value.
+// Changes to a preset's recipe, for ablations and fine-tuning (--init-scale, --balance-loss,
+// --z-loss, --jitter, --capacity-factor, --expert-dropout). Unset: the preset's own value.
 struct recipe_overrides {
   // s of every weight matrix's truncated normal, std sqrt(s / fan_in): embeddings, attention, dense
   // FFNs, routers and experts alike (Switch §2.4 reduced it from 1.0 to 0.1 for the whole model).
@@ -46,8 +47,10 @@ struct recipe_overrides {
   std::optional<double> z_loss;           // router z-loss weight c_z (presets whose layers have it: st-moe)
   std::optional<float> jitter;            // router input jitter ε
   std::optional<double> capacity_factor;  // training capacity factor (evaluation keeps the preset's)
+  // Dropout on the experts' hidden units in training (Switch fine-tuning: 0.4, ST-MoE: 0.3 is good).
+  std::optional<float> expert_dropout;
 
-  bool any() const { return init_scale || balance_loss || z_loss || jitter || capacity_factor; }
+  bool any() const { return init_scale || balance_loss || z_loss || jitter || capacity_factor || expert_dropout; }
   // "preset" when nothing is changed, else the changed values: the checkpoint header records it.
   std::string describe() const {
     if (!any()) return "preset";
@@ -63,9 +66,53 @@ struct recipe_overrides {
     add("z_loss", z_loss);
     add("jitter", jitter);
     add("capacity_factor", capacity_factor);
+    add("expert_dropout", expert_dropout);
     return out;
   }
 };
+
+// Parameter groups --freeze holds fixed while the rest trains (fine-tuning a subset, as in ST-MoE's
+// study: all, only the non-MoE or only the MoE parameters). Every parameter is in exactly one.
+enum param_group : unsigned {
+  group_embedding = 1u << 0,  // tok_emb (tied with the output layer), pos_emb
+  group_attention = 1u << 1,  // w_qkv, w_o
+  group_dense_ffn = 1u << 2,  // the dense FFNs' weights
+  group_norms = 1u << 3,      // every RMSNorm gain
+  group_router = 1u << 4,     // the MoE layers' routers
+  group_experts = 1u << 5,    // the MoE layers' experts
+  group_moe = group_router | group_experts,
+  group_all = (1u << 6) - 1,
+  group_non_moe = group_all & ~group_moe,
+};
+
+// The group of a parameter, by the name the model gives it (model.hpp).
+inline param_group group_of(const std::string& name) {
+  if (name.rfind("moe", 0) == 0) return name.find(".router.") != std::string::npos ? group_router : group_experts;
+  if (name == "tok_emb" || name == "pos_emb") return group_embedding;
+  if (name.size() >= 4 && name.compare(name.size() - 4, 4, "norm") == 0) return group_norms;
+  if (name.find(".ffn") != std::string::npos) return group_dense_ffn;
+  return group_attention;
+}
+
+// The names --freeze takes, and the groups they stand for.
+struct group_name {
+  const char* name;
+  unsigned groups;
+};
+inline constexpr group_name group_names[] = {
+    {"embedding", group_embedding}, {"attention", group_attention}, {"dense-ffn", group_dense_ffn},
+    {"norms", group_norms},         {"router", group_router},       {"experts", group_experts},
+    {"moe", group_moe},             {"non-moe", group_non_moe},
+};
+
+// "none", or the frozen groups' names ("router,experts"): the checkpoint header records it.
+inline std::string describe_groups(unsigned groups) {
+  if (!groups) return "none";
+  std::string out;
+  for (const group_name& g : group_names)
+    if (std::has_single_bit(g.groups) && (groups & g.groups)) out += (out.empty() ? "" : ",") + std::string(g.name);
+  return out;
+}
 
 // The initialisation scale s of the model's weights: Switch's 0.1 for the Switch preset, 1.0 for
 // the others, unless overridden.

@@ -235,18 +235,22 @@ class model {
             s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
           }
         } else {
-          DenseFFN::backward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), s.dw, dense_rows_, s.h, s.act, act_.dx,
+          DenseFFN::backward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w),
+                             (frozen_ & group_dense_ffn) ? decltype(s.dw){} : s.dw, dense_rows_, s.h, s.act, act_.dx,
                              act_.dh, false, moe::rng_stream{});
         }
         rmsnorm_backward(sp, s.x_in, s.g, s.rinv, act_.dh, N, d, act_.dx, s.dg);
       }
       // x_mid = x_in + attn_out · W_o
       sp.gemm(moe::op::none, moe::op::transpose, N, d, d, T(1), act_.dx, d, b.w_o, d, T(0), act_.dattn, d);
-      sp.gemm(moe::op::transpose, moe::op::none, d, d, N, T(1), b.attn_out, d, act_.dx, d, T(1), b.dw_o, d);
+      const bool attention_trains = !(frozen_ & group_attention);
+      if (attention_trains)
+        sp.gemm(moe::op::transpose, moe::op::none, d, d, N, T(1), b.attn_out, d, act_.dx, d, T(1), b.dw_o, d);
       attention_backward(sp, b.qkv, b.probs, act_.dattn, B, S, H, dh, act_.dscores, act_.dqkv);
       sp.gemm(moe::op::none, moe::op::transpose, N, d, 3 * d, T(1), act_.dqkv, 3 * d, b.w_qkv, 3 * d, T(0), act_.dh, d);
-      sp.gemm(moe::op::transpose, moe::op::none, d, 3 * d, N, T(1), b.h_attn, d, act_.dqkv, 3 * d, T(1), b.dw_qkv,
-              3 * d);
+      if (attention_trains)
+        sp.gemm(moe::op::transpose, moe::op::none, d, 3 * d, N, T(1), b.h_attn, d, act_.dqkv, 3 * d, T(1), b.dw_qkv,
+                3 * d);
       rmsnorm_backward(sp, b.x_in, b.g_attn, b.rinv_attn, act_.dh, N, d, act_.dx, b.dg_attn);
     }
     embed_backward(sp, by_token, token_offsets, act_.dx, N, S, d, V, g_.tok_emb, g_.pos_emb);
@@ -254,6 +258,16 @@ class model {
 
   // The MoE layers in block order, and the block each belongs to.
   const std::vector<std::unique_ptr<MoeLayer>>& moe_layers() const { return moe_layers_; }
+
+  // Parameter groups (param_group bits) held fixed: the optimiser leaves them out (run.hpp), and
+  // backward skips the weight-gradient GEMMs of frozen experts, routers, dense FFNs and attention
+  // (their gradients stay zero; the norms' and embeddings' are computed and ignored).
+  void set_frozen(unsigned groups) {
+    frozen_ = groups;
+    for (auto& l : moe_layers_)
+      l->set_trainable({.router = !(groups & group_router), .experts = !(groups & group_experts)});
+  }
+  unsigned frozen() const { return frozen_; }
   const std::vector<int>& moe_blocks() const { return moe_block_; }
 
   // Σ weighted auxiliary losses of the latest forward (synchronises).
@@ -488,6 +502,7 @@ class model {
     }
     if (r.jitter) c.router.jitter = *r.jitter;
     if (r.capacity_factor) c.capacity.train = *r.capacity_factor;
+    if (r.expert_dropout) c.expert.dropout = *r.expert_dropout;
     return c;
   }
 
@@ -536,6 +551,7 @@ class model {
   moe::buffer<Space> values_, grads_, act_buffer_, rows_buffer_;
   std::vector<param_view<T>> dense_params_;
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
+  unsigned frozen_ = 0;
   std::vector<int> moe_block_;
   std::vector<master_copy> masters_;  // 16-bit MoE parameters, in parameters() order
   moe::buffer<Space> master_values_;

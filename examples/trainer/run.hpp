@@ -159,6 +159,9 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
   std::unique_ptr<corpus> data;
   if (opt.data.empty()) data = std::make_unique<synthetic_corpus>(opt.corpus_seed());
   else data = std::make_unique<text_corpus>(opt.data, opt.corpus_seed(), opt.seq);
+  if (opt.train_sequences > 0)
+    data = std::make_unique<finite_corpus>(std::move(data), opt.train_sequences, opt.batch, opt.seq,
+                                           opt.corpus_seed());
 
   model_config mc;
   mc.kind = opt.kind;
@@ -183,7 +186,26 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
   const model_cost cost_info = cost(mc);
   std::function<double(double)> sum_over_ranks;
   if (rc.comm) sum_over_ranks = [&rc](double v) { return rc.sum(v); };
-  optimizer<T, Space> opt_state(opt.optim, net.parameters(), space, sum_over_ranks);
+  // --freeze: the optimiser sees only the parameters that train (no update, no weight decay, no
+  // share of the clipping norm for the others).
+  net.set_frozen(opt.frozen);
+  std::vector<param_view<T>> trained;
+  index_t trained_count = 0, total_count = 0;
+  for (const auto& p : net.parameters()) {
+    const index_t whole = p.sharded ? p.size() / p.shape[0] * p.global_leading : p.size();
+    total_count += whole;
+    if (opt.frozen & group_of(p.name)) continue;
+    trained.push_back(p);
+    trained_count += whole;
+  }
+  for (const group_name& g : group_names) {  // a frozen group this model lacks is a mistake in the flags
+    if (!std::has_single_bit(g.groups) || !(opt.frozen & g.groups)) continue;
+    bool present = false;
+    for (const auto& p : net.parameters()) present = present || group_of(p.name) == g.groups;
+    if (!present) moe::fail("--freeze", "this ", preset_name(opt.kind), " model has no ", g.name, " parameters");
+  }
+  if (trained.empty()) moe::fail("--freeze", describe_groups(opt.frozen), " leaves nothing to train");
+  optimizer<T, Space> opt_state(opt.optim, trained, space, sum_over_ranks);
 
   // The header of every checkpoint: what must match to resume (not the number of ranks: a
   // checkpoint holds whole tensors and resumes with any).
@@ -197,22 +219,14 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       {"precision", opt.precision},
       {"recipe", opt.recipe.describe()},
       {"data_seed", std::to_string(opt.corpus_seed())},
+      {"freeze", describe_groups(opt.frozen)},
+      {"train_sequences", opt.train_sequences > 0 ? std::to_string(opt.train_sequences) : "all"},
+      {"init_from", opt.init_from.empty() ? "none" : opt.init_from},
       {"vocab", std::to_string(mc.vocab)}};
 
-  int start_step = 0;
-  if (opt.resume) {
-    const checkpoint_data ck = read_checkpoint(opt.checkpoint);
-    for (const auto& [k, v] : header) {
-      const auto it = ck.header.find(k);
-      // Written before --precision / the recipe flags: their defaults.
-      if (it == ck.header.end() && ((k == "precision" && v == "fp32") || (k == "recipe" && v == "preset") ||
-                                    (k == "data_seed" && v == std::to_string(opt.seed))))
-        continue;
-      if (it == ck.header.end() || it->second != v)
-        throw checkpoint_error("--resume: the checkpoint was written with " + k + "=" +
-                               (it == ck.header.end() ? std::string("<missing>") : it->second) +
-                               ", this run has " + k + "=" + v);
-    }
+  // Copies this rank's part of every parameter (and, resuming, of the optimiser state) from a
+  // checkpoint; `flag` names the source in errors.
+  auto restore_from = [&](const checkpoint_data& ck, const std::string& flag, bool optimiser_state) {
     std::map<std::string, const checkpoint_tensor*> by_name;
     for (const auto& t : ck.tensors) by_name[t.name] = &t;
     // Copies this rank's part of a whole tensor: `components` blocks of `global` chunks each, of
@@ -220,11 +234,11 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     auto restore = [&](const std::string& name, T* dst, index_t count, int components, index_t first, index_t local,
                        index_t global) {
       const auto it = by_name.find(name);
-      if (it == by_name.end()) throw checkpoint_error("--resume: checkpoint has no tensor '" + name + "'");
+      if (it == by_name.end()) throw checkpoint_error(flag + ": checkpoint has no tensor '" + name + "'");
       const index_t chunk = count / (components * local);
       const std::size_t whole = sizeof(T) * std::size_t(components * global * chunk);
       if (it->second->element_size != sizeof(T) || it->second->bytes.size() != whole)
-        throw checkpoint_error("--resume: tensor '" + name + "' has the wrong size in the checkpoint");
+        throw checkpoint_error(flag + ": tensor '" + name + "' has the wrong size in the checkpoint");
       const T* src = reinterpret_cast<const T*>(it->second->bytes.data());
       for (int c = 0; c < components; ++c)
         space.copy_from_host(dst + c * local * chunk, src + (c * global + first) * chunk,
@@ -234,11 +248,31 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       if (p.sharded) restore(p.name, p.value, p.size(), 1, p.first, p.shape[0], p.global_leading);
       else restore(p.name, p.value, p.size(), 1, 0, 1, 1);
     }
-    for (const auto& s : opt_state.state()) {
-      if (s.sharded) restore(s.name, s.data, s.size, s.components, s.first, s.leading, s.global_leading);
-      else restore(s.name, s.data, s.size, 1, 0, 1, 1);
-    }
+    if (optimiser_state)
+      for (const auto& s : opt_state.state()) {
+        if (s.sharded) restore(s.name, s.data, s.size, s.components, s.first, s.leading, s.global_leading);
+        else restore(s.name, s.data, s.size, 1, 0, 1, 1);
+      }
     net.commit_parameters();
+  };
+
+  int start_step = 0;
+  if (opt.resume) {
+    const checkpoint_data ck = read_checkpoint(opt.checkpoint);
+    for (const auto& [k, v] : header) {
+      const auto it = ck.header.find(k);
+      // Written before --precision / the recipe and fine-tuning flags: their defaults.
+      if (it == ck.header.end() && ((k == "precision" && v == "fp32") || (k == "recipe" && v == "preset") ||
+                                    (k == "data_seed" && v == std::to_string(opt.seed)) ||
+                                    (k == "freeze" && v == "none") || (k == "init_from" && v == "none") ||
+                                    (k == "train_sequences" && v == "all")))
+        continue;
+      if (it == ck.header.end() || it->second != v)
+        throw checkpoint_error("--resume: the checkpoint was written with " + k + "=" +
+                               (it == ck.header.end() ? std::string("<missing>") : it->second) +
+                               ", this run has " + k + "=" + v);
+    }
+    restore_from(ck, "--resume", true);
     if (Model::loss_scaled) {
       const auto scale = ck.header.find("loss_scale"), good = ck.header.find("loss_scale_good_steps");
       if (scale == ck.header.end() || good == ck.header.end())
@@ -247,6 +281,18 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
     }
     start_step = std::stoi(ck.header.at("step"));
     opt_state.set_steps_taken(std::stoi(ck.header.at("optimizer_steps")));
+  } else if (!opt.init_from.empty()) {
+    // Fine-tuning: the parameters only, from a model of the same shape (any data, recipe, precision,
+    // optimiser or number of ranks); the optimiser, the schedule and the step start afresh.
+    const checkpoint_data ck = read_checkpoint(opt.init_from);
+    for (const char* k : {"preset", "d_model", "layers", "heads", "seq", "experts", "vocab"}) {
+      const auto it = ck.header.find(k);
+      if (it == ck.header.end() || it->second != header.at(k))
+        throw checkpoint_error(std::string("--init-from: the checkpoint's model has ") + k + "=" +
+                               (it == ck.header.end() ? std::string("<missing>") : it->second) + ", this run has " +
+                               k + "=" + header.at(k));
+    }
+    restore_from(ck, "--init-from", false);
   }
 
   // ---- header ----------------------------------------------------------------------------------
@@ -276,6 +322,10 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
     if (opt.recipe.any()) std::printf("  recipe   %s (the rest as the preset)\n", opt.recipe.describe().c_str());
+    if (!opt.init_from.empty() && !start_step) std::printf("  init     the parameters of '%s'\n", opt.init_from.c_str());
+    if (opt.frozen)
+      std::printf("  frozen   %s: %.3fM of %.3fM parameters train\n", describe_groups(opt.frozen).c_str(),
+                  double(trained_count) / 1e6, double(total_count) / 1e6);
     // The element type of the layers built (not the flag): tests/trainer checks it against --precision.
     if (Model::low_precision_moe)
       std::printf("  precision MoE layers %s (float32 master weights%s), the rest float32\n",
@@ -310,7 +360,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
   };
   // The dense gradients of all ranks add up (the router's are summed inside the MoE layers).
   std::vector<param_view<T>> replicated;
-  for (const auto& p : net.parameters())
+  for (const auto& p : trained)
     if (p.name.rfind("moe", 0) != 0) replicated.push_back(p);
   auto sum_dense_grads = [&]() {
     for (const auto& p : replicated) rc.sum(p.grad, p.size());

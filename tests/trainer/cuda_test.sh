@@ -79,6 +79,17 @@ for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
   compare_to_host "$name" "$tmp/$preset.host.jsonl" "$tmp/$preset.cuda.jsonl" "$step1" "$limit" || exit 1
 done
 
+# Fine-tuning on cuda: the parameters of a host-pretrained Switch checkpoint, on other data, with
+# the experts frozen (their weight-gradient GEMMs skipped on the device) and expert dropout.
+"$bin" --preset switch --device host "${args[@]}" --checkpoint "$tmp/pre" --checkpoint-every 20 >/dev/null 2>&1 ||
+  { echo "FAIL: switch pretraining for the fine-tuning case"; exit 1; }
+ft=(--preset switch "${args[@]}" --init-from "$tmp/pre" --data-seed 2 --freeze experts --expert-dropout 0.2)
+for space in cuda host; do
+  "$bin" "${ft[@]}" --device $space --log "$tmp/ft.$space.jsonl" >"$tmp/ft.$space.out" 2>&1 ||
+    { cat "$tmp/ft.$space.out"; echo "FAIL: switch fine-tuning --device $space"; exit 1; }
+done
+compare_to_host "switch fine-tuned (experts frozen)" "$tmp/ft.host.jsonl" "$tmp/ft.cuda.jsonl" 1e-4 0.02 || exit 1
+
 # --ranks 2 on cuda (one GPU per rank, NCCL): with two GPUs it must follow the host's two-rank run;
 # with fewer it must refuse, naming the GPUs it needs. On the kernel emulator
 # (MOE_CUDA_TEST_EMULATED=1, moe-train-emu) the GPUs are MOE_EMU_DEVICES emulated ones with NCCL
@@ -93,10 +104,12 @@ fi
 if [[ ${gpus:-0} -ge 2 ]]; then
   # The 16-bit runs with the single-GPU runs' limits. st-moe/fp16 overflows on rank 1 alone at step
   # 5 (+inf written into its own expert gradient): the gradient norm, summed over the ranks through
-  # NCCL, is non-finite on both, so both skip that update and keep one loss scale.
+  # NCCL, is non-finite on both, so both skip that update and keep one loss scale. Switch trains with
+  # its router frozen: the ranks then skip the router's gradient exchange.
   for name in switch st-moe glam/bf16 st-moe/fp16; do
     read_name "$name"
     [[ $name == */fp16 ]] && extra+=(--inject-inf-at-step 5 --inject-inf-rank 1)
+    [[ $name == switch ]] && extra+=(--freeze router)
     "$bin" --preset "$preset" --device cuda --ranks 2 "${args[@]}" "${extra[@]}" --log "$tmp/r2.cuda.jsonl" \
       >"$tmp/r2.cuda.out" 2>&1 || { cat "$tmp/r2.cuda.out"; echo "FAIL: $name --ranks 2 --device cuda"; exit 1; }
     check_layers_built "$name --ranks 2" "$tmp/r2.cuda.out" || exit 1
