@@ -24,6 +24,9 @@ struct layer_case {
   int tokens = 4096;
   skew routing = skew::uniform;
   bool backward = true;
+  // Frozen groups (fine-tuning): backward skips their weight-gradient GEMMs. vs_dense still compares
+  // with a dense FFN whose weights train.
+  moe::trainable_parameters trainable{};
 };
 
 inline std::string layer_benchmark_name(const layer_case& c) {
@@ -37,6 +40,7 @@ void run_layer(benchmark::State& st, const layer_case& c, const typename Layer::
                 std::is_same_v<typename Layer::compute_type, float>);
   const int T = c.tokens, d = cfg.d_model, E = cfg.num_experts;
   Layer layer(cfg, space());
+  layer.set_trainable(c.trainable);
   const routed_inputs in = make_routed_inputs(T, d, E, c.k, c.routing, 1234);
   auto w = layer.router_weights();
   std::copy(in.w_router.begin(), in.w_router.end(), w.data);
@@ -67,7 +71,8 @@ void run_layer(benchmark::State& st, const layer_case& c, const typename Layer::
   const double kept = double(stats.routed_pairs - stats.dropped_pairs);
   const double fwd_flops = kept * 2.0 * d * cfg.d_ff * (c.gated ? 3 : 2);
   st.counters["tokens_per_s"] = rate(T);
-  st.counters["TFLOPps"] = rate(fwd_flops * (c.backward ? 3 : 1) * 1e-12);
+  // Backward: ∂x costs one forward, the weight gradients another (skipped for frozen experts).
+  st.counters["TFLOPps"] = rate(fwd_flops * (c.backward ? (c.trainable.experts ? 3 : 2) : 1) * 1e-12);
   st.counters["vs_dense"] = ratio_to(t_dense);
   st.counters["dense_ms"] = t_dense * 1e3;
   set_load_counters(st, stats.routed_per_expert, stats.dropped_fraction);

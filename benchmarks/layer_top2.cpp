@@ -1,7 +1,7 @@
 // benchmarks/layer_top2.cpp — full-layer benchmarks of top-2 routing with GEGLU experts: the GLaM
 // preset (capacity factor 2: no drops under balanced routing), the ST-MoE preset (capacity factor
 // 1.25 not scaled by k: up to 37.5 % of second choices dropped by design) and a dropless top-2
-// layer with GLaM's settings. Dense baseline: a GEGLU FFN of width 2·d_ff.
+// layer with GLaM's settings, and GLaM with its experts frozen. Dense baseline: a GEGLU FFN of width 2·d_ff.
 #include "layer_bench.hpp"
 
 namespace moe_bench {
@@ -49,6 +49,11 @@ void register_layer_top2_benchmarks() {
       {false, true});
   register_layer<top2_dropless>(top2_case("top2_dropless/sorted"), dropless_config, {experts.front()}, skews,
                                 {false, true});
+  // Fine-tuning with the experts frozen (set_trainable): the backward without their weight gradients.
+  layer_case frozen = top2_case("glam_frozen_experts/sorted");
+  frozen.trainable.experts = false;
+  register_layer<glam::layer>(
+      frozen, [=](int E) { return glam::make_config(d, f, E, 1); }, {experts.front()}, {skew::uniform}, {true});
 }
 
 }  // namespace moe_bench

@@ -328,7 +328,8 @@ inline options parse_options(int argc, char** argv) {
                       std::to_string(rank_tokens) + " tokens of a batch" +
                       (o.ranks > 1 ? " share (per rank)" : std::string()));
   if (o.resume && o.checkpoint.empty()) throw usage_error("--resume: needs --checkpoint DIR");
-  if ((o.frozen & group_all) == group_all) throw usage_error("--freeze: every parameter group is frozen, nothing trains");
+  if ((o.frozen & group_all) == group_all)
+    throw usage_error("--freeze: every parameter group is frozen, nothing trains");
   if (o.inject_inf_rank >= o.ranks)
     throw usage_error("--inject-inf-rank: " + std::to_string(o.inject_inf_rank) + " is not a rank of --ranks " +
                       std::to_string(o.ranks));

@@ -322,7 +322,8 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
                 opt.batch, opt.seq, opt.optim.kind == optimizer_kind::adamw ? "AdamW" : "Adafactor", opt.optim.lr,
                 opt.optim.warmup, opt.optim.clip);
     if (opt.recipe.any()) std::printf("  recipe   %s (the rest as the preset)\n", opt.recipe.describe().c_str());
-    if (!opt.init_from.empty() && !start_step) std::printf("  init     the parameters of '%s'\n", opt.init_from.c_str());
+    if (!opt.init_from.empty() && !start_step)
+      std::printf("  init     the parameters of '%s'\n", opt.init_from.c_str());
     if (opt.frozen)
       std::printf("  frozen   %s: %.3fM of %.3fM parameters train\n", describe_groups(opt.frozen).c_str(),
                   double(trained_count) / 1e6, double(total_count) / 1e6);

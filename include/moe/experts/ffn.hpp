@@ -9,7 +9,7 @@
 //   multiplicative_bias  a learned per-expert scale m_e ∈ R^{d_ff} on the hidden activation,
 //                        initialised to 1 — our reading of ST-MoE's "multiplicative bias" option,
 //                        which the paper reports as a small quality gain
-//   dropout              expert dropout on the hidden activation during training (Switch §4: 0.4 in
+//   dropout              expert dropout on the hidden activation during training (Switch §2.4: 0.4 in
 //                        experts while 0.1 elsewhere at fine-tuning; ST-MoE studies it too); the mask
 //                        is keyed by (token, expert, unit), so it is the same in every dispatcher
 //   init_scale           W ~ truncated normal with std sqrt(init_scale / fan_in) (Switch: 0.1)

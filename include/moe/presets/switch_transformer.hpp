@@ -36,11 +36,11 @@ struct switch_transformer {
     c.capacity.minimum = 4;                           // Mesh-TF
     c.losses.load_balancing.weight = 1e-2;            // §2.2: α = 10^-2
     c.losses.load_balancing.count = load_balancing_count::first_choice;  // eq. 5: f_i from argmax
-    c.expert.dropout = 0.0f;  // pre-training; §3 fine-tuning uses expert dropout 0.4 (with_fine_tuning)
+    c.expert.dropout = 0.0f;  // pre-training; §2.4 fine-tuning uses expert dropout 0.4 (with_fine_tuning)
     return c;
   }
 
-  // The fine-tuning regularisation of §3 (Table 4): expert dropout 0.4 while dropout elsewhere is 0.1.
+  // The fine-tuning regularisation of §2.4 (Table 4): expert dropout 0.4 while dropout elsewhere is 0.1.
   static config with_fine_tuning(config c) {
     c.expert.dropout = 0.4f;
     return c;
