@@ -184,7 +184,8 @@ TEST_CASE("expert parallel = one layer: top-2, GEGLU, capacity with drops, BPR, 
 }
 
 TEST_CASE("expert parallel = one layer with frozen groups (the router's exchange skipped when it is frozen)") {
-  using L = moe::layer<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing>>;
+  // The first case's layer type: no new instantiation (compile time).
+  using L = moe::layer<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>;
   L::config c{};
   c.d_model = 16;
   c.d_ff = 24;
@@ -201,7 +202,8 @@ TEST_CASE("expert parallel = one layer with frozen groups (the router's exchange
                                               moe::trainable_parameters{.router = false, .experts = false}}) {
       CAPTURE(t.router);
       CAPTURE(t.experts);
-      check_equivalence<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing>>(ranks, c, 32, 13, t);
+      check_equivalence<float, moe::top_k, moe::geglu_ffn, moe::losses<moe::load_balancing, moe::router_z_loss>>(
+          ranks, c, 32, 13, t);
     }
 }
 
