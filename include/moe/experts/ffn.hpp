@@ -261,9 +261,10 @@ struct ffn {
     }
   }
 
-  // From dout (∂L/∂out per row): accumulates the parameter gradients into g and writes dxp. A null
-  // tensor of g is not computed: with all of g null (frozen experts) only dxp is, and the backward
-  // costs two of its GEMMs instead of four (three of six when gated).
+  // From dout (∂L/∂out per row): accumulates the parameter gradients into g and writes dxp. Null
+  // tensors of g are not computed (W_up and b_up go with W_in and b_in): with all of g null (frozen
+  // experts) only dxp is, and the backward costs two of its GEMMs instead of four (three of six
+  // when gated).
   template <class Space, class T>
   static void backward(const Space& sp, const config& c, const expert_shape& s, const ffn_tensors<const T>& w,
                        const ffn_tensors<acc_t<T>>& g, const row_map& rows, const T* xp,
