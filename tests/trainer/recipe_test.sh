@@ -2,7 +2,7 @@
 # The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor) change what
 # they name and nothing else: a flag set to the preset's own value reproduces the preset's run bit
 # for bit, another value changes the logged quantity it drives, and a checkpoint refuses to resume
-# under a different recipe. --data-seed keeps the data while --seed changes the model's randomness.
+# under a different recipe or data seed. --data-seed keeps the data while --seed changes the model's randomness.
 #   usage: recipe_test.sh <moe-train> <python3>
 set -euo pipefail
 bin=$1
@@ -92,4 +92,12 @@ if [[ $status -eq 0 ]] || ! grep -q "written with recipe=balance_loss=0, this ru
   exit 1
 fi
 "$bin" "${small[@]}" --preset switch --balance-loss 0 --checkpoint "$tmp/ck" --resume >/dev/null
-echo "a checkpoint resumes under its own recipe only"
+# ... and its data: resuming on another corpus (--data-seed) is refused too.
+status=0
+"$bin" "${small[@]}" --preset switch --balance-loss 0 --data-seed 2 --checkpoint "$tmp/ck" --resume >/dev/null \
+  2>"$tmp/err" || status=$?
+if [[ $status -eq 0 ]] || ! grep -q "written with data_seed=1, this run has data_seed=2" "$tmp/err"; then
+  echo "FAIL: resuming a --data-seed 1 checkpoint with --data-seed 2: exit $status, $(cat "$tmp/err")"
+  exit 1
+fi
+echo "a checkpoint resumes under its own recipe and data only"
