@@ -109,8 +109,11 @@ inline constexpr group_name group_names[] = {
 inline std::string describe_groups(unsigned groups) {
   if (!groups) return "none";
   std::string out;
-  for (const group_name& g : group_names)
-    if (std::has_single_bit(g.groups) && (groups & g.groups)) out += (out.empty() ? "" : ",") + std::string(g.name);
+  for (const group_name& g : group_names) {
+    if (!std::has_single_bit(g.groups) || !(groups & g.groups)) continue;
+    if (!out.empty()) out += ',';
+    out += g.name;
+  }
   return out;
 }
 

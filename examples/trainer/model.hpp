@@ -258,6 +258,7 @@ class model {
 
   // The MoE layers in block order, and the block each belongs to.
   const std::vector<std::unique_ptr<MoeLayer>>& moe_layers() const { return moe_layers_; }
+  const std::vector<int>& moe_blocks() const { return moe_block_; }
 
   // Parameter groups (param_group bits) held fixed: the optimiser leaves them out (run.hpp), and
   // backward skips the weight-gradient GEMMs of frozen experts, routers, dense FFNs and attention
@@ -267,8 +268,6 @@ class model {
     for (auto& l : moe_layers_)
       l->set_trainable({.router = !(groups & group_router), .experts = !(groups & group_experts)});
   }
-  unsigned frozen() const { return frozen_; }
-  const std::vector<int>& moe_blocks() const { return moe_block_; }
 
   // Σ weighted auxiliary losses of the latest forward (synchronises).
   double aux_loss() const {
