@@ -81,7 +81,7 @@ void run_layer(benchmark::State& st, const layer_case& c, const typename Layer::
 // Registers run_layer<Layer> for the pass/E/skew grid; make_config(E) gives the layer's config.
 template <class Layer, class MakeConfig>
 void register_layer(layer_case base, MakeConfig make_config, const std::vector<int>& experts,
-                    std::initializer_list<skew> skews, std::initializer_list<bool> passes) {
+                    const std::vector<skew>& skews, const std::vector<bool>& passes) {
   for (bool backward : passes)
     for (int E : experts)
       for (skew s : skews) {

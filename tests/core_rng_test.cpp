@@ -228,3 +228,39 @@ TEST_CASE("rng: truncated_normal stays within two standard deviations, with std 
     CHECK(largest > 1.99 * stddev);
   }
 }
+
+TEST_CASE("rng: dropout draws — eight per block, the rate quantised to 1/65536, an exact expectation") {
+  CHECK(moe::dropout_draws::at_rate(0.0f).threshold == 0);
+  CHECK(moe::dropout_draws::at_rate(0.1f).threshold == 6554);  // 6553.6 rounded
+  CHECK(moe::dropout_draws::at_rate(0.5f).threshold == 32768);
+  CHECK(moe::dropout_draws::at_rate(0.99999f).threshold == 65535);  // never all dropped
+  CHECK(moe::dropout_draws::block_of(7) == 0);
+  CHECK(moe::dropout_draws::block_of(8) == 1);
+  // Element i reads half i mod 2 of word (i / 2) mod 4: a hand-made block decides as expected.
+  const moe::philox4x32 block{{0x00020001u, 0x00040003u, 0xffff0000u, 0x8000ffffu}};
+  const moe::dropout_draws d{3};
+  const double kept = 65536.0 / (65536.0 - 3.0);
+  const double want[8] = {0, 0, kept, kept, 0, kept, kept, kept};  // halves 1, 2, 3, 4, 0, ffff, ffff, 8000
+  for (int i = 0; i < 8; ++i) {
+    CAPTURE(i);
+    CHECK(d.scale<double>(block, std::uint64_t(i)) == want[i]);
+    CHECK(d.scale<double>(block, std::uint64_t(8 + i)) == want[i]);  // the same positions of the next block
+  }
+  // Over a stream, the dropped fraction is the quantised rate and the mean scale is 1.
+  const moe::rng_stream s{77, moe::rng_purpose::expert_dropout, 2, 9};
+  for (const float rate : {0.1f, 0.4f}) {
+    CAPTURE(rate);
+    const moe::dropout_draws r = moe::dropout_draws::at_rate(rate);
+    const int n = 800000;
+    int dropped = 0;
+    double sum = 0;
+    for (int i = 0; i < n; ++i) {
+      const double v = r.scale<double>(s.bits(moe::dropout_draws::block_of(std::uint64_t(i))), std::uint64_t(i));
+      dropped += v == 0;
+      sum += v;
+    }
+    const double q = r.threshold / 65536.0, sd = std::sqrt(n * q * (1 - q));
+    CHECK(std::abs(dropped - n * q) < 5 * sd);
+    CHECK(std::abs(sum / n - 1.0) < 5 * sd / n / (1 - q));
+  }
+}

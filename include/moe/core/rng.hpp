@@ -71,6 +71,47 @@ MOE_HOST_DEVICE float uniform01_open_low(std::uint32_t word) {
 // Uniform in [0, 1) for element `index` (lane 0 of its Philox block).
 MOE_HOST_DEVICE float uniform(const rng_stream& s, std::uint64_t index) { return uniform01(s.bits(index).v[0]); }
 
+// Dropout decisions, eight per Philox block: element i reads the 16-bit half i mod 2 of word
+// (i / 2) mod 4 of block i / 8, and is dropped when that half is below round(rate · 2^16). The rate
+// is thus quantised to 1/65536 (FlashAttention quantises its dropout rate to 1/256) and a kept
+// element is scaled by 2^16 / (2^16 − threshold), which keeps the expectation exact. Eight draws
+// per block instead of one matter on the host, where Philox dominates dropout's cost.
+struct dropout_draws {
+  std::uint32_t threshold = 0;  // dropped when the 16-bit draw is below it; 0: nothing dropped
+
+  MOE_HOST_DEVICE static dropout_draws at_rate(float rate) {
+    const float t = rate * 65536.0f + 0.5f;
+    return {t <= 0.0f ? 0u : t >= 65535.0f ? 65535u : std::uint32_t(t)};
+  }
+  MOE_HOST_DEVICE static std::uint64_t block_of(std::uint64_t i) { return i >> 3; }
+  // Whether element i is kept, from its block.
+  MOE_HOST_DEVICE bool keep(const philox4x32& block, std::uint64_t i) const {
+    return ((block.v[(i >> 1) & 3u] >> ((i & 1u) * 16u)) & 0xffffu) >= threshold;
+  }
+  // out[k] = the factor (0 or `kept`, which is kept_scale<R>()) of element first + k, for k < n:
+  // one Philox block per eight elements, and no branch per element (a dropped element is a coin
+  // flip the branch predictor cannot learn).
+  template <class R>
+  MOE_HOST_DEVICE void factors(const rng_stream& rng, std::uint64_t first, std::uint64_t n, R kept, R* out) const {
+    for (std::uint64_t k = 0; k < n;) {
+      const std::uint64_t g = first + k;
+      const philox4x32 bits = rng.bits(block_of(g));
+      const std::uint64_t stop = n - k < 8 - (g & 7u) ? n : k + 8 - (g & 7u);
+      for (; k < stop; ++k) out[k] = kept * R(keep(bits, first + k));
+    }
+  }
+  // The scale of a kept element (hoist it out of loops: it is a division).
+  template <class R>
+  MOE_HOST_DEVICE R kept_scale() const {
+    return R(65536.0f) / R(float(65536u - threshold));
+  }
+  // The scale of element i: 0, or the kept scale.
+  template <class R>
+  MOE_HOST_DEVICE R scale(const philox4x32& block, std::uint64_t i) const {
+    return keep(block, i) ? kept_scale<R>() : R(0);
+  }
+};
+
 // Standard normal for element `index` (Box–Muller on lanes 0 and 1). Computed in double and rounded
 // to float, so host and device agree unless the double results (each within an ulp or two of the
 // exact value) straddle a float rounding boundary: about one draw in 10^8.

@@ -11,7 +11,9 @@
 //                        which the paper reports as a small quality gain
 //   dropout              expert dropout on the hidden activation during training (Switch §2.4: 0.4 in
 //                        experts while 0.1 elsewhere at fine-tuning; ST-MoE studies it too); the mask
-//                        is keyed by (token, expert, unit), so it is the same in every dispatcher
+//                        is keyed by (token, expert, unit), so it is the same in every dispatcher,
+//                        and drawn eight units per Philox block (moe::dropout_draws: the rate is
+//                        quantised to 1/65536)
 //   init_scale           W ~ truncated normal with std sqrt(init_scale / fan_in) (Switch: 0.1)
 //
 // Weights of all experts are contiguous: W_in, W_up [E, d_model, d_ff], W_out [E, d_ff, d_model].
@@ -174,13 +176,38 @@ struct ffn {
     a.dlin = Gated ? w.take<T>(rows * s.d_ff) : nullptr;
   }
 
-  // Dropout keep-mask scale of hidden unit j of (token, expert): 0 or 1/(1−rate).
+  // Dropout keep-mask scales of hidden units (moe::dropout_draws: the rate quantised to 1/65536).
+  // Unit j of (token, expert) is element (token·experts + expert)·d_ff + j; a run of consecutive
+  // units shares each Philox block among eight. A draw keeps the latest block: one per run of columns.
+  struct dropout_draw {
+    rng_stream rng;
+    dropout_draws draws;
+    std::uint64_t block = ~std::uint64_t(0);
+    philox4x32 bits{};
+    MOE_HOST_DEVICE dropout_draw(const rng_stream& r, float rate) : rng(r), draws(dropout_draws::at_rate(rate)) {}
+    MOE_HOST_DEVICE bool keep(int token, int expert, int experts, index_t d_ff, index_t j) {
+      const std::uint64_t idx = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
+                                    std::uint64_t(d_ff) + std::uint64_t(j);
+      if (dropout_draws::block_of(idx) != block) {
+        block = dropout_draws::block_of(idx);
+        bits = rng.bits(block);
+      }
+      return draws.keep(bits, idx);
+    }
+  };
   template <class R>
   MOE_HOST_DEVICE static R dropout_scale(const rng_stream& rng, float rate, int token, int expert, int experts,
                                          index_t d_ff, index_t j) {
-    const std::uint64_t idx = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
-                                  std::uint64_t(d_ff) + std::uint64_t(j);
-    return uniform(rng, idx) >= rate ? R(1) / R(1.0f - rate) : R(0);
+    dropout_draw draw(rng, rate);
+    return draw.keep(token, expert, experts, d_ff, j) ? draw.draws.template kept_scale<R>() : R(0);
+  }
+  // The dropout factors (0 or the kept scale) of units [first, end) of row r into keep[0, end − first).
+  template <class R>
+  MOE_HOST_DEVICE static void dropout_factors(const rng_stream& rng, float rate, R kept, int token, int expert,
+                                              int experts, index_t d_ff, index_t first, index_t end, R* keep) {
+    const std::uint64_t unit0 = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
+                                    std::uint64_t(d_ff) + std::uint64_t(first);
+    dropout_draws::at_rate(rate).factors(rng, unit0, std::uint64_t(end - first), kept, keep);
   }
 
   // out[rows] = FFN_e(xp[rows]) for every expert e.
@@ -204,9 +231,11 @@ struct ffn {
     const T* scale = c.multiplicative_bias ? w.scale : nullptr;
     T *pre = a.pre, *lin = a.lin, *hidden = a.hidden;
     const rng_stream rng = dropout_rng;
-    // Without biases, scale or dropout the body is a branch-free loop (the same arithmetic as the
-    // general one with those terms off).
-    const bool plain = !b_in && !b_up && !scale && !drop;
+    const R kept = dropout_draws::at_rate(rate).template kept_scale<R>();
+    // Without biases or scale the body is a branch-free loop (the same arithmetic as the general
+    // one with those terms off); a run's dropout factors are drawn first (one Philox block per eight
+    // units), so neither loop draws per element.
+    const bool plain = !b_in && !b_up && !scale;
     constexpr index_t width = detail::elementwise_columns<Space>();
     const index_t runs = (f + width - 1) / width;
     sp.parallel_for(rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
@@ -214,11 +243,23 @@ struct ffn {
       const index_t r = run.row;
       const int e = row_expert[r];
       if (e < 0) return;
+      const bool drop_row = drop && row_token[r] >= 0;
+      R keep[width];
+      if (drop_row) dropout_factors(rng, rate, kept, row_token[r], key_first + e, key_E, f, run.first, run.end, keep);
       if (plain) {
-        for (index_t i = r * f + run.first; i < r * f + run.end; ++i) {
-          R h = Activation::f(widen(pre[i]));
-          if (Gated) h *= widen(lin[i]);
-          hidden[i] = convert<T>(h);
+        const index_t i0 = r * f + run.first, n = run.end - run.first;
+        if (drop_row) {
+          for (index_t j = 0; j < n; ++j) {
+            R h = Activation::f(widen(pre[i0 + j]));
+            if (Gated) h *= widen(lin[i0 + j]);
+            hidden[i0 + j] = convert<T>(h * keep[j]);
+          }
+        } else {
+          for (index_t j = 0; j < n; ++j) {
+            R h = Activation::f(widen(pre[i0 + j]));
+            if (Gated) h *= widen(lin[i0 + j]);
+            hidden[i0 + j] = convert<T>(h);
+          }
         }
         return;
       }
@@ -241,7 +282,7 @@ struct ffn {
           h *= l;
         }
         if (scale) h *= widen(scale[e * f + j]);
-        if (drop && row_token[r] >= 0) h *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
+        if (drop_row) h *= keep[j - run.first];
         hidden[i] = convert<T>(h);
       }
     });
@@ -307,7 +348,8 @@ struct ffn {
     }
 
     // ∂L/∂pre (in place over dhidden) and ∂L/∂lin; runs of columns as in forward.
-    const bool plain = !scale && !drop;
+    const R kept = dropout_draws::at_rate(rate).template kept_scale<R>();
+    const bool plain = !scale;
     constexpr index_t width = detail::elementwise_columns<Space>();
     const index_t runs = (f + width - 1) / width;
     sp.parallel_for(rows.rows_bound * runs, [=] MOE_LAMBDA(index_t run_index) {
@@ -315,11 +357,15 @@ struct ffn {
       const index_t r = run.row;
       const int e = row_expert[r];
       if (e < 0) return;
+      const bool drop_row = drop && row_token[r] >= 0;
+      R keep[width];
+      if (drop_row) dropout_factors(rng, rate, kept, row_token[r], key_first + e, key_E, f, run.first, run.end, keep);
       if (plain) {
         // Activation values first, then the products: separate loops vectorise (GCC leaves the
         // fused loop scalar, with a branch per element for ReLU's derivative). Same arithmetic.
         // f and f' stay in one loop, where the compiler shares their common subexpressions (GELU's
         // tanh).
+        // With dropout, ∂L/∂core = ∂L/∂hidden · keep (a loop of its own: no branch in either).
         R act[width], dact[width];
         const index_t i0 = r * f + run.first, n = run.end - run.first;
         if (Gated) {
@@ -328,14 +374,25 @@ struct ffn {
             act[j] = Activation::f(p);
             dact[j] = Activation::df(p);
           }
-          for (index_t j = 0; j < n; ++j) {
-            const R dcore = widen(dh[i0 + j]), l = widen(lin[i0 + j]);
-            dlin[i0 + j] = convert<T>(dcore * act[j]);
-            dh[i0 + j] = convert<T>(dcore * l * dact[j]);
+          if (drop_row) {
+            for (index_t j = 0; j < n; ++j) {
+              const R dcore = widen(dh[i0 + j]) * keep[j], l = widen(lin[i0 + j]);
+              dlin[i0 + j] = convert<T>(dcore * act[j]);
+              dh[i0 + j] = convert<T>(dcore * l * dact[j]);
+            }
+          } else {
+            for (index_t j = 0; j < n; ++j) {
+              const R dcore = widen(dh[i0 + j]), l = widen(lin[i0 + j]);
+              dlin[i0 + j] = convert<T>(dcore * act[j]);
+              dh[i0 + j] = convert<T>(dcore * l * dact[j]);
+            }
           }
         } else {
           for (index_t j = 0; j < n; ++j) dact[j] = Activation::df(widen(pre[i0 + j]));
-          for (index_t j = 0; j < n; ++j) dh[i0 + j] = convert<T>(widen(dh[i0 + j]) * dact[j]);
+          if (drop_row)
+            for (index_t j = 0; j < n; ++j) dh[i0 + j] = convert<T>(widen(dh[i0 + j]) * keep[j] * dact[j]);
+          else
+            for (index_t j = 0; j < n; ++j) dh[i0 + j] = convert<T>(widen(dh[i0 + j]) * dact[j]);
         }
         return;
       }
@@ -343,7 +400,7 @@ struct ffn {
         const index_t i = r * f + j;
         R dcore = widen(dh[i]);
         if (scale) dcore *= widen(scale[e * f + j]);
-        if (drop && row_token[r] >= 0) dcore *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
+        if (drop_row) dcore *= keep[j - run.first];
         const R p = widen(pre[i]);
         if (Gated) {
           const R l = widen(lin[i]);
