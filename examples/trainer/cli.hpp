@@ -97,6 +97,8 @@ inline const char* usage_text =
     "  --freeze GROUPS                     hold fixed, comma-separated: embedding, attention, dense-ffn, norms,\n"
     "                                      router, experts, moe (router+experts), non-moe (the other four)\n"
     "  --expert-dropout X                  dropout on the experts' hidden units in training (Switch: 0.4)\n"
+    "  --dropout X                         dropout elsewhere in training, where T5 puts it: embeddings, attention\n"
+    "                                      probabilities, sublayer outputs, dense FFN hidden units (Switch: 0.1)\n"
     "  --data FILE                         train on a text file, byte-level (default: the synthetic corpus)\n"
     "  --train-sequences N                 train on a fixed set of N sequences (a small task), validate as usual\n"
     "  --log FILE                          JSONL log, one object per step\n"
@@ -228,6 +230,8 @@ inline options parse_options(int argc, char** argv) {
       o.recipe.capacity_factor = parse_double(flag, take(), 1e-3, 1024.0);
     } else if (flag == "--expert-dropout") {
       o.recipe.expert_dropout = float(parse_double(flag, take(), 0.0, 0.95));
+    } else if (flag == "--dropout") {
+      o.recipe.dropout = float(parse_double(flag, take(), 0.0, 0.95));
     } else if (flag == "--init-from") {
       o.init_from = take();
       if (o.init_from.empty()) throw usage_error("--init-from: empty directory name");

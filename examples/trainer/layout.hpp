@@ -38,7 +38,7 @@ inline const char* preset_name(preset p) {
 }
 
 // Changes to a preset's recipe, for ablations and fine-tuning (--init-scale, --balance-loss,
-// --z-loss, --jitter, --capacity-factor, --expert-dropout). Unset: the preset's own value.
+// --z-loss, --jitter, --capacity-factor, --expert-dropout, --dropout). Unset: the preset's own value.
 struct recipe_overrides {
   // s of every weight matrix's truncated normal, std sqrt(s / fan_in): embeddings, attention, dense
   // FFNs, routers and experts alike (Switch §2.4 reduced it from 1.0 to 0.1 for the whole model).
@@ -49,8 +49,13 @@ struct recipe_overrides {
   std::optional<double> capacity_factor;  // training capacity factor (evaluation keeps the preset's)
   // Dropout on the experts' hidden units in training (Switch fine-tuning: 0.4, ST-MoE: 0.3 is good).
   std::optional<float> expert_dropout;
+  // Dropout everywhere else in training, at T5's places (model.hpp); no preset has it (0), Switch
+  // fine-tunes with 0.1, ST-MoE with 0.1 too.
+  std::optional<float> dropout;
 
-  bool any() const { return init_scale || balance_loss || z_loss || jitter || capacity_factor || expert_dropout; }
+  bool any() const {
+    return init_scale || balance_loss || z_loss || jitter || capacity_factor || expert_dropout || dropout;
+  }
   // "preset" when nothing is changed, else the changed values: the checkpoint header records it.
   std::string describe() const {
     if (!any()) return "preset";
@@ -67,6 +72,7 @@ struct recipe_overrides {
     add("jitter", jitter);
     add("capacity_factor", capacity_factor);
     add("expert_dropout", expert_dropout);
+    add("dropout", dropout);
     return out;
   }
 };

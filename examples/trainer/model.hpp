@@ -6,6 +6,11 @@
 //               x ← x + FFN(RMSNorm(x))   for each FFN sublayer (dense, or a MoE layer)
 //   logits = RMSNorm(x) · tok_embᵀ  (tied), loss = mean cross-entropy + Σ MoE auxiliary losses
 //
+// With --dropout p (recipe.dropout), training drops out where T5 and the Switch Transformer do:
+// x₀, the attention probabilities, each sublayer's output before its residual add (attention, dense
+// FFN, MoE layer), the dense FFNs' hidden units and the final norm's output. The experts' hidden
+// units have their own rate (--expert-dropout, inside the library's layer).
+//
 // Templated on the element type (float to train, double for the finite-difference test), the
 // execution space, the library preset the MoE layers come from (moe::presets::switch_transformer,
 // glam or st_moe; the dense model builds none) and the dense FFN policy (ReLU or GEGLU: the
@@ -26,6 +31,9 @@
 #include "ops.hpp"
 
 namespace trainer {
+
+// Random stream of the model's dropout masks (the corpus uses user + 1 … user + 3).
+inline constexpr auto model_dropout_stream = moe::rng_purpose(std::uint32_t(moe::rng_purpose::user) + 4);
 
 // One trainable tensor and its gradient (space memory).
 template <class T>
@@ -86,7 +94,18 @@ class model {
     }
     moe::require(bool(make_moe_) || cfg.kind == preset::dense, "model", "no way to build the MoE layers given");
     moe::require(cfg.d_model % cfg.heads == 0, "--heads", cfg.heads, " does not divide --d-model ", cfg.d_model);
+    dropout_ = cfg.recipe.dropout.value_or(0.0f);
+    moe::require(dropout_ >= 0.0f && dropout_ < 1.0f, "--dropout", "rate=", dropout_, " must be in [0, 1)");
+    dense_cfg_.dropout = dropout_;
     build_parameters();
+  }
+
+  // This process's share of the global batch starts at sequence `first` (a data-parallel rank:
+  // rank · B): dropout masks are keyed by global positions, so R ranks drop what one process would.
+  void set_first_sequence(int first) {
+    moe::require(first >= 0, "set_first_sequence", "first=", first, " must be >= 0");
+    first_sequence_ = first;
+    act_batch_ = 0;  // the dense FFN's row map carries the global token ids: rebuild it
   }
 
   const model_config& config() const { return cfg_; }
@@ -161,18 +180,29 @@ class model {
     ensure_activations(B);
     tokens_ = tokens;
     const auto& sp = space_;
+    drop_ = training && dropout_ > 0.0f;
+    drop_step_ = step;
     embed_forward(sp, tokens, p_.tok_emb, p_.pos_emb, N, S, d, act_.x0);
+    if (drop_) apply_dropout(sp, mask(site_embedding, d), act_.x0, N * d, act_.x0);
     const T* x = act_.x0;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       block& b = blocks_[l];
       b.x_in = x;
       rmsnorm_forward(sp, x, b.g_attn, N, d, b.h_attn, b.rinv_attn);
       sp.gemm(moe::op::none, moe::op::none, N, 3 * d, d, T(1), b.h_attn, d, b.w_qkv, 3 * d, T(0), b.qkv, 3 * d);
-      attention_forward(sp, b.qkv, B, S, H, dh, b.probs, b.attn_out);
+      attention_forward(sp, b.qkv, B, S, H, dh, b.probs, b.attn_out, mask(site(l, site_attention_probs), H * S),
+                        b.probs_dropped);
       sp.copy(b.x_mid, x, sizeof(T) * std::size_t(N * d));
-      sp.gemm(moe::op::none, moe::op::none, N, d, d, T(1), b.attn_out, d, b.w_o, d, T(1), b.x_mid, d);
+      if (drop_) {  // x_mid = x + dropout(attn_out · W_o)  (act_.dattn is free until backward)
+        sp.gemm(moe::op::none, moe::op::none, N, d, d, T(1), b.attn_out, d, b.w_o, d, T(0), act_.dattn, d);
+        apply_dropout(sp, mask(site(l, site_attention_out), d), act_.dattn, N * d, act_.dattn);
+        add_into(sp, act_.dattn, N * d, b.x_mid);
+      } else {
+        sp.gemm(moe::op::none, moe::op::none, N, d, d, T(1), b.attn_out, d, b.w_o, d, T(1), b.x_mid, d);
+      }
       x = b.x_mid;
-      for (sublayer& s : b.ffns) {
+      for (std::size_t i = 0; i < b.ffns.size(); ++i) {
+        sublayer& s = b.ffns[i];
         s.x_in = x;
         rmsnorm_forward(sp, x, s.g, N, d, s.h, s.rinv);
         if (s.moe) {
@@ -184,10 +214,11 @@ class model {
             s.moe->forward({training, step}, {s.h, N, d}, {s.y, N, d});
           }
         } else {
-          DenseFFN::forward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), dense_rows_, s.h, s.act, false,
-                            moe::rng_stream{});
+          DenseFFN::forward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w), dense_rows_, s.h, s.act, drop_,
+                            hidden_stream(l, i));
           sp.copy(s.y, s.act.out, sizeof(T) * std::size_t(N * d));
         }
+        if (drop_) apply_dropout(sp, mask(site(l, site_ffn_out + 2 * int(i)), d), s.y, N * d, s.y);
         sp.copy(s.x_out, x, sizeof(T) * std::size_t(N * d));
         add_into(sp, s.y, N * d, s.x_out);
         x = s.x_out;
@@ -195,6 +226,7 @@ class model {
     }
     act_.x_last = x;
     rmsnorm_forward(sp, x, p_.g_final, N, d, act_.h_final, act_.rinv_final);
+    if (drop_) apply_dropout(sp, mask(site_final, d), act_.h_final, N * d, act_.h_final);
     sp.gemm(moe::op::none, moe::op::transpose, N, V, d, T(1), act_.h_final, d, p_.tok_emb, d, T(0), act_.logits, V);
     cross_entropy(sp, act_.logits, targets, N, V, loss_tokens > 0 ? loss_tokens : N, act_.token_loss);
     sp.reduce_sum(act_.token_loss, N, act_.scalar);
@@ -203,7 +235,8 @@ class model {
     return double(loss) / double(N);
   }
 
-  // Backward of mean cross-entropy + Σ aux losses; accumulates into the gradients.
+  // Backward of mean cross-entropy + Σ aux losses; accumulates into the gradients. Uses the dropout
+  // masks of the latest forward (training or not, and its step).
   void backward(const int* by_token, const int* token_offsets, int B) {
     const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab;
     const index_t H = cfg_.heads, dh = d / H;
@@ -211,18 +244,25 @@ class model {
     // logits = h_final · tok_embᵀ (act_.logits now holds ∂L/∂logits)
     sp.gemm(moe::op::none, moe::op::none, N, d, V, T(1), act_.logits, V, p_.tok_emb, d, T(0), act_.dh, d);
     sp.gemm(moe::op::transpose, moe::op::none, V, d, N, T(1), act_.logits, V, act_.h_final, d, T(1), g_.tok_emb, d);
+    if (drop_) apply_dropout(sp, mask(site_final, d), act_.dh, N * d, act_.dh);
     sp.fill_zero(act_.dx, sizeof(T) * std::size_t(N * d));
     rmsnorm_backward(sp, act_.x_last, p_.g_final, act_.rinv_final, act_.dh, N, d, act_.dx, g_.g_final);
     for (std::size_t l = blocks_.size(); l-- > 0;) {
       block& b = blocks_[l];
       for (std::size_t i = b.ffns.size(); i-- > 0;) {
         sublayer& s = b.ffns[i];
-        // x_out = x_in + FFN(RMSNorm(x_in)): dx passes through and gains the FFN branch.
+        // x_out = x_in + dropout(FFN(RMSNorm(x_in))): dx passes through and gains the FFN branch,
+        // whose output gradient is dx through the mask (in act_.dattn, free until the attention).
+        const T* dy = act_.dx;
+        if (drop_) {
+          apply_dropout(sp, mask(site(l, site_ffn_out + 2 * int(i)), d), act_.dx, N * d, act_.dattn);
+          dy = act_.dattn;
+        }
         if (s.moe) {
           if constexpr (low_precision_moe) {
             // ∂L/∂y · scale into 16 bits; the layer's own auxiliary-loss gradients get the same scale.
             const T scale = T(loss_scale_), unscale = T(1.0 / loss_scale_);
-            scale_into(sp, act_.dx, N * d, scale, act_.dy_moe);
+            scale_into(sp, dy, N * d, scale, act_.dy_moe);
             s.moe->backward({act_.dy_moe, N, d}, {act_.dx_moe, N, d}, loss_scale_);
             scale_into(sp, act_.dx_moe, N * d, unscale, act_.dh);
             if (loss_scaled)  // its parameter gradients hold scale × the true ones (zeroed every step)
@@ -232,27 +272,34 @@ class model {
                 scale_in_place(sp, p.grad, n, unscale);
               });
           } else {
-            s.moe->backward({act_.dx, N, d}, {act_.dh, N, d});
+            s.moe->backward({dy, N, d}, {act_.dh, N, d});
           }
         } else {
           DenseFFN::backward(sp, dense_cfg_, {1, d, s.d_ff}, const_view(s.w),
-                             (frozen_ & group_dense_ffn) ? decltype(s.dw){} : s.dw, dense_rows_, s.h, s.act, act_.dx,
-                             act_.dh, false, moe::rng_stream{});
+                             (frozen_ & group_dense_ffn) ? decltype(s.dw){} : s.dw, dense_rows_, s.h, s.act, dy,
+                             act_.dh, drop_, hidden_stream(l, i));
         }
         rmsnorm_backward(sp, s.x_in, s.g, s.rinv, act_.dh, N, d, act_.dx, s.dg);
       }
-      // x_mid = x_in + attn_out · W_o
-      sp.gemm(moe::op::none, moe::op::transpose, N, d, d, T(1), act_.dx, d, b.w_o, d, T(0), act_.dattn, d);
+      // x_mid = x_in + dropout(attn_out · W_o)  (the branch's gradient in act_.dh, free until dqkv's)
+      const T* dbranch = act_.dx;
+      if (drop_) {
+        apply_dropout(sp, mask(site(l, site_attention_out), d), act_.dx, N * d, act_.dh);
+        dbranch = act_.dh;
+      }
+      sp.gemm(moe::op::none, moe::op::transpose, N, d, d, T(1), dbranch, d, b.w_o, d, T(0), act_.dattn, d);
       const bool attention_trains = !(frozen_ & group_attention);
       if (attention_trains)
-        sp.gemm(moe::op::transpose, moe::op::none, d, d, N, T(1), b.attn_out, d, act_.dx, d, T(1), b.dw_o, d);
-      attention_backward(sp, b.qkv, b.probs, act_.dattn, B, S, H, dh, act_.dscores, act_.dqkv);
+        sp.gemm(moe::op::transpose, moe::op::none, d, d, N, T(1), b.attn_out, d, dbranch, d, T(1), b.dw_o, d);
+      attention_backward(sp, b.qkv, b.probs, act_.dattn, B, S, H, dh, act_.dscores, act_.dqkv,
+                         mask(site(l, site_attention_probs), H * S), b.probs_dropped);
       sp.gemm(moe::op::none, moe::op::transpose, N, d, 3 * d, T(1), act_.dqkv, 3 * d, b.w_qkv, 3 * d, T(0), act_.dh, d);
       if (attention_trains)
         sp.gemm(moe::op::transpose, moe::op::none, d, 3 * d, N, T(1), b.h_attn, d, act_.dqkv, 3 * d, T(1), b.dw_qkv,
                 3 * d);
       rmsnorm_backward(sp, b.x_in, b.g_attn, b.rinv_attn, act_.dh, N, d, act_.dx, b.dg_attn);
     }
+    if (drop_) apply_dropout(sp, mask(site_embedding, d), act_.dx, N * d, act_.dx);
     embed_backward(sp, by_token, token_offsets, act_.dx, N, S, d, V, g_.tok_emb, g_.pos_emb);
   }
 
@@ -310,9 +357,10 @@ class model {
     int* off = r;
     int *rp = dense_rows_.row_pair, *rt = dense_rows_.row_token, *re = dense_rows_.row_expert;
     const int n = int(N);
+    const int first_token = first_sequence_ * int(S);  // row_token keys the hidden units' dropout
     space_.parallel_for(N, [=] MOE_LAMBDA(index_t i) {
       rp[i] = int(i);
-      rt[i] = int(i);
+      rt[i] = first_token + int(i);
       re[i] = 0;
       if (i == 0) {
         off[0] = 0;
@@ -341,6 +389,7 @@ class model {
     const T* x_in = nullptr;
     T *h_attn = nullptr, *rinv_attn = nullptr, *qkv = nullptr, *probs = nullptr, *attn_out = nullptr,
       *x_mid = nullptr;
+    T* probs_dropped = nullptr;  // the probabilities after dropout (with --dropout only)
   };
   struct globals {
     T *tok_emb = nullptr, *pos_emb = nullptr, *g_final = nullptr;
@@ -357,6 +406,28 @@ class model {
     T* master;            // its float master copy
     index_t size;
   };
+
+  // Dropout sites: each has its own mask (the rng stream's layer field).
+  static constexpr int site_embedding = 0, site_final = 1;
+  static constexpr int site_attention_probs = 0, site_attention_out = 1, site_ffn_hidden = 2, site_ffn_out = 3;
+  // Block l's site k; FFN sublayer i's sites are site_ffn_hidden + 2·i and site_ffn_out + 2·i.
+  static int site(std::size_t l, int k) { return 8 * (int(l) + 1) + k; }
+
+  // The mask of a site's activations in the latest forward: `per_position` elements per token
+  // position (d; H·S for the attention probabilities), so this process's first element is
+  // first_sequence · S · per_position of the global batch.
+  dropout_mask mask(int s, index_t per_position) const {
+    dropout_mask m;
+    m.rng = moe::rng_stream{cfg_.seed, model_dropout_stream, std::uint32_t(s), drop_step_};
+    m.rate = drop_ ? dropout_ : 0.0f;
+    m.base = std::uint64_t(first_sequence_) * std::uint64_t(cfg_.seq) * std::uint64_t(per_position);
+    return m;
+  }
+  // The dense FFN of block l, sublayer i: its hidden units' dropout stream (the library's FFN keys
+  // each mask by token and unit).
+  moe::rng_stream hidden_stream(std::size_t l, std::size_t i) const {
+    return {cfg_.seed, model_dropout_stream, std::uint32_t(site(l, site_ffn_hidden + 2 * int(i))), drop_step_};
+  }
 
   static moe::ffn_tensors<const T> const_view(const moe::ffn_tensors<T>& w) {
     return {w.w_in, w.w_up, w.w_out, w.b_in, w.b_up, w.b_out, w.scale};
@@ -513,6 +584,7 @@ class model {
       b.rinv_attn = w.take<T>(N);
       b.qkv = w.take<T>(N * 3 * d);
       b.probs = w.take<T>(B * H * S * S);
+      if (dropout_ > 0.0f) b.probs_dropped = w.take<T>(B * H * S * S);
       b.attn_out = w.take<T>(N * d);
       b.x_mid = w.take<T>(N * d);
       for (sublayer& s : b.ffns) {
@@ -551,6 +623,10 @@ class model {
   std::vector<param_view<T>> dense_params_;
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
   unsigned frozen_ = 0;
+  float dropout_ = 0;           // --dropout (0: none)
+  bool drop_ = false;           // the latest forward dropped out (training with dropout_ > 0)
+  std::uint32_t drop_step_ = 0;  // and its step
+  int first_sequence_ = 0;      // see set_first_sequence
   std::vector<int> moe_block_;
   std::vector<master_copy> masters_;  // 16-bit MoE parameters, in parameters() order
   moe::buffer<Space> master_values_;

@@ -15,6 +15,42 @@ namespace trainer {
 
 using moe::index_t;
 
+// Inverted dropout (Srivastava et al. 2014; T5's and the Switch Transformer's "dropout 0.1"): in
+// training a kept element is scaled up, a dropped one is zeroed, so evaluation runs the same network
+// without it. The mask of element i is a pure function of (seed, site, step, base + i), so backward
+// recomputes it instead of storing it, every space draws the same mask, and a data-parallel rank
+// whose elements start at `base` draws what one process holding the whole batch would. Draws as
+// the library's expert dropout does (moe::dropout_draws: eight elements per Philox block, the rate
+// quantised to 1/65536).
+struct dropout_mask {
+  moe::rng_stream rng{};   // seed, purpose, site (the layer field) and step
+  float rate = 0;          // 0: off
+  std::uint64_t base = 0;  // global index of element 0
+  bool on() const { return rate > 0; }
+
+  // out[k] = the dropout factor (0 or the kept scale) of element first + k, k < n.
+  template <class T>
+  MOE_HOST_DEVICE void factors(index_t first, index_t n, T* out) const {
+    const moe::dropout_draws draws = moe::dropout_draws::at_rate(rate);
+    draws.factors(rng, base + std::uint64_t(first), std::uint64_t(n), draws.template kept_scale<T>(), out);
+  }
+};
+
+// y[i] = x[i] · mask(i) for i < n (in place when y == x). Backward is the same call on gradients.
+template <class Space, class T>
+void apply_dropout(const Space& sp, const dropout_mask& m, const T* x, index_t n, T* y) {
+  if (n <= 0) return;
+  // One parallel index per run of elements (the space's elementwise run: one element per CUDA
+  // thread, coalesced), the factors first, then a product loop that vectorises.
+  constexpr index_t run = moe::detail::elementwise_columns<Space>();
+  sp.parallel_for((n + run - 1) / run, [=] MOE_LAMBDA(index_t k) {
+    const index_t first = k * run, count = n - first < run ? n - first : run;
+    T keep[run];
+    m.factors(first, count, keep);
+    for (index_t i = 0; i < count; ++i) y[first + i] = x[first + i] * keep[i];
+  });
+}
+
 // x[t] = tok_emb[token[t]] + pos_emb[t mod S]
 template <class Space, class T>
 void embed_forward(const Space& sp, const int* tokens, const T* tok_emb, const T* pos_emb, index_t N, index_t S,
@@ -84,9 +120,12 @@ void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, co
 // Causal multi-head attention core. qkv is [N, 3d] (q | k | v, head h at columns h·dh); o is [N, d];
 // P is [B, H, S, S] (row i: the probabilities over keys j ≤ i, zero above the diagonal). Scores and
 // weighted sums are GEMMs per (sequence, head) — strided views into qkv, no copies; the softmax is
-// one parallel index per query row.
+// one parallel index per query row. With dropout on the probabilities (T5), Pd = P ⊙ mask holds
+// what multiplies V (P keeps the softmax, which backward needs); without, Pd is P. The mask is
+// indexed over [B, H, S, S] and drawn for the causal entries j ≤ i only.
 template <class Space, class T>
-void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, index_t H, index_t dh, T* P, T* o) {
+void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, index_t H, index_t dh, T* P, T* o,
+                       const dropout_mask& drop = {}, T* Pd = nullptr) {
   const index_t d = H * dh, ld = 3 * d;
   const T scale = T(1) / std::sqrt(T(dh));
   for (index_t b = 0; b < B; ++b)
@@ -94,6 +133,7 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
       const T* q = qkv + b * S * ld + h * dh;
       sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, scale, q, ld, q + d, ld, T(0), P + (b * H + h) * S * S, S);
     }
+  const bool dropping = drop.on();
   sp.parallel_for(B * H * S, [=] MOE_LAMBDA(index_t r) {
     const index_t i = r % S;
     T* p = P + r * S;
@@ -106,33 +146,58 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
     }
     for (index_t j = 0; j <= i; ++j) p[j] /= sum;
     for (index_t j = i + 1; j < S; ++j) p[j] = 0;
+    if (dropping) {
+      T* pd = Pd + r * S;
+      constexpr index_t chunk = 64;
+      T keep[chunk];
+      for (index_t j0 = 0; j0 <= i; j0 += chunk) {
+        const index_t n = i + 1 - j0 < chunk ? i + 1 - j0 : chunk;
+        drop.factors(r * S + j0, n, keep);
+        for (index_t j = 0; j < n; ++j) pd[j0 + j] = p[j0 + j] * keep[j];
+      }
+      for (index_t j = i + 1; j < S; ++j) pd[j] = 0;
+    }
   });
+  const T* weights = dropping ? Pd : P;
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h)
-      sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), P + (b * H + h) * S * S, S,
+      sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), weights + (b * H + h) * S * S, S,
               qkv + b * S * ld + 2 * d + h * dh, ld, T(0), o + b * S * d + h * dh, d);
 }
 
-// From dout = ∂L/∂o: writes dqkv (all of it). dS holds ∂L/∂scores [B, H, S, S] on return.
+// From dout = ∂L/∂o: writes dqkv (all of it). dS holds ∂L/∂scores [B, H, S, S] on return. With
+// dropout, Pd and the same mask as the forward's.
 template <class Space, class T>
 void attention_backward(const Space& sp, const T* qkv, const T* P, const T* dout, index_t B, index_t S, index_t H,
-                        index_t dh, T* dS, T* dqkv) {
+                        index_t dh, T* dS, T* dqkv, const dropout_mask& drop = {}, const T* Pd = nullptr) {
   const index_t d = H * dh, ld = 3 * d;
   const T scale = T(1) / std::sqrt(T(dh));
-  // dP = dO · Vᵀ ;  dV = Pᵀ · dO
+  // dPd = dO · Vᵀ ;  dV = Pdᵀ · dO ;  dP = dPd ⊙ mask (in the softmax backward below)
+  const T* weights = drop.on() ? Pd : P;
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       const index_t bh = b * H + h;
       const T* g = dout + b * S * d + h * dh;
       sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, T(1), g, d, qkv + b * S * ld + 2 * d + h * dh, ld, T(0),
               dS + bh * S * S, S);
-      sp.gemm(moe::op::transpose, moe::op::none, S, dh, S, T(1), P + bh * S * S, S, g, d, T(0),
+      sp.gemm(moe::op::transpose, moe::op::none, S, dh, S, T(1), weights + bh * S * S, S, g, d, T(0),
               dqkv + b * S * ld + 2 * d + h * dh, ld);
     }
   // dS = P ⊙ (dP − Σ_j P dP) per row (zero above the diagonal, where P is zero)
+  const bool dropping = drop.on();
   sp.parallel_for(B * H * S, [=] MOE_LAMBDA(index_t r) {
     const T* p = P + r * S;
     T* ds = dS + r * S;
+    if (dropping) {
+      const index_t i = r % S;
+      constexpr index_t chunk = 64;
+      T keep[chunk];
+      for (index_t j0 = 0; j0 <= i; j0 += chunk) {
+        const index_t n = i + 1 - j0 < chunk ? i + 1 - j0 : chunk;
+        drop.factors(r * S + j0, n, keep);
+        for (index_t j = 0; j < n; ++j) ds[j0 + j] *= keep[j];
+      }
+    }
     T dot = 0;
     for (index_t j = 0; j < S; ++j) dot += p[j] * ds[j];
     for (index_t j = 0; j < S; ++j) ds[j] = p[j] * (ds[j] - dot);

@@ -183,6 +183,7 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
 
   Model net(mc, space, std::move(make_moe));
   if (Model::loss_scaled) net.set_loss_scale(opt.loss_scale, 0);
+  net.set_first_sequence(rc.rank * (opt.batch / rc.ranks));  // take_share's cut: dropout keyed globally
   const model_cost cost_info = cost(mc);
   std::function<double(double)> sum_over_ranks;
   if (rc.comm) sum_over_ranks = [&rc](double v) { return rc.sum(v); };

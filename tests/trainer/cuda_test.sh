@@ -80,10 +80,12 @@ for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
 done
 
 # Fine-tuning on cuda: the parameters of a host-pretrained Switch checkpoint, on other data, with
-# the experts frozen (their weight-gradient GEMMs skipped on the device) and expert dropout.
+# the experts frozen (their weight-gradient GEMMs skipped on the device), expert dropout and dropout
+# elsewhere (the same masks on both spaces: they are keyed by position, not drawn in sequence).
 "$bin" --preset switch --device host "${args[@]}" --checkpoint "$tmp/pre" --checkpoint-every 20 >/dev/null 2>&1 ||
   { echo "FAIL: switch pretraining for the fine-tuning case"; exit 1; }
-ft=(--preset switch "${args[@]}" --init-from "$tmp/pre" --data-seed 2 --freeze experts --expert-dropout 0.2)
+ft=(--preset switch "${args[@]}" --init-from "$tmp/pre" --data-seed 2 --freeze experts --expert-dropout 0.2
+    --dropout 0.1)
 for space in cuda host; do
   "$bin" "${ft[@]}" --device $space --log "$tmp/ft.$space.jsonl" >"$tmp/ft.$space.out" 2>&1 ||
     { cat "$tmp/ft.$space.out"; echo "FAIL: switch fine-tuning --device $space"; exit 1; }
@@ -105,11 +107,12 @@ if [[ ${gpus:-0} -ge 2 ]]; then
   # The 16-bit runs with the single-GPU runs' limits. st-moe/fp16 overflows on rank 1 alone at step
   # 5 (+inf written into its own expert gradient): the gradient norm, summed over the ranks through
   # NCCL, is non-finite on both, so both skip that update and keep one loss scale. Switch trains with
-  # its router frozen: the ranks then skip the router's gradient exchange.
+  # its router frozen (the ranks then skip the router's gradient exchange) and with dropout (masks
+  # keyed by global position on every rank).
   for name in switch st-moe glam/bf16 st-moe/fp16; do
     read_name "$name"
     [[ $name == */fp16 ]] && extra+=(--inject-inf-at-step 5 --inject-inf-rank 1)
-    [[ $name == switch ]] && extra+=(--freeze router)
+    [[ $name == switch ]] && extra+=(--freeze router --dropout 0.1 --expert-dropout 0.2)
     "$bin" --preset "$preset" --device cuda --ranks 2 "${args[@]}" "${extra[@]}" --log "$tmp/r2.cuda.jsonl" \
       >"$tmp/r2.cuda.out" 2>&1 || { cat "$tmp/r2.cuda.out"; echo "FAIL: $name --ranks 2 --device cuda"; exit 1; }
     check_layers_built "$name --ranks 2" "$tmp/r2.cuda.out" || exit 1

@@ -1,5 +1,7 @@
 // The reference trainer's hand-written backward pass, checked against central finite differences in
-// float64 for every preset's model: L = mean cross-entropy + Σ MoE auxiliary losses.
+// float64 for every preset's model: L = mean cross-entropy + Σ MoE auxiliary losses; with and without
+// dropout (--dropout, --expert-dropout: a training step's masks are fixed by its step, so the loss is
+// a smooth function of the parameters and finite differences apply).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -15,8 +17,10 @@
 namespace {
 
 template <class Preset, class DenseFFN>
-void check_model(trainer::preset kind, std::uint64_t seed) {
+void check_model(trainer::preset kind, std::uint64_t seed, float dropout = 0, float expert_dropout = 0) {
   trainer::model_config c;
+  if (dropout > 0) c.recipe.dropout = dropout;
+  if (expert_dropout > 0) c.recipe.expert_dropout = expert_dropout;
   c.kind = kind;
   c.vocab = 11;
   c.d_model = 8;
@@ -131,6 +135,137 @@ TEST_CASE("trainer model gradients: glam") {
 }
 TEST_CASE("trainer model gradients: st-moe (sparse block with a dense FFN)") {
   check_model<moe::presets::st_moe<double>, moe::geglu_ffn>(trainer::preset::st_moe, 4);
+}
+// Every dropout site (embeddings, attention probabilities, sublayer outputs, dense FFN hidden units,
+// the final norm's output) and the experts' own dropout, at rates high enough that every site drops.
+TEST_CASE("trainer model gradients with dropout: dense") {
+  check_model<moe::presets::switch_transformer<double>, moe::relu_ffn>(trainer::preset::dense, 5, 0.3f);
+}
+TEST_CASE("trainer model gradients with dropout: switch (Switch's fine-tuning recipe)") {
+  check_model<moe::presets::switch_transformer<double>, moe::relu_ffn>(trainer::preset::switch_transformer, 6,
+                                                                        0.1f, 0.4f);
+}
+TEST_CASE("trainer model gradients with dropout: st-moe") {
+  check_model<moe::presets::st_moe<double>, moe::geglu_ffn>(trainer::preset::st_moe, 7, 0.2f, 0.3f);
+}
+
+TEST_CASE("dropout masks: rate, scale, and the same mask however the elements are split") {
+  const moe::host sp;
+  for (const float rate : {0.1f, 0.4f}) {
+    CAPTURE(rate);
+    trainer::dropout_mask m;
+    m.rng = moe::rng_stream{9, trainer::model_dropout_stream, 17, 5};
+    m.rate = rate;
+    const moe::index_t n = 200003;
+    std::vector<double> ones(std::size_t(n), 1.0), whole(std::size_t(n), -1.0);
+    trainer::apply_dropout(sp, m, ones.data(), n, whole.data());
+    // The rate is quantised to 1/65536, and the kept scale follows it (an exact expectation).
+    const double q = std::round(double(rate) * 65536.0) / 65536.0;
+    CHECK(std::abs(q - double(rate)) <= 0.5 / 65536.0);
+    std::size_t dropped = 0;
+    for (const double v : whole) {
+      if (v == 0) ++dropped;
+      else CHECK(v == doctest::Approx(1.0 / (1.0 - q)).epsilon(1e-12));
+    }
+    // Binomial: within 5 standard deviations of n·q.
+    const double expect = double(n) * q, sd = std::sqrt(expect * (1 - q));
+    CHECK(std::abs(double(dropped) - expect) < 5 * sd);
+    // Split at an index that is not a multiple of 4 (a Philox block straddles the cut): the second
+    // part, keyed from its global start, draws exactly the whole's mask.
+    const moe::index_t cut = 70001;
+    std::vector<double> parts(std::size_t(n), -1.0);
+    trainer::apply_dropout(sp, m, ones.data(), cut, parts.data());
+    trainer::dropout_mask rest = m;
+    rest.base = std::uint64_t(cut);
+    trainer::apply_dropout(sp, rest, ones.data() + cut, n - cut, parts.data() + cut);
+    CHECK(parts == whole);
+    // Another step or site draws another mask.
+    trainer::dropout_mask other = m;
+    other.rng.step = 6;
+    std::vector<double> next(static_cast<std::size_t>(n));
+    trainer::apply_dropout(sp, other, ones.data(), n, next.data());
+    CHECK(next != whole);
+  }
+}
+
+TEST_CASE("trainer model dropout: training only, and keyed by global position across a split batch") {
+  trainer::model_config c;
+  c.kind = trainer::preset::dense;
+  c.vocab = 13;
+  c.d_model = 8;
+  c.heads = 2;
+  c.layers = 2;
+  c.seq = 6;
+  c.seed = 11;
+  using model_t = trainer::model<double, moe::host, moe::presets::switch_transformer<double>, moe::relu_ffn>;
+  const int B = 4, N = B * c.seq;
+  std::mt19937 gen{11};
+  std::uniform_int_distribution<int> tok(0, c.vocab - 1);
+  trainer::batch b;
+  b.B = B;
+  b.S = c.seq;
+  for (int i = 0; i < N; ++i) {
+    b.inputs.push_back(tok(gen));
+    b.targets.push_back(tok(gen));
+  }
+  b.index_tokens(c.vocab);
+
+  model_t plain(c);
+  trainer::model_config cz = c;
+  cz.recipe.dropout = 0.0f;
+  model_t zero(cz);
+  trainer::model_config cd = c;
+  cd.recipe.dropout = 0.25f;
+  model_t dropped(cd);
+  const double base_train = plain.forward(b.inputs.data(), b.targets.data(), B, true, 7);
+  CHECK(zero.forward(b.inputs.data(), b.targets.data(), B, true, 7) == base_train);  // rate 0: no dropout
+  const double with_dropout = dropped.forward(b.inputs.data(), b.targets.data(), B, true, 7);
+  CHECK(with_dropout != base_train);
+  CHECK(dropped.forward(b.inputs.data(), b.targets.data(), B, true, 8) != with_dropout);  // a mask per step
+  // Evaluation runs the network without dropout.
+  CHECK(dropped.forward(b.inputs.data(), b.targets.data(), B, false, 7) ==
+        plain.forward(b.inputs.data(), b.targets.data(), B, false, 7));
+
+  // Two data-parallel shares of the batch (sequences 0–1 and 2–3, each model told its first
+  // sequence, gradients normalised by the global token count) add up to the whole batch's loss and
+  // gradients: every dropout site draws by global position. (The dense model: its tokens do not
+  // interact across sequences, as MoE routing with capacity would.)
+  dropped.zero_grad();
+  const double whole = dropped.forward(b.inputs.data(), b.targets.data(), B, true, 7);
+  dropped.backward(b.by_token.data(), b.token_offsets.data(), B);
+  std::vector<std::vector<double>> whole_grads;
+  for (const auto& p : dropped.parameters()) whole_grads.emplace_back(p.grad, p.grad + p.size());
+  model_t share(cd);
+  share.zero_grad();
+  double sum = 0;
+  for (int first : {0, 2}) {
+    trainer::batch half;
+    half.B = 2;
+    half.S = c.seq;
+    half.inputs.assign(b.inputs.begin() + first * c.seq, b.inputs.begin() + (first + 2) * c.seq);
+    half.targets.assign(b.targets.begin() + first * c.seq, b.targets.begin() + (first + 2) * c.seq);
+    half.index_tokens(c.vocab);
+    share.set_first_sequence(first);
+    sum += share.forward(half.inputs.data(), half.targets.data(), 2, true, 7, N) / 2;
+    share.backward(half.by_token.data(), half.token_offsets.data(), 2);
+  }
+  CHECK(sum == doctest::Approx(whole).epsilon(1e-12));
+  const auto params = share.parameters();
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    CAPTURE(params[k].name);
+    for (moe::index_t i = 0; i < params[k].size(); ++i)
+      REQUIRE(params[k].grad[i] == doctest::Approx(whole_grads[k][std::size_t(i)]).epsilon(1e-10).scale(1e-12));
+  }
+  // Without set_first_sequence the second share would reuse the first's masks: the sum differs.
+  model_t unshifted(cd);
+  double wrong = unshifted.forward(b.inputs.data(), b.targets.data(), 2, true, 7, N);
+  trainer::batch second;
+  second.B = 2;
+  second.S = c.seq;
+  second.inputs.assign(b.inputs.begin() + 2 * c.seq, b.inputs.end());
+  second.targets.assign(b.targets.begin() + 2 * c.seq, b.targets.end());
+  wrong = (wrong + unshifted.forward(second.inputs.data(), second.targets.data(), 2, true, 7, N)) / 2;
+  CHECK(wrong != doctest::Approx(whole).epsilon(1e-9));
 }
 
 TEST_CASE("layout: equal FFN FLOPs per token across presets") {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# --ranks R: expert parallelism (in-process ranks) trains the same model as one rank, and
+# --ranks R: expert parallelism (in-process ranks) trains the same model as one rank (dropout too), and
 # checkpoints are rank-independent: saved at R=4, resumed at R=2 and at R=1, the losses follow the
 # uninterrupted one-rank run.   usage: ranks_test.sh <moe-train> <python3>
 #
@@ -12,8 +12,11 @@ py=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # --group-size 32: each rank's share at R=4 (2 sequences x 16 tokens) is one routing group, at every R.
+# Dropout (model and experts) on: its masks are keyed by global token position, so each rank drops
+# what the one-rank run drops for the same tokens (keyed by the rank's own positions, the losses
+# would differ from step 1).
 args=(--preset glam --steps 40 --batch 8 --seq 16 --d-model 16 --layers 2 --heads 2 --experts 8 --group-size 32
-      --eval-every 20 --eval-batches 1 --no-progress)
+      --dropout 0.1 --expert-dropout 0.2 --eval-every 20 --eval-batches 1 --no-progress)
 
 "$bin" "${args[@]}" --ranks 1 --log "$tmp/one.jsonl" >/dev/null
 

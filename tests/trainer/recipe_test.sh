@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor) change what
+# The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor, --dropout) change what
 # they name and nothing else: a flag set to the preset's own value reproduces the preset's run bit
 # for bit, another value changes the logged quantity it drives, and a checkpoint refuses to resume
 # under a different recipe or data seed. --data-seed keeps the data while --seed changes the model's randomness.
@@ -23,6 +23,10 @@ run switch_init1 --preset switch --init-scale 1
 run switch_nobalance --preset switch --balance-loss 0
 run switch_cf --preset switch --capacity-factor 0.5
 run switch_nojitter --preset switch --jitter 0
+run switch_dropout0 --preset switch --dropout 0
+run switch_dropout --preset switch --dropout 0.1
+run dense --preset dense
+run dense_dropout --preset dense --dropout 0.1
 run glam --preset glam
 run glam_init1 --preset glam --init-scale 1
 run stmoe --preset st-moe
@@ -55,6 +59,11 @@ assert core(log("switch_same")) == core(base), "the Switch preset's own values m
 assert core(log("glam_init1")) == core(log("glam")), "GLaM's init scale is already 1: same run"
 assert log("switch_init1")[0]["loss"] != base[0]["loss"], "--init-scale 1 must change the initial weights"
 assert log("switch_nojitter")[0]["loss"] != base[0]["loss"], "--jitter 0 must change Switch's routing"
+assert core(log("switch_dropout0")) == core(base), "--dropout 0 is every preset's value: the same run"
+for name, ref in (("switch_dropout", base), ("dense_dropout", log("dense"))):
+    # Same weights at step 1: only the dropout masks change the training loss. Evaluation has no
+    # dropout, but the first evaluation (step 3) follows two updates that differed.
+    assert log(name)[0]["loss"] != ref[0]["loss"], f"{name}: --dropout 0.1 must change step 1"
 assert core(log("switch_seed1_data1")) == core(base), "--data-seed equal to --seed: the same run"
 assert log("switch_seed2_data1")[0]["loss"] != base[0]["loss"], "--seed 2 must change the initial weights"
 
