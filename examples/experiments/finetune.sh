@@ -6,12 +6,12 @@
 #              over the same token slices, different successors), and only TRAIN_SEQUENCES training
 #              sequences (--train-sequences), so that fine-tuning overfits as on a small SuperGLUE task
 #   switch     all parameters / the MoE ones frozen / the non-MoE ones frozen (ST-MoE's fine-tuning
-#              study of parameter subsets) / expert dropout 0.4 (Switch §2.4's fine-tuning recipe) /
-#              only the FFNs, dense and MoE (embeddings, attention and norms frozen) / the same model
-#              trained from scratch on the task
-#   dense      all parameters / only the FFNs / from scratch: the FLOP-matched dense model, for
-#              ST-MoE's observation that sparse models overfit small tasks more, and as the control
-#              of the frozen-subset results (is an effect the experts' own?)
+#              study of parameter subsets) / expert dropout 0.4 / dropout 0.1 elsewhere / both (Switch
+#              §2.4's fine-tuning recipe: 0.1 everywhere, 0.4 in the experts) / only the FFNs, dense
+#              and MoE (embeddings, attention and norms frozen) / the same model trained from scratch
+#   dense      all parameters / dropout 0.1 / only the FFNs / from scratch: the FLOP-matched dense
+#              model, for ST-MoE's observation that sparse models overfit small tasks more, and as
+#              the control of the frozen-subset results (is an effect the experts' own?)
 # Each seed pretrains its own dense and Switch model (PRE_STEPS on --data-seed 1) and fine-tunes
 # them with that seed. Writes OUT/results.md (best and final validation loss, final training loss,
 # mean ± standard deviation over the seeds, and the difference to fine-tuning all of Switch's
@@ -70,9 +70,12 @@ configs=(
   "switch-freeze-moe|switch|PRE --freeze moe"
   "switch-freeze-non-moe|switch|PRE --freeze non-moe"
   "switch-expert-dropout|switch|PRE --expert-dropout 0.4"
+  "switch-dropout|switch|PRE --dropout 0.1"
+  "switch-recipe|switch|PRE --dropout 0.1 --expert-dropout 0.4"
   "switch-ffn-only|switch|PRE --freeze embedding,attention,norms"
   "switch-scratch|switch|"
   "dense-all|dense|PRE"
+  "dense-dropout|dense|PRE --dropout 0.1"
   "dense-ffn-only|dense|PRE --freeze embedding,attention,norms"
   "dense-scratch|dense|"
 )
@@ -111,9 +114,12 @@ labels = {
     "switch-freeze-moe": "Switch, MoE parameters frozen",
     "switch-freeze-non-moe": "Switch, non-MoE parameters frozen",
     "switch-expert-dropout": "Switch, expert dropout 0.4",
+    "switch-dropout": "Switch, dropout 0.1 (not in the experts)",
+    "switch-recipe": "Switch, dropout 0.1 + expert dropout 0.4 (Switch §2.4)",
     "switch-ffn-only": "Switch, FFNs only (embeddings, attention, norms frozen)",
     "switch-scratch": "Switch from scratch",
     "dense-all": "dense, all parameters (from pretraining)",
+    "dense-dropout": "dense, dropout 0.1",
     "dense-ffn-only": "dense, FFNs only (embeddings, attention, norms frozen)",
     "dense-scratch": "dense from scratch",
 }
@@ -148,11 +154,12 @@ except ImportError:
     print("matplotlib not installed: no plot")
     sys.exit(0)
 fig, ax = plt.subplots(figsize=(11.5, 5))
-for name, label in labels.items():
+for k, (name, label) in enumerate(labels.items()):
     runs = summaries[name]
     steps_axis = [s for s, _ in runs[0]["curve"]]
     mean = [statistics.mean(r["curve"][i][1] for r in runs) for i in range(len(steps_axis))]
-    ax.plot(steps_axis, mean, label=label, linestyle="--" if "scratch" in name else "-")
+    ax.plot(steps_axis, mean, label=label, color=plt.cm.tab20.colors[(2 * k) % 20 + (2 * k) // 20],
+            linestyle="--" if "scratch" in name else "-")
 ax.axhline(floor, color="gray", linewidth=0.8, label="entropy floor")
 ax.set_xlabel("fine-tuning step")
 ax.set_ylabel("validation loss (nats/token), mean over seeds")
