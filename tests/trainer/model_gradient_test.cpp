@@ -16,6 +16,21 @@
 
 namespace {
 
+// B sequences of S uniformly random tokens and targets, indexed by token.
+trainer::batch random_batch(int vocab, int B, int S, unsigned seed) {
+  std::mt19937 gen{seed};
+  std::uniform_int_distribution<int> tok(0, vocab - 1);
+  trainer::batch b;
+  b.B = B;
+  b.S = S;
+  for (int i = 0; i < B * S; ++i) {
+    b.inputs.push_back(tok(gen));
+    b.targets.push_back(tok(gen));
+  }
+  b.index_tokens(vocab);
+  return b;
+}
+
 template <class Preset, class DenseFFN>
 void check_model(trainer::preset kind, std::uint64_t seed, float dropout = 0, float expert_dropout = 0) {
   trainer::model_config c;
@@ -31,17 +46,8 @@ void check_model(trainer::preset kind, std::uint64_t seed, float dropout = 0, fl
   c.seed = seed;
   using model_t = trainer::model<double, moe::host, Preset, DenseFFN>;
   model_t m(c);
-  const int B = 3, N = B * c.seq;
-  std::mt19937 gen{static_cast<unsigned>(seed)};
-  std::uniform_int_distribution<int> tok(0, c.vocab - 1);
-  trainer::batch b;
-  b.B = B;
-  b.S = c.seq;
-  for (int i = 0; i < N; ++i) {
-    b.inputs.push_back(tok(gen));
-    b.targets.push_back(tok(gen));
-  }
-  b.index_tokens(c.vocab);
+  const int B = 3;
+  const trainer::batch b = random_batch(c.vocab, B, c.seq, static_cast<unsigned>(seed));
 
   // Move every norm gain away from 1 so its gradient is generic.
   for (auto& p : m.parameters())
@@ -199,16 +205,7 @@ TEST_CASE("trainer model dropout: training only, and keyed by global position ac
   c.seed = 11;
   using model_t = trainer::model<double, moe::host, moe::presets::switch_transformer<double>, moe::relu_ffn>;
   const int B = 4, N = B * c.seq;
-  std::mt19937 gen{11};
-  std::uniform_int_distribution<int> tok(0, c.vocab - 1);
-  trainer::batch b;
-  b.B = B;
-  b.S = c.seq;
-  for (int i = 0; i < N; ++i) {
-    b.inputs.push_back(tok(gen));
-    b.targets.push_back(tok(gen));
-  }
-  b.index_tokens(c.vocab);
+  const trainer::batch b = random_batch(c.vocab, B, c.seq, 11);
 
   model_t plain(c);
   trainer::model_config cz = c;
