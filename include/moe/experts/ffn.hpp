@@ -176,38 +176,26 @@ struct ffn {
     a.dlin = Gated ? w.take<T>(rows * s.d_ff) : nullptr;
   }
 
-  // Dropout keep-mask scales of hidden units (moe::dropout_draws: the rate quantised to 1/65536).
-  // Unit j of (token, expert) is element (token·experts + expert)·d_ff + j; a run of consecutive
-  // units shares each Philox block among eight. A draw keeps the latest block: one per run of columns.
-  struct dropout_draw {
-    rng_stream rng;
-    dropout_draws draws;
-    std::uint64_t block = ~std::uint64_t(0);
-    philox4x32 bits{};
-    MOE_HOST_DEVICE dropout_draw(const rng_stream& r, float rate) : rng(r), draws(dropout_draws::at_rate(rate)) {}
-    MOE_HOST_DEVICE bool keep(int token, int expert, int experts, index_t d_ff, index_t j) {
-      const std::uint64_t idx = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
-                                    std::uint64_t(d_ff) + std::uint64_t(j);
-      if (dropout_draws::block_of(idx) != block) {
-        block = dropout_draws::block_of(idx);
-        bits = rng.bits(block);
-      }
-      return draws.keep(bits, idx);
-    }
-  };
+  // Dropout of hidden units (moe::dropout_draws: the rate quantised to 1/65536). Unit j of
+  // (token, expert) is element (token·experts + expert)·d_ff + j, so a run of consecutive units
+  // shares each Philox block among eight.
+  MOE_HOST_DEVICE static std::uint64_t dropout_unit(int token, int expert, int experts, index_t d_ff, index_t j) {
+    return (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) * std::uint64_t(d_ff) +
+           std::uint64_t(j);
+  }
+  // The factor (0 or `kept`, the draws' kept scale, hoisted by the caller) of one unit.
   template <class R>
-  MOE_HOST_DEVICE static R dropout_scale(const rng_stream& rng, float rate, int token, int expert, int experts,
-                                         index_t d_ff, index_t j) {
-    dropout_draw draw(rng, rate);
-    return draw.keep(token, expert, experts, d_ff, j) ? draw.draws.template kept_scale<R>() : R(0);
+  MOE_HOST_DEVICE static R dropout_scale(const rng_stream& rng, dropout_draws draws, R kept, int token, int expert,
+                                         int experts, index_t d_ff, index_t j) {
+    const std::uint64_t unit = dropout_unit(token, expert, experts, d_ff, j);
+    return kept * R(draws.keep(rng.bits(dropout_draws::block_of(unit)), unit));
   }
   // The dropout factors (0 or the kept scale) of units [first, end) of row r into keep[0, end − first).
   template <class R>
   MOE_HOST_DEVICE static void dropout_factors(const rng_stream& rng, float rate, R kept, int token, int expert,
                                               int experts, index_t d_ff, index_t first, index_t end, R* keep) {
-    const std::uint64_t unit0 = (std::uint64_t(token) * std::uint64_t(experts) + std::uint64_t(expert)) *
-                                    std::uint64_t(d_ff) + std::uint64_t(first);
-    dropout_draws::at_rate(rate).factors(rng, unit0, std::uint64_t(end - first), kept, keep);
+    dropout_draws::at_rate(rate).factors(rng, dropout_unit(token, expert, experts, d_ff, first),
+                                         std::uint64_t(end - first), kept, keep);
   }
 
   // out[rows] = FFN_e(xp[rows]) for every expert e.
@@ -329,6 +317,8 @@ struct ffn {
     const T *pre = a.pre, *lin = a.lin;
     T *dh = a.dhidden, *dlin = a.dlin;
     const rng_stream rng = dropout_rng;
+    const dropout_draws draws = dropout_draws::at_rate(rate);
+    const R kept = draws.template kept_scale<R>();
 
     if (scale && g.scale) {
       // ∂L/∂m_e[j] = Σ_{rows r of e} ∂L/∂hidden[r, j] · core[r, j] · drop[r, j]
@@ -340,7 +330,8 @@ struct ffn {
         for (index_t r = off[e]; r < off[e + 1]; ++r) {
           R core = Activation::f(widen(pre[r * f + j]));
           if (Gated) core *= widen(lin[r * f + j]);
-          if (drop && row_token[r] >= 0) core *= dropout_scale<R>(rng, rate, row_token[r], key_first + e, key_E, f, j);
+          if (drop && row_token[r] >= 0)
+            core *= dropout_scale<R>(rng, draws, kept, row_token[r], key_first + e, key_E, f, j);
           sum += widen(dh[r * f + j]) * core;
         }
         dscale[i] += sum;
@@ -348,7 +339,6 @@ struct ffn {
     }
 
     // ∂L/∂pre (in place over dhidden) and ∂L/∂lin; runs of columns as in forward.
-    const R kept = dropout_draws::at_rate(rate).template kept_scale<R>();
     const bool plain = !scale;
     constexpr index_t width = detail::elementwise_columns<Space>();
     const index_t runs = (f + width - 1) / width;
