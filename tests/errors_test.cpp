@@ -60,6 +60,7 @@ TEST_CASE("invalid configurations name the field and the value") {
       {"router.noise_stddev", "learned_noise"});
   expect_config_error([](auto& c) { c.router.logit_soft_cap = -2; }, {"router.logit_soft_cap", "cap=-2"});
   expect_config_error([](auto& c) { c.router.init_scale = 0; }, {"router.init_scale", "scale=0"});
+  expect_config_error([](auto& c) { c.router.precision = moe::router_precision(7); }, {"router.precision", "value=7"});
   expect_config_error([](auto& c) { c.router.renormalize = true; }, {"top_k", "renormalize=true with k=1"});
   expect_config_error([](auto& c) { c.router.second_policy_train = moe::second_expert::random; },
                       {"top_k", "second_policy=random needs k=2, got k=1"});

@@ -227,6 +227,84 @@ TEST_CASE_TEMPLATE("gradients: every expert activation, plain and gated", Expert
   check_layer_gradients(l, tokens, 29, o);
 }
 
+TEST_CASE("gradients: bfloat16 router: the experts by finite differences, the router straight through") {
+  // Rounding makes the loss piecewise constant in the router's weights and inputs, so finite
+  // differences check only what the rounded gates multiply (the experts), and the router's own
+  // backward is checked against its definition: the float32 formulas at the rounded values.
+  SUBCASE("expert parameters, top-2 renormalised, jitter, load balancing and z-loss") {
+    using L = moe::layer<double, moe::top_k, moe::losses<moe::load_balancing, moe::router_z_loss>, moe::geglu_ffn>;
+    auto c = base_config<L>();
+    c.router.k = 2;
+    c.router.renormalize = true;
+    c.router.jitter = 0.01f;
+    c.router.precision = moe::router_precision::bfloat16;
+    c.losses.load_balancing.weight = 0.2;
+    c.losses.router_z_loss.weight = 0.1;
+    L l(c);
+    auto o = training();
+    o.check_input = false;
+    o.parameters = [](const std::string& name) { return name.rfind("experts.", 0) == 0; };
+    check_layer_gradients(l, tokens, 21, o);
+  }
+  SUBCASE("the router's backward: float32 formulas at the rounded probabilities") {
+    // One token, two experts, identity router (raw logits = x), top-1: y = p₀·FFN₀(x) with
+    // L = y·w, so ∂L/∂p = (G, 0) with G = FFN₀(x)·w, and ∂L/∂x = p₀·J₀ᵀw + ∂L/∂h.
+    // The float32 layer with the same weights gives J₀ᵀw; the bfloat16 layer must use its rounded
+    // p₀ and p₁ (whose sum need not be 1) in both terms.
+    using L = moe::layer<double, moe::top_k>;
+    L::config c{};
+    c.d_model = 2;
+    c.d_ff = 16;
+    c.num_experts = 2;
+    c.capacity.train = 2.0;
+    c.capacity.minimum = 1;
+    auto make = [&](moe::router_precision precision) {
+      c.router.precision = precision;
+      L l(c);
+      moe_test::set_identity_router(l);
+      return l;
+    };
+    L full = make(moe::router_precision::float32), half = make(moe::router_precision::bfloat16);
+    const std::vector<double> x = {1.003, -0.4}, w = {0.7, -1.3};
+    struct result {
+      std::vector<double> y, dx, g_router;
+      double gate;
+    };
+    auto step = [&](L& l) {
+      result r{std::vector<double>(2), std::vector<double>(2), {}, 0};
+      l.forward({.training = true, .step = 0}, {x.data(), 1, 2}, {r.y.data(), 1, 2});
+      l.zero_grad();
+      l.backward({w.data(), 1, 2}, {r.dx.data(), 1, 2});
+      REQUIRE(l.routing().expert == std::vector<int>{0});
+      r.gate = l.routing().gate[0];
+      l.for_each_parameter([&](const auto& p) {
+        if (std::string(p.name) == "router.w") r.g_router.assign(p.grad, p.grad + p.size());
+      });
+      return r;
+    };
+    const result f = step(full), b = step(half);
+    auto bf16 = [](double v) { return double(float(moe::bfloat16(v))); };
+    const double h0 = bf16(1.003), h1 = bf16(-0.4);  // 1 and −0.400390625
+    const double p0 = bf16(1 / (1 + std::exp(h1 - h0))), p1 = bf16(1 / (1 + std::exp(h0 - h1)));
+    CHECK(b.gate == p0);
+    CHECK(p0 + p1 != 1.0);  // the rounded probabilities are used as they are
+    const double G = (b.y[0] * w[0] + b.y[1] * w[1]) / p0;
+    CHECK(G == doctest::Approx((f.y[0] * w[0] + f.y[1] * w[1]) / f.gate).epsilon(1e-12));
+    const double fp0 = f.gate, fp1 = 1 - f.gate;
+    // Softmax backward, ∂L/∂h_e = p_e·(∂L/∂p_e − Σ_j p_j ∂L/∂p_j), with ∂L/∂p = (G, 0).
+    const double dh_f[2] = {G * fp0 * fp1, -G * fp0 * fp1}, dh_b[2] = {G * p0 * (1 - p0), -G * p0 * p1};
+    for (int j = 0; j < 2; ++j) {
+      const double jw = (f.dx[std::size_t(j)] - dh_f[j]) / fp0;  // J₀ᵀw
+      CHECK(b.dx[std::size_t(j)] == doctest::Approx(p0 * jw + dh_b[j]).epsilon(1e-12));
+    }
+    // ∂L/∂W_r = x ⊗ ∂L/∂h (x itself: the rounding of raw passes the gradient straight through).
+    REQUIRE(b.g_router.size() == 4);
+    for (int i = 0; i < 2; ++i)
+      for (int e = 0; e < 2; ++e)
+        CHECK(b.g_router[std::size_t(i * 2 + e)] == doctest::Approx(x[std::size_t(i)] * dh_b[e]).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("frozen parameter groups: their gradients are neither computed nor touched, the rest bit for bit") {
   using L = moe::layer<double, moe::top_k, moe::losses<moe::router_z_loss>, moe::swiglu_ffn>;
   auto c = base_config<L>();

@@ -338,3 +338,34 @@ TEST_CASE("jitter_factors: one Philox block per four elements gives jitter_facto
   // Neighbouring elements take different lanes of a block: not all equal.
   CHECK(moe::jitter_factor(s, 0.05f, 0, 0, 8) != moe::jitter_factor(s, 0.05f, 0, 1, 8));
 }
+
+TEST_CASE("bfloat16 router (ablating Switch's selective precision): rounded logits and probabilities") {
+  // Identity router, so the raw logits are the inputs. bfloat16 keeps 8 significant bits: the
+  // spacing is 2^-7 in [1, 2), 2^-8 in [0.5, 1) and 2^-9 in [0.25, 0.5).
+  //   token 0: {1.003, 0} → raw {1, 0}; p = softmax = {0.7310586, 0.2689414} → {0.73046875, 0.26953125}
+  //   token 1: {1.001, 1.002} → raw {1, 1}: a tie, which goes to the lower index (float32: expert 1)
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_ff = 32;
+  c.num_experts = 2;
+  c.capacity.train = 2.0;  // C = 2: nothing is dropped
+  c.capacity.minimum = 1;
+  const std::vector<std::vector<double>> logits = {{1.003, 0}, {1.001, 1.002}};
+
+  c.router.precision = moe::router_precision::bfloat16;
+  L half = identity_router_layer<L>(c);
+  route(half, logits);
+  const auto r = half.routing();
+  CHECK(r.expert == std::vector<int>{0, 0});
+  CHECK(r.gate[0] == 0.73046875);
+  CHECK(r.gate[1] == 0.5);
+  CHECK(half.statistics().mean_top1_probability == (0.73046875 + 0.5) / 2);
+
+  c.router.precision = moe::router_precision::float32;
+  L full = identity_router_layer<L>(c);
+  route(full, logits);
+  const auto f = full.routing();
+  CHECK(f.expert == std::vector<int>{0, 1});
+  CHECK(f.gate[0] == doctest::Approx(sigmoid(1.003)).epsilon(1e-14));
+  CHECK(f.gate[1] == doctest::Approx(sigmoid(0.001)).epsilon(1e-12));
+}

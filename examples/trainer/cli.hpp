@@ -99,6 +99,8 @@ inline const char* usage_text =
     "  --expert-dropout X                  dropout on the experts' hidden units in training (Switch: 0.4)\n"
     "  --dropout X                         dropout elsewhere in training, where T5 puts it: embeddings, attention\n"
     "                                      probabilities, sublayer outputs, dense FFN hidden units (Switch: 0.1)\n"
+    "  --router-precision fp32|bf16        the routers' logits and probabilities: float32 in every preset (Switch's\n"
+    "                                      selective precision), bf16 rounds them (its ablation)\n"
     "  --data FILE                         train on a text file, byte-level (default: the synthetic corpus)\n"
     "  --train-sequences N                 train on a fixed set of N sequences (a small task), validate as usual\n"
     "  --log FILE                          JSONL log, one object per step\n"
@@ -232,6 +234,11 @@ inline options parse_options(int argc, char** argv) {
       o.recipe.expert_dropout = float(parse_double(flag, take(), 0.0, 0.95));
     } else if (flag == "--dropout") {
       o.recipe.dropout = float(parse_double(flag, take(), 0.0, 0.95));
+    } else if (flag == "--router-precision") {
+      const std::string& v = take();
+      if (v == "fp32") o.recipe.router_precision = moe::router_precision::float32;
+      else if (v == "bf16") o.recipe.router_precision = moe::router_precision::bfloat16;
+      else throw usage_error("--router-precision: '" + v + "' is not one of fp32, bf16");
     } else if (flag == "--init-from") {
       o.init_from = take();
       if (o.init_from.empty()) throw usage_error("--init-from: empty directory name");
@@ -313,13 +320,14 @@ inline options parse_options(int argc, char** argv) {
   if (o.precision != "fp32" && o.kind == preset::dense)
     throw usage_error("--precision " + o.precision + ": it applies to the MoE layers, and the dense preset has none");
   if (o.kind == preset::dense) {
-    const char* moe_only = o.recipe.balance_loss      ? "--balance-loss"
-                           : o.recipe.z_loss          ? "--z-loss"
-                           : o.recipe.jitter          ? "--jitter"
-                           : o.recipe.capacity_factor ? "--capacity-factor"
-                           : o.recipe.expert_dropout  ? "--expert-dropout"
-                           : (o.frozen & group_moe)   ? "--freeze router/experts"
-                                                      : nullptr;
+    const char* moe_only = o.recipe.balance_loss       ? "--balance-loss"
+                           : o.recipe.z_loss           ? "--z-loss"
+                           : o.recipe.jitter           ? "--jitter"
+                           : o.recipe.capacity_factor  ? "--capacity-factor"
+                           : o.recipe.expert_dropout   ? "--expert-dropout"
+                           : o.recipe.router_precision ? "--router-precision"
+                           : (o.frozen & group_moe)    ? "--freeze router/experts"
+                                                       : nullptr;
     if (moe_only)
       throw usage_error(std::string(moe_only) + ": it applies to the MoE layers, and the dense preset has none");
   }

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include <moe/routing/router_logits.hpp>
+
 namespace trainer {
 
 enum class preset { dense, switch_transformer, glam, st_moe };
@@ -38,7 +40,8 @@ inline const char* preset_name(preset p) {
 }
 
 // Changes to a preset's recipe, for ablations and fine-tuning (--init-scale, --balance-loss,
-// --z-loss, --jitter, --capacity-factor, --expert-dropout, --dropout). Unset: the preset's own value.
+// --z-loss, --jitter, --capacity-factor, --expert-dropout, --dropout, --router-precision). Unset: the
+// preset's own value.
 struct recipe_overrides {
   // s of every weight matrix's truncated normal, std sqrt(s / fan_in): embeddings, attention, dense
   // FFNs, routers and experts alike (Switch §2.4 reduced it from 1.0 to 0.1 for the whole model).
@@ -52,9 +55,13 @@ struct recipe_overrides {
   // Dropout everywhere else in training, at T5's places (model.hpp); no preset has it (0), Switch
   // fine-tunes with 0.1, ST-MoE with 0.1 too.
   std::optional<float> dropout;
+  // The routers' precision: float32 in every preset (Switch's selective precision); bfloat16 to
+  // ablate it (router_logits.hpp).
+  std::optional<moe::router_precision> router_precision;
 
   bool any() const {
-    return init_scale || balance_loss || z_loss || jitter || capacity_factor || expert_dropout || dropout;
+    return init_scale || balance_loss || z_loss || jitter || capacity_factor || expert_dropout || dropout ||
+           router_precision;
   }
   // "preset" when nothing is changed, else the changed values: the checkpoint header records it.
   std::string describe() const {
@@ -73,6 +80,11 @@ struct recipe_overrides {
     add("capacity_factor", capacity_factor);
     add("expert_dropout", expert_dropout);
     add("dropout", dropout);
+    if (router_precision) {
+      if (!out.empty()) out += ',';
+      out += "router_precision=";
+      out += to_string(*router_precision);
+    }
     return out;
   }
 };

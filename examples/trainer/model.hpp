@@ -573,6 +573,7 @@ class model {
     if (r.jitter) c.router.jitter = *r.jitter;
     if (r.capacity_factor) c.capacity.train = *r.capacity_factor;
     if (r.expert_dropout) c.expert.dropout = *r.expert_dropout;
+    if (r.router_precision) c.router.precision = *r.router_precision;
     return c;
   }
 

@@ -136,6 +136,39 @@ TEST_CASE("the gating kernel (a warp per token, E <= 256) and the generic path b
   }
 }
 
+TEST_CASE("a bfloat16 router (the selective-precision ablation) on cuda matches the host") {
+  // The gating kernel (E = 64) and the generic per-token path (E = 300) round raw, h and p to
+  // bfloat16 as the host does. The identity router makes the raw logits the inputs, so both spaces
+  // round the same raw values; the softmax sums run in another order, and a float ulp there can
+  // cross a bfloat16 rounding boundary: a gate may differ by one bfloat16 ulp (2^-8 relative).
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  using H = dropless_layer<moe::host>;
+  using G = dropless_layer<moe::cuda>;
+  for (const int experts : {64, 300}) {
+    CAPTURE(experts);
+    auto hc = dropless_config<H>(9);
+    auto gc = dropless_config<G>(9);
+    hc.num_experts = gc.num_experts = experts;
+    hc.d_model = gc.d_model = experts;
+    hc.d_ff = gc.d_ff = 16;
+    hc.router.precision = gc.router.precision = moe::router_precision::bfloat16;
+    hc.router.renormalize = gc.router.renormalize = false;  // so that a gate is a probability
+    H h(hc);
+    G g(gc, space);
+    moe_test::set_identity_router(h);
+    copy_parameters(h, g);
+    const int tokens = 160;
+    const std::size_t n = std::size_t(tokens) * std::size_t(experts);
+    const std::vector<float> x = moe_test::random_vector<float>(n, 151), dy = moe_test::random_vector<float>(n, 152);
+    const moe::step_context ctx{.training = true, .step = 3};
+    const auto ref = host_step(h, x, dy, tokens, ctx);
+    const auto got = device_step(g, x, dy, tokens, ctx);
+    check_steps(got, ref, 1e-2, true);
+    for (const float gate : got.routing.gate) CHECK(float(moe::bfloat16(gate)) == gate);  // gates of rounded p
+  }
+}
+
 TEST_CASE("every token routed to one expert: worst-case buffers") {
   stream_holder stream;
   const moe::cuda space(stream.s);

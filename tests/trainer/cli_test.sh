@@ -58,6 +58,9 @@ expect 2 '--expert-dropout: it applies to the MoE layers, and the dense preset h
 expect 2 "--dropout: '0.99' is not a number in" --dropout 0.99
 expect 2 "--dropout: '-0.1' is not a number in" --preset dense --dropout -0.1
 expect 2 "--dropout: 'nan' is not a number in" --dropout nan
+expect 2 "--router-precision: 'fp16' is not one of fp32, bf16" --router-precision fp16
+expect 2 '--router-precision: it applies to the MoE layers, and the dense preset has none' \
+  --preset dense --router-precision bf16
 expect 2 '--freeze router/experts: it applies to the MoE layers' --preset dense --freeze router
 expect 2 "--freeze: '' is not one of embedding" --freeze experts,
 expect 2 '--freeze: every parameter group is frozen, nothing trains' --freeze moe,non-moe

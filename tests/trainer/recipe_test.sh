@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor, --dropout) change what
+# The recipe flags (--init-scale, --balance-loss, --z-loss, --jitter, --capacity-factor, --dropout,
+# --router-precision) change what
 # they name and nothing else: a flag set to the preset's own value reproduces the preset's run bit
 # for bit, another value changes the logged quantity it drives, and a checkpoint refuses to resume
 # under a different recipe or data seed. --data-seed keeps the data while --seed changes the model's randomness.
@@ -25,6 +26,10 @@ run switch_cf --preset switch --capacity-factor 0.5
 run switch_nojitter --preset switch --jitter 0
 run switch_dropout0 --preset switch --dropout 0
 run switch_dropout --preset switch --dropout 0.1
+run switch_router32 --preset switch --router-precision fp32
+run switch_router16 --preset switch --router-precision bf16
+run switch_bf16 --preset switch --precision bf16
+run switch_bf16_router16 --preset switch --precision bf16 --router-precision bf16
 run dense --preset dense
 run dense_dropout --preset dense --dropout 0.1
 run glam --preset glam
@@ -42,6 +47,7 @@ if [[ $(floor switch_seed2_data1) != "$(floor switch)" || $(floor switch_seed2) 
   exit 1
 fi
 grep -q "recipe   init_scale=1 (the rest as the preset)" "$tmp/switch_init1.out"
+grep -q "recipe   router_precision=bfloat16 (the rest as the preset)" "$tmp/switch_router16.out"
 if grep -q "recipe" "$tmp/switch.out"; then
   echo "FAIL: a run without recipe flags printed a recipe line"
   exit 1
@@ -64,6 +70,12 @@ for name, ref in (("switch_dropout", base), ("dense_dropout", log("dense"))):
     # Same weights at step 1: only the dropout masks change the training loss. Evaluation has no
     # dropout, but the first evaluation (step 3) follows two updates that differed.
     assert log(name)[0]["loss"] != ref[0]["loss"], f"{name}: --dropout 0.1 must change step 1"
+# The router computes in float32 in every preset; rounding its logits and probabilities to bfloat16
+# changes the gates a little at step 1 (same weights), in a float32 and in a bfloat16 model.
+assert core(log("switch_router32")) == core(base), "--router-precision fp32 is every preset's: the same run"
+for name, ref in (("switch_router16", base), ("switch_bf16_router16", log("switch_bf16"))):
+    a, b = log(name)[0]["loss"], ref[0]["loss"]
+    assert a != b and abs(a - b) < 1e-2 * abs(b), f"{name}: a bfloat16 router must change step 1 a little: {a} vs {b}"
 assert core(log("switch_seed1_data1")) == core(base), "--data-seed equal to --seed: the same run"
 assert log("switch_seed2_data1")[0]["loss"] != base[0]["loss"], "--seed 2 must change the initial weights"
 

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(gating_warps * 32)
     const R inv = R(1) / sum;
     R ent = 0;
     for (int e = lane; e < E; e += 32) {
-      const R p = row[e] * inv;
+      const R p = moe::detail::router_round(c, row[e] * inv);
       row[e] = p;
       plan.probs[r0 + e] = p;
       if (p > R(0)) ent -= p * std::log(p);

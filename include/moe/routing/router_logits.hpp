@@ -10,12 +10,20 @@
 //   h     = c · tanh(h₀ / c)                                (logit soft cap; off when c = 0)
 //   p     = softmax(h),  lse = log Σ exp(h)
 // Auxiliary losses and statistics see the final logits h and probabilities p.
+//
+// Precision: the router computes in float32 whatever the layer's storage type (Switch §2.4,
+// "selective precision"). router_precision::bfloat16 exists to ablate that: raw, h and p are
+// rounded to bfloat16, the values a router computed in a bfloat16 model would hand on (the GEMM
+// accumulates and the exponentials are evaluated in float32 in either case; W_r is not rounded).
+// Backward is the float32 one evaluated at the rounded values, as a straight-through estimate:
+// rounding is piecewise constant, so its exact derivative is zero almost everywhere.
 #pragma once
 
 #include <cmath>
 
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/numeric.hpp"
 #include "moe/core/rng.hpp"
 
 namespace moe {
@@ -27,6 +35,18 @@ namespace moe {
 //                  (initialised to zero, as in the paper: softplus(0) = ln 2)
 //   logit_soft_cap c of c·tanh(h/c); 0 = off
 //   init_scale     W_r ~ truncated normal with std sqrt(init_scale / d_model) (Switch: 0.1)
+//   precision      float32 (selective precision: always, in the papers' recipes) or bfloat16 (the
+//                  ablation: the Switch paper's bfloat16 router diverged, Table 2)
+
+enum class router_precision { float32, bfloat16 };
+
+inline const char* to_string(router_precision p) {
+  switch (p) {
+    case router_precision::float32: return "float32";
+    case router_precision::bfloat16: return "bfloat16";
+  }
+  return "?";
+}
 
 namespace detail {
 
@@ -38,6 +58,12 @@ MOE_HOST_DEVICE R softplus(R v) {
 template <class R>
 MOE_HOST_DEVICE R sigmoid(R v) {
   return v >= R(0) ? R(1) / (R(1) + std::exp(-v)) : std::exp(v) / (R(1) + std::exp(v));
+}
+
+// v as the router hands it on: unchanged in float32, rounded to the nearest bfloat16 otherwise.
+template <class R, class Config>
+MOE_HOST_DEVICE R router_round(const Config& cfg, R v) {
+  return cfg.precision == router_precision::bfloat16 ? R(float(bfloat16(v))) : v;
 }
 
 }  // namespace detail
@@ -87,7 +113,7 @@ MOE_HOST_DEVICE void jitter_factors(const rng_stream& s, float epsilon, index_t 
 template <class R, class Config>
 MOE_HOST_DEVICE R token_logit(const Config& cfg, bool noisy, const rng_stream& noise_rng, index_t t, int num_experts,
                               int e, R raw, R noise_pre) {
-  R h = raw;
+  R h = detail::router_round(cfg, raw);
   if (noisy && (cfg.learned_noise || cfg.noise_stddev > 0.0f)) {
     const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(num_experts) + std::uint64_t(e)));
     const R sigma = cfg.learned_noise ? detail::softplus(noise_pre) : R(cfg.noise_stddev);
@@ -97,7 +123,7 @@ MOE_HOST_DEVICE R token_logit(const Config& cfg, bool noisy, const rng_stream& n
     const R c = R(cfg.logit_soft_cap);
     h = c * std::tanh(h / c);
   }
-  return h;
+  return detail::router_round(cfg, h);
 }
 
 // Forward of one token: raw logits (and learned-noise pre-activations) to final logits h,
@@ -120,7 +146,7 @@ MOE_HOST_DEVICE void token_logits_forward(const Config& cfg, bool noisy, const r
     sum += v;
   }
   const R inv = R(1) / sum;
-  for (int e = 0; e < E; ++e) probs[e] *= inv;
+  for (int e = 0; e < E; ++e) probs[e] = detail::router_round(cfg, probs[e] * inv);
   *lse = m + std::log(sum);
 }
 
@@ -163,6 +189,8 @@ void check_router_logit_options(const Config& cfg) {
           "cap=", cfg.logit_soft_cap, " must be finite and >= 0 (0 = off)");
   require(cfg.init_scale > 0.0f && std::isfinite(cfg.init_scale), "router.init_scale", "scale=", cfg.init_scale,
           " must be finite and > 0");
+  require(cfg.precision == router_precision::float32 || cfg.precision == router_precision::bfloat16,
+          "router.precision", "value=", int(cfg.precision), " is not router_precision::float32 or ::bfloat16");
 }
 
 }  // namespace moe

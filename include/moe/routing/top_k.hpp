@@ -58,6 +58,7 @@ struct top_k {
     bool learned_noise = false;
     float logit_soft_cap = 0.0f;
     float init_scale = 1.0f;
+    router_precision precision = router_precision::float32;
   };
 
   static void check(const config& c, int num_experts) {
