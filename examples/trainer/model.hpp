@@ -241,12 +241,17 @@ class model {
     const index_t S = cfg_.seq, N = index_t(B) * S, d = cfg_.d_model, V = cfg_.vocab;
     const index_t H = cfg_.heads, dh = d / H;
     const auto& sp = space_;
+    // Frozen groups' gradients are not computed (null targets, skipped GEMMs): they stay zero.
+    const bool embedding_trains = !(frozen_ & group_embedding);
+    auto norm_grad = [&](T* dg) { return (frozen_ & group_norms) ? nullptr : dg; };
     // logits = h_final · tok_embᵀ (act_.logits now holds ∂L/∂logits)
     sp.gemm(moe::op::none, moe::op::none, N, d, V, T(1), act_.logits, V, p_.tok_emb, d, T(0), act_.dh, d);
-    sp.gemm(moe::op::transpose, moe::op::none, V, d, N, T(1), act_.logits, V, act_.h_final, d, T(1), g_.tok_emb, d);
+    if (embedding_trains)
+      sp.gemm(moe::op::transpose, moe::op::none, V, d, N, T(1), act_.logits, V, act_.h_final, d, T(1), g_.tok_emb,
+              d);
     if (drop_) apply_dropout(sp, mask(site_final, d), act_.dh, N * d, act_.dh);
     sp.fill_zero(act_.dx, sizeof(T) * std::size_t(N * d));
-    rmsnorm_backward(sp, act_.x_last, p_.g_final, act_.rinv_final, act_.dh, N, d, act_.dx, g_.g_final);
+    rmsnorm_backward(sp, act_.x_last, p_.g_final, act_.rinv_final, act_.dh, N, d, act_.dx, norm_grad(g_.g_final));
     for (std::size_t l = blocks_.size(); l-- > 0;) {
       block& b = blocks_[l];
       for (std::size_t i = b.ffns.size(); i-- > 0;) {
@@ -279,7 +284,7 @@ class model {
                              (frozen_ & group_dense_ffn) ? decltype(s.dw){} : s.dw, dense_rows_, s.h, s.act, dy,
                              act_.dh, drop_, hidden_stream(l, i));
         }
-        rmsnorm_backward(sp, s.x_in, s.g, s.rinv, act_.dh, N, d, act_.dx, s.dg);
+        rmsnorm_backward(sp, s.x_in, s.g, s.rinv, act_.dh, N, d, act_.dx, norm_grad(s.dg));
       }
       // x_mid = x_in + dropout(attn_out · W_o)  (the branch's gradient in act_.dh, free until dqkv's)
       const T* dbranch = act_.dx;
@@ -297,8 +302,9 @@ class model {
       if (attention_trains)
         sp.gemm(moe::op::transpose, moe::op::none, d, 3 * d, N, T(1), b.h_attn, d, act_.dqkv, 3 * d, T(1), b.dw_qkv,
                 3 * d);
-      rmsnorm_backward(sp, b.x_in, b.g_attn, b.rinv_attn, act_.dh, N, d, act_.dx, b.dg_attn);
+      rmsnorm_backward(sp, b.x_in, b.g_attn, b.rinv_attn, act_.dh, N, d, act_.dx, norm_grad(b.dg_attn));
     }
+    if (!embedding_trains) return;  // ∂L/∂x0 feeds only the embeddings' gradients
     if (drop_) apply_dropout(sp, mask(site_embedding, d), act_.dx, N * d, act_.dx);
     embed_backward(sp, by_token, token_offsets, act_.dx, N, S, d, V, g_.tok_emb, g_.pos_emb);
   }
@@ -308,8 +314,9 @@ class model {
   const std::vector<int>& moe_blocks() const { return moe_block_; }
 
   // Parameter groups (param_group bits) held fixed: the optimiser leaves them out (run.hpp), and
-  // backward skips the weight-gradient GEMMs of frozen experts, routers, dense FFNs and attention
-  // (their gradients stay zero; the norms' and embeddings' are computed and ignored).
+  // backward computes no gradient of a frozen group (they stay zero): the weight-gradient GEMMs of
+  // frozen experts, routers, dense FFNs, attention and the tied embedding are skipped, and so are the
+  // gains' column sums and the embeddings' scatter.
   void set_frozen(unsigned groups) {
     frozen_ = groups;
     for (auto& l : moe_layers_)

@@ -97,7 +97,7 @@ void rmsnorm_forward(const Space& sp, const T* x, const T* g, index_t N, index_t
   });
 }
 
-// dx += ∂L/∂x; dg += ∂L/∂g (column sums in token order).
+// dx += ∂L/∂x; dg += ∂L/∂g (column sums in token order) unless dg is null.
 template <class Space, class T>
 void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, const T* dy, index_t N, index_t d,
                       T* dx, T* dg) {
@@ -110,6 +110,7 @@ void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, co
     const T c = dot * r * r * r / T(d);
     for (index_t j = 0; j < d; ++j) dx[t * d + j] += drow[j] * g[j] * r - row[j] * c;
   });
+  if (!dg) return;  // a frozen gain: its gradient is not computed
   sp.parallel_for(d, [=] MOE_LAMBDA(index_t j) {
     T acc = 0;
     for (index_t t = 0; t < N; ++t) acc += dy[t * d + j] * x[t * d + j] * rinv[t];
