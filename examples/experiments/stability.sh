@@ -7,6 +7,9 @@
 #   balance  Switch §2.2: load-balancing loss α = 1e-2 against none (Switch preset)
 #   jitter   ST-MoE §3: multiplicative input jitter 1e-2 added for stability (ST-MoE preset at the
 #            same learning rate as the z-loss runs, with its z-loss)
+#   router precision  Switch §2.4 / Table 2: in a bfloat16 model (--precision bf16), the router in
+#            float32 ("selective precision") against a bfloat16 router (--router-precision bf16), at the
+#            default learning rate and at the stress one (Switch preset)
 # The seeds vary the model's randomness (initialisation, jitter, dropout) on one corpus
 # (--data-seed), as the papers' seeds do. Writes OUT/results.md (one table per ablation: mean ±
 # standard deviation over the seeds, and the difference to the paper's setting paired by seed), the
@@ -43,6 +46,10 @@ configs=(
   "zloss-0|--preset st-moe --lr $stress_lr --z-loss 0"
   "balance-0|--preset switch --balance-loss 0"
   "jitter-1e-2|--preset st-moe --lr $stress_lr --jitter 1e-2"
+  "bf16-router32|--preset switch --precision bf16"
+  "bf16-router16|--preset switch --precision bf16 --router-precision bf16"
+  "bf16-router32-lr|--preset switch --precision bf16 --lr $stress_lr"
+  "bf16-router16-lr|--preset switch --precision bf16 --router-precision bf16 --lr $stress_lr"
 )
 eval_every=$((steps / 10 > 0 ? steps / 10 : 1))
 # A run that fails (a non-finite router logit ends it with an error) is recorded, not fatal: its
@@ -135,6 +142,11 @@ text = "\n".join([
           ["init-0.1", "balance-0"], ["α = 1e-2 (Switch)", "α = 0"]),
     table("Input jitter (ST-MoE §3)", f"ST-MoE preset with its z-loss, learning rate {stress_lr}.",
           ["zloss-1e-3", "jitter-1e-2"], ["no jitter (ST-MoE)", "jitter ε = 1e-2"]),
+    table("Router precision (Switch §2.4, Table 2)", "Switch preset, MoE layers in bfloat16 (--precision bf16), "
+          "default learning rate.", ["bf16-router32", "bf16-router16"],
+          ["float32 router (Switch)", "bfloat16 router"]),
+    table("Router precision at the stress learning rate", f"As above, learning rate {stress_lr}.",
+          ["bf16-router32-lr", "bf16-router16-lr"], ["float32 router (Switch)", "bfloat16 router"]),
 ])
 open(f"{out}/results.md", "w").write(text)
 print(text)
