@@ -570,6 +570,65 @@ TEST_CASE("gemm: results are bit-identical whatever the thread count") {
   CHECK_FALSE(same_bits(run_portable(1), c0));  // the comparison is not vacuous
 }
 
+#if defined(MOE_HAVE_CBLAS)
+// Products large enough to be cut into tiles of C (one BLAS call each): edge tiles in both
+// directions, tiles halved for parallelism, a transposed operand's column offsets.
+constexpr gemm_shape tiled_shapes[] = {{600, 300, 70}, {40, 530, 1100}, {1000, 20, 200}};
+
+TEST_CASE("gemm: CBLAS products are computed in tiles of C, every op combination") {
+  for (const gemm_shape& s : tiled_shapes) {
+    const auto t = moe::detail::host_gemm_tiling(s.m, s.n, s.k);
+    CAPTURE(s.m);
+    CAPTURE(s.n);
+    REQUIRE(t.count() > 1);  // the shapes exercise the tiling
+    CHECK(t.count_m * t.tile_m >= s.m);
+    CHECK((t.count_m - 1) * t.tile_m < s.m);
+    CHECK(t.count_n * t.tile_n >= s.n);
+    CHECK((t.count_n - 1) * t.tile_n < s.n);
+  }
+  CHECK(moe::detail::host_gemm_tiling(600, 300, 70).tile_m == 128);   // halved from 256: 6 tiles < 8
+  CHECK(moe::detail::host_gemm_tiling(600, 300, 70).count_m == 5);    // 128-row tiles, the last one of 88 rows
+  CHECK(moe::detail::host_gemm_tiling(64, 64, 64).count() == 1);      // small: one call
+  std::uint64_t seed = 1000;
+  for (moe::op opa : ops)
+    for (moe::op opb : ops)
+      for (const gemm_shape& s : tiled_shapes) {
+        check_gemm_case<float, float, float>(opa, opb, s.m, s.n, s.k, -0.75, 0.5, false, ++seed, via_host{moe::host(3)});
+        check_gemm_case<float, float, float>(opa, opb, s.m, s.n, s.k, 1.0, 0.0, true, ++seed, via_host{moe::host(1)});
+        check_gemm_case<double, double, double>(opa, opb, s.m, s.n, s.k, 2.0, 1.0, false, ++seed,
+                                                via_host{moe::host(2)});
+        check_gemm_case<moe::bfloat16, moe::bfloat16, moe::bfloat16>(opa, opb, s.m, s.n, s.k, 1.0, 0.5, false, ++seed,
+                                                                     via_host{moe::host(2)});
+      }
+}
+
+TEST_CASE("gemm: CBLAS results are bit-identical at any thread count, whatever the BLAS's own setting") {
+  for (const gemm_shape& s : tiled_shapes) {
+    CAPTURE(s.m);
+    const auto a = random_values<float>(std::size_t(s.m * s.k), 11), b = random_values<float>(std::size_t(s.n * s.k), 12);
+    const auto c0 = random_values<float>(std::size_t(s.m * s.n), 13);
+    auto run = [&](int threads) {
+      std::vector<float> c = c0;
+      moe::host(threads).gemm(moe::op::none, moe::op::transpose, s.m, s.n, s.k, 0.5f, a.data(), s.k, b.data(), s.k,
+                              0.25f, c.data(), s.n);
+      return c;
+    };
+    const std::vector<float> one = run(1);
+    CHECK_FALSE(same_bits(one, c0));
+    CHECK(same_bits(one, run(2)));
+    CHECK(same_bits(one, run(3)));
+    CHECK(same_bits(one, run(8)));
+#if defined(MOE_HAVE_OPENBLAS)
+    // OpenBLAS's thread count, set by other code in the process, is put back to one: its own split
+    // would change the last bits (and start threads beside the pool's).
+    openblas_set_num_threads(4);
+    CHECK(same_bits(one, run(2)));
+    CHECK(openblas_get_num_threads() == 1);
+#endif
+  }
+}
+#endif
+
 TEST_CASE("gemm: negative sizes are rejected") {
   const moe::host h(1);
   float x = 0;

@@ -4,6 +4,16 @@
 // storage types are widened to float (every product of two 16-bit values is exact in float), given
 // to sgemm, and the result rounded back: float accumulation, as on the GPU. Without a CBLAS a
 // portable kernel does the same work, accumulating in float (double for double).
+//
+// The host space's pool is the only parallelism. A CBLAS product is cut into tiles of C by its
+// shape alone and each tile is one single-threaded BLAS call, run by the pool. Why: a BLAS's value
+// for an element depends on how the product was split (OpenBLAS picks its micro-kernel by the
+// element's place in the block it is handed, and splits by its own thread count, which defaults to
+// the machine's cores). Fixed tiles make results independent of moe::host's thread count and of
+// the machine's core count, and a single-threaded BLAS does not spin threads of its own beside the
+// pool's (with OpenBLAS's default, a one-thread trainer spent a third of its CPU time in
+// sched_yield). With OpenBLAS (MOE_HAVE_OPENBLAS) the first GEMM sets openblas_set_num_threads(1)
+// for the process; with another CBLAS set its threads to 1 yourself (MKL_NUM_THREADS=1, ...).
 #pragma once
 
 #include <algorithm>
@@ -66,6 +76,77 @@ void gemm_portable(thread_pool* pool, op opa, op opb, index_t m, index_t n, inde
     rows(0, m);
 }
 
+#if defined(MOE_HAVE_CBLAS)
+// The tiles of C that a CBLAS product is computed in: a function of the shape only (see the top of
+// the file). 256 × 256 tiles spend a few per cent of their time packing their panels; a product
+// with fewer than 8 of them and enough work has its tiles halved (down to 32) so that several
+// threads have something to do.
+struct gemm_tiling {
+  index_t tile_m, tile_n, count_m, count_n;
+  index_t count() const { return count_m * count_n; }
+};
+
+inline gemm_tiling host_gemm_tiling(index_t m, index_t n, index_t k) {
+  constexpr index_t whole = index_t(1) << 18;       // multiply-adds below which one call does it all
+  constexpr index_t min_tile_work = index_t(1) << 21;  // a halved tile keeps at least this much
+  if (m * n * k <= whole) return {m, n, 1, 1};
+  index_t tm = std::min<index_t>(m, 256), tn = std::min<index_t>(n, 256);
+  auto tiles = [&] { return ((m + tm - 1) / tm) * ((n + tn - 1) / tn); };
+  auto halve = [](index_t t) { return std::max<index_t>(32, (t / 2 + 15) / 16 * 16); };
+  while (tiles() < 8 && (tm * tn / 2) * k >= min_tile_work) {
+    if (tm >= tn && tm > 32)
+      tm = halve(tm);
+    else if (tn > 32)
+      tn = halve(tn);
+    else
+      break;
+  }
+  return {tm, tn, (m + tm - 1) / tm, (n + tn - 1) / tn};
+}
+
+#if defined(MOE_HAVE_OPENBLAS)
+// Every CBLAS call is single-threaded; checked before each product because the setting is the
+// process's and other code may change it.
+inline void blas_single_threaded() {
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+#else
+inline void blas_single_threaded() {}
+#endif
+
+template <class T>
+void cblas_call(op opa, op opb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,
+                index_t ldb, T beta, T* c, index_t ldc) {
+  const auto ta = opa == op::none ? CblasNoTrans : CblasTrans;
+  const auto tb = opb == op::none ? CblasNoTrans : CblasTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+
+// C = alpha · op(A) · op(B) + beta · C through the CBLAS, tile by tile on the pool.
+template <class T>
+void cblas_tiled(thread_pool* pool, op opa, op opb, index_t m, index_t n, index_t k, T alpha, const T* a,
+                 index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+  blas_single_threaded();
+  const gemm_tiling t = host_gemm_tiling(m, n, k);
+  auto tiles = [&](index_t first, index_t last) {
+    for (index_t i = first; i < last; ++i) {
+      const index_t i0 = (i / t.count_n) * t.tile_m, j0 = (i % t.count_n) * t.tile_n;
+      const T* at = opa == op::none ? a + i0 * lda : a + i0;  // op(A)'s rows i0.. (columns of a stored Aᵀ)
+      const T* bt = opb == op::none ? b + j0 : b + j0 * ldb;  // op(B)'s columns j0..
+      cblas_call(opa, opb, std::min(t.tile_m, m - i0), std::min(t.tile_n, n - j0), k, alpha, at, lda, bt, ldb,
+                 beta, c + i0 * ldc + j0, ldc);
+    }
+  };
+  if (pool && t.count() > 1)
+    pool->run_chunks(t.count(), tiles);
+  else
+    tiles(0, t.count());
+}
+#endif
+
 }  // namespace detail
 
 // C = alpha · op(A) · op(B) + beta · C (row-major; lda, ldb, ldc are row strides of the stored
@@ -91,12 +172,7 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
   constexpr bool all_double =
       std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>;
   if constexpr (all_float || all_double) {
-    const auto ta = opa == op::none ? CblasNoTrans : CblasTrans;
-    const auto tb = opb == op::none ? CblasNoTrans : CblasTrans;
-    if constexpr (all_float)
-      cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
-    else
-      cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+    detail::cblas_tiled(pool, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   } else if constexpr (!std::is_same_v<acc_t<TA>, double> && !std::is_same_v<acc_t<TB>, double> &&
                        !std::is_same_v<acc_t<TC>, double>) {
@@ -114,9 +190,8 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
     if (beta != acc_t<TC>(0))
       for (index_t i = 0; i < m; ++i)
         for (index_t j = 0; j < n; ++j) wc[std::size_t(i * n + j)] = convert<float>(c[i * ldc + j]);
-    cblas_sgemm(CblasRowMajor, opa == op::none ? CblasNoTrans : CblasTrans,
-                opb == op::none ? CblasNoTrans : CblasTrans, int(m), int(n), int(k), float(alpha), wa.data(),
-                int(a_cols), wb.data(), int(b_cols), float(beta), wc.data(), int(n));
+    detail::cblas_tiled(pool, opa, opb, m, n, k, float(alpha), wa.data(), a_cols, wb.data(), b_cols, float(beta),
+                        wc.data(), n);
     for (index_t i = 0; i < m; ++i)
       for (index_t j = 0; j < n; ++j) c[i * ldc + j] = convert<TC>(wc[std::size_t(i * n + j)]);
     return;
