@@ -14,7 +14,9 @@ moe_install_deps() {
   # Libraries: asked of dpkg (headers and CMake configs have no command to look for).
   local pkg
   # python3-matplotlib: scripts/plot.py (the system python3 is the one that sees it).
-  for pkg in doctest-dev libbenchmark-dev libopenblas-dev python3-matplotlib; do
+  # libopenblas0-openmp: OpenBLAS's OpenMP build beside the default pthreads one (which stays the
+  # default), for the test that host GEMMs stay single-threaded under it too.
+  for pkg in doctest-dev libbenchmark-dev libopenblas-dev libopenblas0-openmp python3-matplotlib; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
   done
   if ((${#missing[@]} == 0)); then

@@ -13,10 +13,12 @@
 // the machine's core count, and a single-threaded BLAS does not spin threads of its own beside the
 // pool's (with OpenBLAS's default, a one-thread trainer spent a third of its CPU time in
 // sched_yield). With OpenBLAS (MOE_HAVE_OPENBLAS) the first GEMM sets openblas_set_num_threads(1)
-// for the process; with another CBLAS set its threads to 1 yourself (MKL_NUM_THREADS=1, ...).
+// (see blas_single_threaded for OpenBLAS's OpenMP build); with another CBLAS set its threads to 1
+// yourself (MKL_NUM_THREADS=1, ...).
 #pragma once
 
 #include <algorithm>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -105,10 +107,19 @@ inline gemm_tiling host_gemm_tiling(index_t m, index_t n, index_t k) {
 }
 
 #if defined(MOE_HAVE_OPENBLAS)
-// Every CBLAS call is single-threaded; checked before each product because the setting is the
-// process's and other code may change it.
+// Makes the calling thread's OpenBLAS calls single-threaded; run by every thread that runs tiles.
+// OpenBLAS built with pthreads has one process-wide count: checked before each product, since other
+// code may change it. Built with OpenMP, each call follows its calling thread's OpenMP thread count
+// (omp_get_max_threads), which openblas_set_num_threads sets for the calling thread and which this
+// header cannot read: so it is set every time (the caller's thread included, whose OpenMP count
+// stays 1 afterwards). The setter also reallocates OpenBLAS's buffers, hence the lock.
 inline void blas_single_threaded() {
-  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+  static std::mutex setting;
+  constexpr int openmp_build = 2;  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+  if (openblas_get_parallel() == openmp_build || openblas_get_num_threads() != 1) {
+    const std::lock_guard lock(setting);
+    openblas_set_num_threads(1);
+  }
 }
 #else
 inline void blas_single_threaded() {}
@@ -129,9 +140,9 @@ void cblas_call(op opa, op opb, index_t m, index_t n, index_t k, T alpha, const 
 template <class T>
 void cblas_tiled(thread_pool* pool, op opa, op opb, index_t m, index_t n, index_t k, T alpha, const T* a,
                  index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
-  blas_single_threaded();
   const gemm_tiling t = host_gemm_tiling(m, n, k);
   auto tiles = [&](index_t first, index_t last) {
+    blas_single_threaded();
     for (index_t i = first; i < last; ++i) {
       const index_t i0 = (i / t.count_n) * t.tile_m, j0 = (i % t.count_n) * t.tile_n;
       const T* at = opa == op::none ? a + i0 * lda : a + i0;  // op(A)'s rows i0.. (columns of a stored Aᵀ)
