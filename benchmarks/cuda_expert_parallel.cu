@@ -21,7 +21,7 @@
 //   scaling         single_ms / step time: weak-scaling efficiency (1.0 = R GPUs do R times one
 //                   GPU's work in one GPU's time). At R = 1 it is the cost of the expert-parallel
 //                   machinery itself: the count exchange, one host synchronisation per forward and
-//                   NCCL's copies of a rank's rows to itself
+//                   one per backward, NCCL's copies of a rank's rows to itself
 //   tokens_per_s    tokens of all ranks per second
 // Built where NCCL is found (MOE_BENCH_NCCL). The machines this project was developed on have at
 // most one GPU, so only R = 1 has run on real hardware; R > 1 runs on the kernel emulator's GPUs at

@@ -15,10 +15,12 @@
 
 namespace {
 
-// Runs body(rank, comm) on `ranks` threads; returns each rank's exception (null if none).
+// Runs body(rank, comm) on `ranks` threads; returns each rank's exception (null if none). A rank
+// that throws aborts the world (releasing ranks that wait in a collective) unless `abort` is false.
 template <class F>
 std::vector<std::exception_ptr> run_ranks(int ranks, F&& body,
-                                          std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+                                          std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                                          bool abort = true) {
   auto world = std::make_shared<moe::in_process_world>(ranks, timeout);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(ranks));
   std::vector<std::thread> threads;
@@ -29,12 +31,37 @@ std::vector<std::exception_ptr> run_ranks(int ranks, F&& body,
         body(r, comm);
       } catch (...) {
         errors[std::size_t(r)] = std::current_exception();
-        world->abort("rank " + std::to_string(r) + " failed");
+        if (abort) world->abort("rank " + std::to_string(r) + " failed");
       }
     });
   for (auto& t : threads) t.join();
   return errors;
 }
+
+// The in-process communicator without the world's abort: as over NCCL, a rank that throws releases
+// nobody, so its peers learn of the failure only from the layer's own exchanges (or time out).
+class nccl_like_communicator {
+ public:
+  using policy_kind = moe::communicator_kind;
+  static constexpr const char* name = "nccl_like";
+  static constexpr bool host_memory = true;
+
+  explicit nccl_like_communicator(const moe::in_process_communicator& c) : c_(c) {}
+  int rank() const { return c_.rank(); }
+  int size() const { return c_.size(); }
+  void all_to_all(const void* src, void* dst, std::size_t bytes) { c_.all_to_all(src, dst, bytes); }
+  void all_to_all_v(const void* src, const std::size_t* sb, void* dst, const std::size_t* rb) {
+    c_.all_to_all_v(src, sb, dst, rb);
+  }
+  void all_gather(const void* src, std::size_t bytes, void* dst) { c_.all_gather(src, bytes, dst); }
+  void all_reduce_sum(float* data, std::size_t count) { c_.all_reduce_sum(data, count); }
+  void all_reduce_sum(double* data, std::size_t count) { c_.all_reduce_sum(data, count); }
+  void barrier() { c_.barrier(); }
+
+ private:
+  moe::in_process_communicator c_;
+};
+static_assert(moe::communicator<nccl_like_communicator>);
 
 std::string message(const std::exception_ptr& e) {
   try {
@@ -310,6 +337,107 @@ TEST_CASE("expert parallel: bad setups fail on every rank with a clear error, ne
       CHECK(message(errors[std::size_t(r)]).find("rank 1 failed") != std::string::npos);
     }
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(25));  // released, not timed out
+  }
+}
+
+// With nothing to release a waiting rank (NCCL), disagreements and one rank's failure must still end
+// on every rank with the error naming them — raised in the layer's own exchanges, not a timeout
+// (a timeout's message, "waited 20 s in …", fails each check below).
+TEST_CASE("expert parallel without an abort (as over NCCL): every rank fails in the next exchange, none waits") {
+  using EP = moe::expert_parallel<float, nccl_like_communicator, moe::top_k, moe::geglu_ffn,
+                                  moe::losses<moe::load_balancing>>;
+  EP::config c{};
+  c.d_model = 4;
+  c.d_ff = 8;
+  c.num_experts = 6;
+  c.group_size = 4;
+  const auto timeout = std::chrono::seconds(20);
+  constexpr int T = 8, d = 4;
+
+  // What a rank brings; `vary(rank, setup&)` changes it per rank.
+  struct setup {
+    EP::config cfg;
+    moe::step_context ctx{.training = true, .step = 3};
+    bool nan_input = false;
+    int dy_rows = T;
+    double aux_loss_scale = 1.0;
+    moe::trainable_parameters trainable{};
+  };
+  // One forward and backward per rank; every rank must fail with `want(rank)` in its message.
+  const auto expect_all_fail = [&](int ranks, auto vary, auto want) {
+    const auto errors = run_ranks(
+        ranks,
+        [&](int r, moe::in_process_communicator& in_process) {
+          setup s{.cfg = c};
+          vary(r, s);
+          EP ep(s.cfg, nccl_like_communicator(in_process));
+          ep.set_trainable(s.trainable);
+          auto x = moe_test::random_vector<float>(std::size_t(T) * d, 40 + std::uint64_t(r));
+          if (s.nan_input) x[5] = std::numeric_limits<float>::quiet_NaN();
+          std::vector<float> y(x.size()), dx(x.size());
+          ep.forward(s.ctx, {x.data(), T, d}, {y.data(), T, d});
+          const auto dy = moe_test::random_vector<float>(std::size_t(s.dy_rows) * d, 50 + std::uint64_t(r));
+          ep.backward({dy.data(), s.dy_rows, d}, {dx.data(), T, d}, s.aux_loss_scale);
+        },
+        timeout, /*abort=*/false);
+    for (int r = 0; r < ranks; ++r) {
+      CAPTURE(r);
+      REQUIRE(errors[std::size_t(r)]);
+      const std::string m = message(errors[std::size_t(r)]);
+      INFO(m);
+      CHECK(m.find(want(r)) != std::string::npos);
+    }
+  };
+  const auto same = [](const char* text) { return [text](int) { return std::string(text); }; };
+
+  SUBCASE("a rank whose forward fails before the token exchange") {
+    expect_all_fail(
+        3, [](int r, setup& s) { s.nan_input = r == 1; },
+        [](int r) { return r == 1 ? std::string("router logits: non-finite") : "rank 1 failed before the token exchange"; });
+  }
+  SUBCASE("a rank whose backward checks fail") {
+    expect_all_fail(
+        3, [](int r, setup& s) { s.dy_rows = r == 2 ? T - 1 : T; },
+        [](int r) {
+          return r == 2 ? std::string("dy is [7, 4], expected [8, 4]") : "rank 2 failed before the backward exchange";
+        });
+  }
+  SUBCASE("ranks that pass different step contexts") {
+    expect_all_fail(2, [](int r, setup& s) { s.ctx.step = r == 0 ? 3 : 4; },
+                    same("every rank must pass the same step_context"));
+    expect_all_fail(2, [](int r, setup& s) { s.ctx.training = r != 1; },
+                    same("rank 1 calls forward with training=false, step=3"));
+  }
+  SUBCASE("ranks that scale the auxiliary loss differently") {
+    expect_all_fail(2, [](int r, setup& s) { s.aux_loss_scale = r == 0 ? 1.0 : 0.5; },
+                    same("the replicated router's gradient needs the same scale on every rank"));
+  }
+  SUBCASE("ranks that freeze different parameters") {
+    expect_all_fail(2, [](int r, setup& s) { s.trainable.router = r == 0; },
+                    same("every rank must call set_trainable alike"));
+  }
+  SUBCASE("ranks that build different policy configs") {
+    expect_all_fail(2, [](int r, setup& s) { s.cfg.router.k = r == 1 ? 2 : 1; },
+                    same("rank 1 has another router config (top_k::config) than rank 0"));
+    expect_all_fail(2, [](int r, setup& s) { s.cfg.capacity.train = r == 1 ? 2.0 : 1.25; },
+                    same("rank 1 has another capacity config (capacity_factor::config) than rank 0"));
+    expect_all_fail(3, [](int r, setup& s) { s.cfg.losses.load_balancing.weight = r == 2 ? 0.0 : 1e-2; },
+                    same("rank 2 has another losses config (losses::config) than rank 0"));
+    expect_all_fail(2, [](int r, setup& s) { s.cfg.expert.dropout = r == 1 ? 0.1f : 0.0f; },
+                    same("rank 1 has another expert config (gated_ffn::config) than rank 0"));
+  }
+  SUBCASE("the same setup on every rank runs (the checks above do not fire by themselves)") {
+    const auto errors = run_ranks(
+        3,
+        [&](int r, moe::in_process_communicator& in_process) {
+          EP ep(c, nccl_like_communicator(in_process));
+          auto x = moe_test::random_vector<float>(std::size_t(T) * d, 40 + std::uint64_t(r));
+          std::vector<float> y(x.size()), dx(x.size());
+          ep.forward({.training = true, .step = 3}, {x.data(), T, d}, {y.data(), T, d});
+          ep.backward({x.data(), T, d}, {dx.data(), T, d}, 0.5);
+        },
+        timeout, /*abort=*/false);
+    require_no_errors(errors);
   }
 }
 

@@ -254,6 +254,32 @@ TEST_CASE("expert_parallel over NCCL, bad input: every rank fails with the same 
       CHECK(errors[0].find("rank 1 failed before the token exchange") != std::string::npos);
     }
   }
+  SUBCASE("a rank whose backward input is bad, or whose step context differs, stops every rank") {
+    // Backward agrees on every rank's checks before its first exchange: rank 1's wrong dx view is
+    // its own error and rank 0's "rank 1 failed before the backward exchange", not a wait in NCCL.
+    // A different step (the key of every random draw) fails both in forward's count exchange.
+    for (const bool other_step : {false, true}) {
+      CAPTURE(other_step);
+      const auto errors = on_gpus(2, [&](int r, const moe::nccl_communicator& comm, const moe::cuda& space) {
+        parallel_type layer(cfg, comm, space);
+        device_vector<float> x(moe_test::random_vector<float>(8 * 16, 46 + std::uint64_t(r)));
+        device_vector<float> y(8 * 16), dx(8 * 16);
+        const std::uint32_t step = other_step && r == 1 ? 2 : 1;
+        layer.forward({true, step}, {x.p, 8, 16}, {y.p, 8, 16});
+        const int width = r == 1 ? 8 : 16;
+        layer.backward({x.p, 8, 16}, {dx.p, 8 * 16 / width, width});
+      });
+      if (errors.empty()) continue;
+      if (other_step) {
+        for (const std::string& e : errors)
+          CHECK(e.find("rank 1 calls forward with training=true, step=2 but rank 0 with training=true, step=1") !=
+                std::string::npos);
+      } else {
+        CHECK(errors[1].find("dx is [16, 8], expected [8, 16]") != std::string::npos);
+        CHECK(errors[0].find("rank 1 failed before the backward exchange") != std::string::npos);
+      }
+    }
+  }
 }
 
 TEST_CASE("expert_parallel over NCCL, R ranks on R GPUs = moe::layer on one GPU: switch_transformer") {

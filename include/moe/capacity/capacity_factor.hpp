@@ -46,6 +46,7 @@ struct capacity_factor {
     int minimum = 4;          // Mesh-TF and flaxformer use 4
     bool scale_by_k = false;  // multiply by the pairs per token (some codes do, for top-2)
     drop_order order = drop_order::position;
+    bool operator==(const config&) const = default;
   };
 
   static void check(const config& c, bool token_choice) {

@@ -13,7 +13,9 @@ struct dropless {
   static constexpr const char* name = "dropless";
   static constexpr bool static_capacity = false;
 
-  struct config {};
+  struct config {
+    bool operator==(const config&) const = default;
+  };
 
   static void check(const config&, bool) {}
 

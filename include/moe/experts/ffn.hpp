@@ -158,6 +158,7 @@ struct ffn {
     bool multiplicative_bias = false;
     float dropout = 0.0f;
     float init_scale = 1.0f;
+    bool operator==(const config&) const = default;
   };
 
   static void check(const config& c) {

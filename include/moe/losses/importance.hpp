@@ -20,6 +20,7 @@ struct importance {
 
   struct config {
     double weight = 1e-2;  // w_importance (Shazeer et al. 2017 used 0.1 at their scale)
+    bool operator==(const config&) const = default;
   };
   struct named_config {
     config importance;

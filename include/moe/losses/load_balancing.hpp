@@ -26,6 +26,7 @@ struct load_balancing {
   struct config {
     double weight = 1e-2;  // α (Switch: 1e-2)
     load_balancing_count count = load_balancing_count::first_choice;
+    bool operator==(const config&) const = default;
   };
   struct named_config {
     config load_balancing;

@@ -38,7 +38,14 @@ struct losses {
   static_assert(((detail::count_of_kind<loss_kind, Ls> == 1) && ...));
 
   // One named member per loss: cfg.load_balancing, cfg.router_z_loss, …
-  struct config : Ls::named_config... {};
+  struct config : Ls::named_config... {
+    // Each loss's settings compared (a loss config without == makes the set's incomparable).
+    friend bool operator==(const config& a, const config& b)
+      requires(std::equality_comparable<typename Ls::config> && ...)
+    {
+      return (true && ... && (Ls::from(a) == Ls::from(b)));
+    }
+  };
 
   static constexpr bool needs_token_choice = (false || ... || Ls::needs_token_choice);
   static constexpr bool has_prob_grad = (false || ... || Ls::has_prob_grad);

@@ -19,6 +19,7 @@ struct router_z_loss {
 
   struct config {
     double weight = 1e-3;  // c_z (ST-MoE: 1e-3)
+    bool operator==(const config&) const = default;
   };
   struct named_config {
     config router_z_loss;

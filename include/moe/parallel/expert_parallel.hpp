@@ -18,14 +18,22 @@
 // global token and expert ids, so jitter, noise and dropout agree too. The reported auxiliary loss
 // is the same mean, summed in another order (equal to within rounding).
 //
-// Every rank must call forward/backward with the same number of tokens. Sizes of the token
-// exchange are host values (NCCL needs them), so a forward synchronises once with the host: after
-// the per-expert counts are exchanged (every rank's token count travels with them and is checked
-// there). Backward does not synchronise; statistics() does, as moe::layer's does.
+// Every rank must build the same layer (sizes, seeds and every policy's config are compared at
+// construction) and call forward/backward together with the same token count, training flag and
+// step. Sizes of the token exchange are host values (NCCL needs them), so a forward synchronises
+// once with the host: after the per-expert counts are exchanged (every rank's token count,
+// training flag and step travel with them and are checked there). A backward synchronises once
+// too, before its first exchange, to agree that every rank's checks passed (and on
+// aux_loss_scale and the trainable parameters): a rank that failed alone would otherwise leave
+// its peers waiting in the exchange, over NCCL forever. statistics() synchronises, as
+// moe::layer's does.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cstdint>
+#include <concepts>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -66,7 +74,8 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
       : core(checked(cfg, comm), space, comm.rank() * (cfg.num_experts / comm.size()), cfg.num_experts / comm.size()),
         comm_(std::move(comm)),
         gathered_stats_(this->space_, sizeof(double) * std::size_t(ranks() * this->stats_size())),
-        count_blocks_(this->space_, sizeof(int) * std::size_t(2 * ranks() * (this->local_experts_ + 2))) {
+        count_blocks_(this->space_, sizeof(int) * std::size_t(2 * ranks() * (this->local_experts_ + 4))),
+        status_blocks_(this->space_, sizeof(int) * std::size_t((1 + ranks()) * status_ints)) {
     this->space_.fill_zero(gathered_stats_.data(), gathered_stats_.bytes());
     check_same_configuration();
   }
@@ -109,8 +118,9 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   // Bytes this rank sent to other ranks in the token exchanges of the latest forward (rows to the
   // experts' owners with their 4-byte token ids, and results back) and of the latest backward
   // (∂out rows to the owners, ∂x rows back): for scaling estimates. Not counted, being small and
-  // independent of the routing: the count blocks (R·(E/R + 2) ints), the statistics gather (a few
-  // dozen doubles plus 2E) and the router-gradient gather (groups·d·E floats) to each peer.
+  // independent of the routing: the count blocks (R·(E/R + 4) ints), the backward's status block
+  // (5 ints), the statistics gather (a few dozen doubles plus 2E) and the router-gradient gather
+  // (groups·d·E floats) to each peer.
   std::size_t forward_exchange_bytes() const { return last_.forward_bytes; }
   std::size_t backward_exchange_bytes() const { return last_.backward_bytes; }
 
@@ -137,6 +147,8 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     R* noise_partials = nullptr;
     double* local_stats = nullptr;  // [stats_size] this rank's statistics
   };
+
+  static constexpr int status_ints = 5;  // see agree_on_backward
 
   struct last_call {
     bool valid = false;
@@ -171,6 +183,29 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
         require(all[std::size_t(6 * p + i)] == all[std::size_t(i)], "expert_parallel", "rank ", p, " has ", names[i],
                 "=", all[std::size_t(6 * p + i)], " but rank 0 has ", names[i], "=", all[std::size_t(i)],
                 "; every rank must build the same layer");
+    check_same_policy_config(c.router, "router", core::router_type::name);
+    check_same_policy_config(c.capacity, "capacity", core::capacity_type::name);
+    check_same_policy_config(c.losses, "losses", "losses");
+    check_same_policy_config(c.expert, "expert", expert_type::name);
+  }
+
+  // One policy's config, compared with rank 0's on every rank (collective). Configs travel as bytes
+  // (every rank runs the same binary, so layouts agree) and are compared with the policy's own ==,
+  // so padding never counts. A user policy whose config lacks == or is not trivially copyable is
+  // not compared (its ranks must agree on their own).
+  template <class C>
+  void check_same_policy_config(const C& mine, const char* part, const char* policy) {
+    if constexpr (std::is_trivially_copyable_v<C> && std::equality_comparable<C>) {
+      std::vector<unsigned char> all(sizeof(C) * std::size_t(ranks()));
+      gather_host(&mine, sizeof(C), all.data());
+      C first{}, theirs{};
+      std::memcpy(&first, all.data(), sizeof(C));
+      for (int p = 1; p < ranks(); ++p) {
+        std::memcpy(&theirs, all.data() + sizeof(C) * std::size_t(p), sizeof(C));
+        require(theirs == first, "expert_parallel", "rank ", p, " has another ", part, " config (", policy,
+                "::config) than rank 0; every rank must build the same layer");
+      }
+    }
   }
 
   // Gathers `bytes` of host data from every rank (collective), staged through space memory.
@@ -280,13 +315,14 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     }
     const index_t d = s.d_model;
 
-    // Counts, exchanged in blocks of L + 2 ints: to rank q, the rows this rank sends to each of q's
+    // Counts, exchanged in blocks of L + 4 ints: to rank q, the rows this rank sends to each of q's
     // L local experts (from the dispatcher's expert offsets, on the device), this rank's token count,
-    // and whether its part above succeeded. The one host synchronisation of forward then reads what
-    // was sent and received.
-    const int B = L + 2;
+    // whether its part above succeeded, its training flag and its step. The one host synchronisation
+    // of forward then reads what was sent and received.
+    const int B = L + 4;
     int* blocks_d = count_blocks_.template as<int>();
     const int mine = int(std::min<index_t>(tokens, std::numeric_limits<int>::max()));
+    const int training = ctx.training ? 1 : 0, step = std::bit_cast<int>(ctx.step);
     if (!local_failure) {
       const int* offsets = st.dispatch.rows.rows.expert_offsets;
       const int local = L, block = B;
@@ -297,11 +333,19 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
       sp.parallel_for(R_ * B, [=] MOE_LAMBDA(index_t i) {
         const index_t q = i / block, j = i - q * block, e = q * local + j;
         const int ok = nonfinite == nullptr || *nonfinite == ~0ull ? 1 : 0;
-        blocks_d[i] = j == local ? mine : j == local + 1 ? ok : offsets[e + 1] - offsets[e];
+        blocks_d[i] = j == local       ? mine
+                      : j == local + 1 ? ok
+                      : j == local + 2 ? training
+                      : j == local + 3 ? step
+                                       : offsets[e + 1] - offsets[e];
       });
     } else {
       std::vector<int> failed(static_cast<std::size_t>(R_ * B), 0);
-      for (int q = 0; q < R_; ++q) failed[std::size_t(q * B + L)] = mine;
+      for (int q = 0; q < R_; ++q) {
+        failed[std::size_t(q * B + L)] = mine;
+        failed[std::size_t(q * B + L + 2)] = training;
+        failed[std::size_t(q * B + L + 3)] = step;
+      }
       sp.copy_from_host(blocks_d, failed.data(), sizeof(int) * failed.size());
     }
     comm_.all_to_all(blocks_d, blocks_d + R_ * B, sizeof(int) * std::size_t(B));
@@ -315,6 +359,15 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     for (int p = 0; p < R_; ++p)
       require(received_block(p)[L] == tokens, "expert_parallel", "rank ", p, " has ", received_block(p)[L],
               " tokens but rank ", rank(), " has ", tokens, "; every rank must call forward with the same count");
+    // The step context, compared with rank 0's (so every rank reports the same pair).
+    const auto context = [&](int p) {
+      return detail::concat("training=", received_block(p)[L + 2] != 0 ? "true" : "false",
+                            ", step=", std::bit_cast<std::uint32_t>(received_block(p)[L + 3]));
+    };
+    for (int p = 1; p < R_; ++p)
+      require(received_block(p)[L + 2] == received_block(0)[L + 2] && received_block(p)[L + 3] == received_block(0)[L + 3],
+              "expert_parallel", "rank ", p, " calls forward with ", context(p), " but rank 0 with ", context(0),
+              "; every rank must pass the same step_context");
     if (local_failure) std::rethrow_exception(local_failure);
     for (int p = 0; p < R_; ++p)
       if (received_block(p)[L + 1] != 1)
@@ -406,8 +459,7 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   }
 
   void backward_impl(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale) {
-    require(last_.valid, "backward", "no forward pass recorded (call forward first)");
-    this->check_grad_io(last_.tokens, dy, dx, aux_loss_scale);
+    agree_on_backward(dy, dx, aux_loss_scale);
     const routing_shape s = shape(last_.tokens, last_.training);
     call_state st;
     workspace_carver w(ws_.data(), ws_.bytes());
@@ -443,6 +495,49 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
         bytes += std::size_t(last_.send_rows[std::size_t(p)] + last_.recv_rows[std::size_t(p)]) * std::size_t(d) *
                  sizeof(T);
     last_.backward_bytes = bytes;
+  }
+
+  // Before the first exchange of backward: this rank's checks, then one small all_gather of every
+  // rank's status (checks passed, trainable flags, aux_loss_scale's bits) read on the host. A rank
+  // whose checks failed takes part in the gather and only then throws; every other rank then fails
+  // naming it, instead of waiting for it in the token exchange.
+  void agree_on_backward(matrix_view<const T> dy, matrix_view<T> dx, double aux_loss_scale) {
+    std::exception_ptr local_failure;
+    try {
+      require(last_.valid, "backward", "no forward pass recorded (call forward first)");
+      this->check_grad_io(last_.tokens, dy, dx, aux_loss_scale);
+    } catch (...) {
+      local_failure = std::current_exception();
+    }
+    const auto scale_bits = std::bit_cast<std::array<int, 2>>(aux_loss_scale);
+    const int mine[status_ints] = {local_failure ? 0 : 1, this->trainable().router ? 1 : 0,
+                                   this->trainable().experts ? 1 : 0, scale_bits[0], scale_bits[1]};
+    std::vector<int> all(static_cast<std::size_t>(ranks() * status_ints));
+    const auto& sp = this->space_;
+    int* in = status_blocks_.template as<int>();
+    sp.copy_from_host(in, mine, sizeof mine);
+    comm_.all_gather(in, sizeof mine, in + status_ints);
+    sp.synchronize();
+    sp.copy_to_host(all.data(), in + status_ints, sizeof(int) * all.size());
+    if (local_failure) std::rethrow_exception(local_failure);
+    const auto status = [&](int p) { return all.data() + std::size_t(p * status_ints); };
+    for (int p = 0; p < ranks(); ++p)
+      if (status(p)[0] != 1)
+        throw error(detail::concat("expert_parallel: rank ", p, " failed before the backward exchange (its own "
+                                   "error says why); rank ", rank(), " stops with it"));
+    // Then what must agree, compared with rank 0's (so every rank reports the same pair).
+    const auto trains = [&](int p) {
+      return detail::concat("router=", status(p)[1] != 0 ? "true" : "false",
+                            ", experts=", status(p)[2] != 0 ? "true" : "false");
+    };
+    const auto scale = [&](int p) { return std::bit_cast<double>(std::array<int, 2>{status(p)[3], status(p)[4]}); };
+    for (int p = 1; p < ranks(); ++p) {
+      require(status(p)[1] == status(0)[1] && status(p)[2] == status(0)[2], "expert_parallel", "rank ", p,
+              " trains ", trains(p), " but rank 0 trains ", trains(0), "; every rank must call set_trainable alike");
+      require(status(p)[3] == status(0)[3] && status(p)[4] == status(0)[4], "expert_parallel", "rank ", p,
+              " calls backward with aux_loss_scale=", scale(p), " but rank 0 with ", scale(0),
+              "; the replicated router's gradient needs the same scale on every rank");
+    }
   }
 
   // Rows past the received ones belong to nobody (the FFN skips them).
@@ -514,7 +609,8 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   Comm comm_;
   buffer<space_type> ws_;
   buffer<space_type> gathered_stats_;  // [R, stats_size] every rank's statistics of the latest forward
-  buffer<space_type> count_blocks_;    // [2, R, L + 2] the count exchange: sent blocks, received blocks
+  buffer<space_type> count_blocks_;    // [2, R, L + 4] the count exchange: sent blocks, received blocks
+  buffer<space_type> status_blocks_;   // [1 + R, status_ints] backward's agreement: mine, then every rank's
   last_call last_;
 };
 

@@ -33,6 +33,7 @@ struct expert_choice {
     float logit_soft_cap = 0.0f;
     float init_scale = 1.0f;
     router_precision precision = router_precision::float32;
+    bool operator==(const config&) const = default;
   };
 
   static void check(const config& c, int /*num_experts*/) { check_router_logit_options(c); }

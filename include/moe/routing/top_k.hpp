@@ -59,6 +59,7 @@ struct top_k {
     float logit_soft_cap = 0.0f;
     float init_scale = 1.0f;
     router_precision precision = router_precision::float32;
+    bool operator==(const config&) const = default;
   };
 
   static void check(const config& c, int num_experts) {
