@@ -179,6 +179,7 @@ class dense_ffn {
 double dense_seconds(const dense_shape& s, bool backward, int reps = 3);
 
 // ---- registration (one function per source file; main.cpp calls them in this order) -----------------
+void register_host_space_benchmarks();
 void register_dense_benchmarks();
 void register_routing_benchmarks();
 void register_dispatch_benchmarks();

@@ -4,7 +4,7 @@
 //
 // --smoke registers every family at tiny sizes (d_model 64, d_ff 128, 512 tokens, 8 experts): CI runs
 // it to show that every benchmark runs; its timings mean nothing.
-// Families (see each source file): router/, dispatch/, expert_gemm/, dense/, layer/, ep/. docs/benchmarks.md
+// Families (see each source file): host/, router/, dispatch/, expert_gemm/, dense/, layer/, ep/. docs/benchmarks.md
 // says how the numbers in it were taken. The context block records the thread counts and the BLAS.
 #include <cstdlib>
 #include <cstring>
@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("compiler", __VERSION__);
 
   // Run order: the cheap families first.
+  register_host_space_benchmarks();
   register_dense_benchmarks();
   register_routing_benchmarks();
   register_dispatch_benchmarks();

@@ -393,7 +393,9 @@ TEST_CASE("expert parallel without an abort (as over NCCL): every rank fails in 
   SUBCASE("a rank whose forward fails before the token exchange") {
     expect_all_fail(
         3, [](int r, setup& s) { s.nan_input = r == 1; },
-        [](int r) { return r == 1 ? std::string("router logits: non-finite") : "rank 1 failed before the token exchange"; });
+        [](int r) {
+          return r == 1 ? std::string("router logits: non-finite") : "rank 1 failed before the token exchange";
+        });
   }
   SUBCASE("a rank whose backward checks fail") {
     expect_all_fail(

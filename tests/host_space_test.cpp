@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -483,6 +484,34 @@ TEST_CASE("host: an exception thrown in a parallel_for body reaches the caller, 
     h.parallel_for(5000, [&](moe::index_t i) { sum += i; });
     CHECK(sum.load() == 5000 * 4999 / 2);
   }
+}
+
+// Idle threads poll for $MOE_SPIN_US before they block (thread_pool.hpp): many fork-joins in quick
+// succession, and after pauses longer than the polling time (the workers then block and must be
+// woken), each cover every index exactly once, with polling on (two threads: not more than any
+// machine's cores) and off.
+TEST_CASE("host: back-to-back fork-joins, polling and blocking, lose no work and no wake-up") {
+  const char* saved = std::getenv("MOE_SPIN_US");
+  const std::string saved_value = saved ? saved : "";
+  for (const char* spin : {"500", "0", "20"}) {
+    CAPTURE(spin);
+    ::setenv("MOE_SPIN_US", spin, 1);
+    const moe::host h(2);
+    std::vector<int> hits(256, 0);
+    for (int call = 0; call < 3000; ++call) {
+      h.parallel_for(256, [&](moe::index_t i) { hits[std::size_t(i)] += 1; });
+      if (call % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // workers block
+    }
+    CHECK(std::all_of(hits.begin(), hits.end(), [](int x) { return x == 3000; }));
+  }
+  for (const char* bad : {"-1", "abc", "12us", "", "2000000"}) {
+    CAPTURE(bad);
+    ::setenv("MOE_SPIN_US", bad, 1);
+    const std::string want = "MOE_SPIN_US: '" + std::string(bad) + "' is not a polling time";
+    CHECK_THROWS_WITH_AS(moe::host(2), doctest::Contains(want.c_str()), moe::invalid_argument);
+  }
+  if (saved) ::setenv("MOE_SPIN_US", saved_value.c_str(), 1);
+  else ::unsetenv("MOE_SPIN_US");
 }
 
 TEST_CASE("host: concurrent callers of one pool are serialised correctly") {

@@ -364,10 +364,13 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
       return detail::concat("training=", received_block(p)[L + 2] != 0 ? "true" : "false",
                             ", step=", std::bit_cast<std::uint32_t>(received_block(p)[L + 3]));
     };
+    const auto same_context = [&](int p) {
+      const int *theirs = received_block(p), *first = received_block(0);
+      return theirs[L + 2] == first[L + 2] && theirs[L + 3] == first[L + 3];
+    };
     for (int p = 1; p < R_; ++p)
-      require(received_block(p)[L + 2] == received_block(0)[L + 2] && received_block(p)[L + 3] == received_block(0)[L + 3],
-              "expert_parallel", "rank ", p, " calls forward with ", context(p), " but rank 0 with ", context(0),
-              "; every rank must pass the same step_context");
+      require(same_context(p), "expert_parallel", "rank ", p, " calls forward with ", context(p), " but rank 0 with ",
+              context(0), "; every rank must pass the same step_context");
     if (local_failure) std::rethrow_exception(local_failure);
     for (int p = 0; p < R_; ++p)
       if (received_block(p)[L + 1] != 1)
