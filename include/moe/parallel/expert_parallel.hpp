@@ -208,15 +208,18 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     }
   }
 
-  // Gathers `bytes` of host data from every rank (collective), staged through space memory.
+  // Gathers `bytes` of host data from every rank (collective), staged through space memory: a
+  // buffer allocated for the call, or `stage` (bytes·(1 + R) of it) on paths that run every step.
   void gather_host(const void* mine, std::size_t bytes, void* all) {
+    buffer<space_type> stage(this->space_, bytes * std::size_t(1 + ranks()));
+    gather_host(mine, bytes, all, stage.template as<char>());
+  }
+  void gather_host(const void* mine, std::size_t bytes, void* all, char* stage) {
     const auto& sp = this->space_;
-    buffer<space_type> stage(sp, bytes * std::size_t(1 + ranks()));
-    char* in = stage.template as<char>();
-    sp.copy_from_host(in, mine, bytes);
-    comm_.all_gather(in, bytes, in + bytes);
+    sp.copy_from_host(stage, mine, bytes);
+    comm_.all_gather(stage, bytes, stage + bytes);
     sp.synchronize();
-    sp.copy_to_host(all, in + bytes, bytes * std::size_t(ranks()));
+    sp.copy_to_host(all, stage + bytes, bytes * std::size_t(ranks()));
   }
 
   // Runs `body`; if it throws, the other ranks are released from any collective they wait in.
@@ -516,12 +519,7 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
     const int mine[status_ints] = {local_failure ? 0 : 1, this->trainable().router ? 1 : 0,
                                    this->trainable().experts ? 1 : 0, scale_bits[0], scale_bits[1]};
     std::vector<int> all(static_cast<std::size_t>(ranks() * status_ints));
-    const auto& sp = this->space_;
-    int* in = status_blocks_.template as<int>();
-    sp.copy_from_host(in, mine, sizeof mine);
-    comm_.all_gather(in, sizeof mine, in + status_ints);
-    sp.synchronize();
-    sp.copy_to_host(all.data(), in + status_ints, sizeof(int) * all.size());
+    gather_host(mine, sizeof mine, all.data(), status_blocks_.template as<char>());
     if (local_failure) std::rethrow_exception(local_failure);
     const auto status = [&](int p) { return all.data() + std::size_t(p * status_ints); };
     for (int p = 0; p < ranks(); ++p)
@@ -613,7 +611,7 @@ class expert_parallel : public detail::layer_core<T, Policies...> {
   buffer<space_type> ws_;
   buffer<space_type> gathered_stats_;  // [R, stats_size] every rank's statistics of the latest forward
   buffer<space_type> count_blocks_;    // [2, R, L + 4] the count exchange: sent blocks, received blocks
-  buffer<space_type> status_blocks_;   // [1 + R, status_ints] backward's agreement: mine, then every rank's
+  buffer<space_type> status_blocks_;   // [1 + R, status_ints] backward's agreement (gather_host's stage)
   last_call last_;
 };
 
