@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -24,6 +26,11 @@
 #include <moe/core/tensor.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/host/space.hpp>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 static_assert(moe::execution_space<moe::host>);
 static_assert(!moe::execution_space<int>);
@@ -256,6 +263,110 @@ TEST_CASE("host: thread counts, and threads < 1 is rejected") {
   const moe::host a(2);
   const moe::host b = a;
   CHECK(b.threads() == 2);
+}
+
+// ---- available CPUs (cpus.hpp) -------------------------------------------------------------------
+
+TEST_CASE("cpus: cgroup quota text becomes a CPU count, rounded up; no limit or bad text is 0") {
+  using moe::detail::cpus_from_cpu_max;
+  CHECK(cpus_from_cpu_max("max 100000\n") == 0);
+  CHECK(cpus_from_cpu_max("200000 100000\n") == 2);
+  CHECK(cpus_from_cpu_max("150000 100000") == 2);
+  CHECK(cpus_from_cpu_max("50000 100000") == 1);
+  CHECK(cpus_from_cpu_max("1000 100000") == 1);
+  CHECK(cpus_from_cpu_max("400000 50000") == 8);
+  for (const char* bad : {"", "100000", "abc 100000", "100000 abc", "12x 100000", "0 100000", "100 0",
+                          "100000 100000 7"}) {
+    CAPTURE(bad);
+    CHECK(cpus_from_cpu_max(bad) == 0);
+  }
+  CHECK(moe::detail::cpus_from_quota(-1, 100000) == 0);  // cgroup v1's "no limit"
+  CHECK(moe::detail::cpus_from_quota(250000, 100000) == 3);
+}
+
+namespace {
+// A scratch directory standing in for /sys/fs/cgroup; removed at the end of its scope.
+struct fake_cgroup_root {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("moe-cgroup-test-" + std::to_string(std::random_device{}()));
+  fake_cgroup_root() { std::filesystem::create_directories(dir); }
+  ~fake_cgroup_root() { std::filesystem::remove_all(dir); }
+  void write(const std::string& relative, const std::string& text) const {
+    const auto path = dir / relative;
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << text;
+  }
+  std::string root() const { return dir.string(); }
+};
+}  // namespace
+
+TEST_CASE("cpus: the smallest cgroup CPU quota on the path to the root caps the count") {
+  using moe::detail::cgroup_cpu_cap;
+  SUBCASE("cgroup v2: a child's quota below its parent's wins, and a parent's below its child's") {
+    const fake_cgroup_root fs;
+    fs.write("cpu.max", "max 100000\n");
+    fs.write("kubepods/pod1/cpu.max", "400000 100000\n");
+    fs.write("kubepods/pod1/app/cpu.max", "max 100000\n");
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/kubepods/pod1/app\n") == 4);
+    fs.write("kubepods/pod1/app/cpu.max", "150000 100000\n");
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/kubepods/pod1/app\n") == 2);
+    fs.write("kubepods/cpu.max", "100000 100000\n");
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/kubepods/pod1/app\n") == 1);
+  }
+  SUBCASE("cgroup v2 in a container: its own cgroup is mounted at the root") {
+    const fake_cgroup_root fs;
+    fs.write("cpu.max", "300000 100000\n");
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/\n") == 3);
+    // /proc/self/cgroup may still name the host's path, which does not exist in the container.
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/system.slice/docker-1234.scope\n") == 3);
+  }
+  SUBCASE("cgroup v1: quota and period of the cpu controller, -1 meaning no limit") {
+    const fake_cgroup_root fs;
+    fs.write("cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+    fs.write("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+    fs.write("cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "250000\n");
+    fs.write("cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n");
+    const std::string cgroups = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n";
+    CHECK(cgroup_cpu_cap(fs.root(), cgroups) == 3);
+    CHECK(cgroup_cpu_cap(fs.root(), "4:cpu,cpuacct:/other\n") == 0);  // only the root, unlimited
+    CHECK(cgroup_cpu_cap(fs.root(), "12:memory:/docker/abc\n") == 0);  // no cpu controller line
+    CHECK(cgroup_cpu_cap(fs.root(), "4:cpuacct:/docker/abc\n") == 0);  // cpuacct is not cpu
+  }
+  SUBCASE("no cgroup files, and lines that are not cgroup lines, give no cap") {
+    const fake_cgroup_root fs;
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/\n") == 0);
+    CHECK(cgroup_cpu_cap(fs.root(), "") == 0);
+    CHECK(cgroup_cpu_cap(fs.root(), "garbage\n:\n") == 0);
+    fs.write("cpu.max", "not a quota\n");
+    CHECK(cgroup_cpu_cap(fs.root(), "0::/\n") == 0);
+  }
+}
+
+TEST_CASE("cpus: the count follows the affinity mask, and a pool polls only when it fits in it") {
+  const int cpus = moe::host::available_cpus();
+  CHECK(cpus >= 1);
+  if (std::thread::hardware_concurrency() > 0) CHECK(unsigned(cpus) <= std::thread::hardware_concurrency());
+  const char* spin = std::getenv("MOE_SPIN_US");
+  const bool polling_on = spin == nullptr || std::string(spin) != "0";
+  CHECK(moe::detail::thread_pool(cpus).polls() == polling_on);
+  CHECK_FALSE(moe::detail::thread_pool(cpus + 1).polls());
+#if defined(__linux__)
+  // A thread pinned to one CPU (as taskset -c 0 would pin a process) sees one CPU, and a
+  // two-thread pool made there does not poll.
+  int seen = 0;
+  bool pool_polls = true;
+  std::thread pinned([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0) return;
+    seen = moe::host::available_cpus();
+    pool_polls = moe::detail::thread_pool(2).polls();
+  });
+  pinned.join();
+  CHECK(seen == 1);
+  CHECK_FALSE(pool_polls);
+#endif
 }
 
 // ---- scans and histograms ----------------------------------------------------------------------

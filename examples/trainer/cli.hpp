@@ -49,7 +49,7 @@ struct options {
   bool resume = false;
   int eval_every = 250;
   int eval_batches = 4;
-  int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or all hardware threads)
+  int threads = 0;  // 0: the shared pool (MOE_NUM_THREADS or every CPU the process may use)
   int ranks = 1;    // in-process ranks: experts split over them, the rest data-parallel
   recipe_overrides recipe;  // ablations of the preset's recipe
   // Fine-tuning: start from the parameters of this checkpoint (not its optimiser state or step), and

@@ -589,7 +589,7 @@ int train(const options& opt) {
   using parallel_layer = typename MoePreset::template parallel_layer<moe::in_process_communicator>;
   using model_t = model<T, moe::host, MoePreset, DenseFFN, parallel_layer>;
   auto world = std::make_shared<moe::in_process_world>(opt.ranks, std::chrono::minutes(10));
-  const int threads = opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()) / opt.ranks);
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1, moe::host::available_cpus() / opt.ranks);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(opt.ranks));
   std::vector<std::thread> ranks;
   for (int r = 0; r < opt.ranks; ++r)

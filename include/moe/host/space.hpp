@@ -30,12 +30,17 @@ class host {
   // Memory of this space can be read and written by host code directly.
   static constexpr bool host_accessible = true;
 
-  // The shared pool with one thread per hardware thread (or $MOE_NUM_THREADS).
+  // The shared pool: one thread per CPU this process may use (available_cpus()), or
+  // $MOE_NUM_THREADS.
   host() : pool_(shared_pool()) {}
   // A private pool of `threads` threads (1 = serial).
   explicit host(int threads) : pool_(make_pool(threads)) {}
 
   int threads() const { return pool_->size(); }
+
+  // The CPUs this process may use: its affinity mask's count capped by its cgroup CPU quota
+  // (Docker's --cpus, Kubernetes limits), not the machine's count (moe/host/cpus.hpp).
+  static int available_cpus() { return detail::available_cpus(); }
 
   // Element-wise loops over [rows, cols] matrices hand each parallel_for body a run of up to this
   // many contiguous columns of one row (moe::detail::elementwise_columns): the inner loop then
@@ -241,7 +246,7 @@ class host {
  private:
   static std::shared_ptr<detail::thread_pool> shared_pool() {
     static const std::shared_ptr<detail::thread_pool> pool = [] {
-      int n = std::max(1, int(std::thread::hardware_concurrency()));
+      int n = available_cpus();
       if (const char* env = std::getenv("MOE_NUM_THREADS")) {
         char* end = nullptr;
         const long v = std::strtol(env, &end, 10);

@@ -10,8 +10,8 @@
 // and the waiting submitter first poll an atomic for a while ($MOE_SPIN_US microseconds, default
 // 500; 0 turns polling off) and only then block. Waking a thread that went to sleep cost about
 // 100 µs there, so the default covers the serial stretches between a step's loops. They poll only
-// when the pool has no more threads than the machine has hardware threads (an oversubscribed
-// poller would take the core of a thread with work), and yield every few µs while polling: when
+// when the pool has no more threads than the process has CPUs (cpus.hpp: affinity mask and cgroup
+// CPU quota; an oversubscribed poller would take the core of a thread with work), and yield every few µs while polling: when
 // the scheduler put the submitter and a polling worker on one core, a poller that only paused
 // held it for its whole time slice, and a 1.2 ms forward took 13 ms.
 #pragma once
@@ -31,6 +31,7 @@
 
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/host/cpus.hpp"
 
 namespace moe::detail {
 
@@ -42,7 +43,7 @@ class thread_pool {
   explicit thread_pool(int threads)
       : threads_(std::max(1, threads)),
         spin_time_(spin_time_from_environment()),
-        spin_(spin_time_.count() > 0 && unsigned(threads_) <= std::thread::hardware_concurrency()) {
+        spin_(spin_time_.count() > 0 && threads_ <= available_cpus()) {
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
   }
   ~thread_pool() {
@@ -57,6 +58,8 @@ class thread_pool {
   thread_pool& operator=(const thread_pool&) = delete;
 
   int size() const { return threads_; }
+  // Whether idle threads poll before they block (see the top of this file).
+  bool polls() const { return spin_; }
 
   // Runs body(begin, end) over `parts` contiguous chunks of [0, n) and waits for all of them.
   // The first exception thrown by any chunk is rethrown here.
