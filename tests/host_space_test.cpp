@@ -625,6 +625,28 @@ TEST_CASE("host: back-to-back fork-joins, polling and blocking, lose no work and
   else ::unsetenv("MOE_SPIN_US");
 }
 
+TEST_CASE("host: parallel_tasks runs every index once, on several threads even for two indices") {
+  const moe::host h(2);
+  for (const moe::index_t n : {0, 1, 2, 5, 100}) {
+    CAPTURE(n);
+    std::vector<int> hits(std::size_t(n), 0);
+    h.parallel_tasks(n, [&](moe::index_t i) { hits[std::size_t(i)] += 1; });
+    CHECK(std::all_of(hits.begin(), hits.end(), [](int x) { return x == 1; }));
+  }
+  // parallel_for runs two indices on the caller; parallel_tasks gives the second to a worker.
+  std::thread::id ids[2];
+  h.parallel_tasks(2, [&](moe::index_t i) {
+    ids[i] = std::this_thread::get_id();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  CHECK(ids[0] != ids[1]);
+  CHECK_THROWS_WITH_AS(h.parallel_tasks(3, [](moe::index_t i) { moe::require(i != 2, "task", "index ", i); }),
+                       "task: index 2", moe::invalid_argument);
+  std::atomic<int> after{0};
+  h.parallel_tasks(2, [&](moe::index_t) { after.fetch_add(1); });  // the pool survives the exception
+  CHECK(after.load() == 2);
+}
+
 TEST_CASE("host: concurrent callers of one pool are serialised correctly") {
   const moe::host h(3);
   std::vector<std::atomic<int>> hits(4 * 5000);
@@ -726,10 +748,17 @@ TEST_CASE("gemm: CBLAS products are computed in tiles of C, every op combination
     CHECK((t.count_m - 1) * t.tile_m < s.m);
     CHECK(t.count_n * t.tile_n >= s.n);
     CHECK((t.count_n - 1) * t.tile_n < s.n);
+    // Balanced: the last tile is shorter than the others by less than the tile count.
+    CHECK(t.count_m * t.tile_m - s.m < t.count_m);
+    CHECK(t.count_n * t.tile_n - s.n < t.count_n);
   }
-  CHECK(moe::detail::host_gemm_tiling(600, 300, 70).tile_m == 128);   // halved from 256: 6 tiles < 8
-  CHECK(moe::detail::host_gemm_tiling(600, 300, 70).count_m == 5);    // 128-row tiles, the last one of 88 rows
-  CHECK(moe::detail::host_gemm_tiling(64, 64, 64).count() == 1);      // small: one call
+  const auto t600 = moe::detail::host_gemm_tiling(600, 300, 70);
+  CHECK((t600.tile_m == 200 && t600.count_m == 3 && t600.tile_n == 150 && t600.count_n == 2));  // not 256 + 256 + 88
+  const auto t384 = moe::detail::host_gemm_tiling(128, 384, 96);  // an expert's FFN product in moe-train
+  CHECK((t384.count() == 2 && t384.tile_n == 192));                // not 256 + 128 columns
+  const auto t530 = moe::detail::host_gemm_tiling(40, 530, 1100);  // doubled along n while < 8 tiles
+  CHECK((t530.count_m == 1 && t530.count_n == 6 && t530.tile_n == 89));
+  CHECK(moe::detail::host_gemm_tiling(64, 64, 64).count() == 1);  // small: one call
   std::uint64_t seed = 1000;
   for (moe::op opa : ops)
     for (moe::op opb : ops)
@@ -934,6 +963,34 @@ TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give z
   std::vector<double> out(6, nan_d);
   h.group_row_sums(2, 0, 3, [](moe::index_t, moe::index_t) { return 1.0; }, out.data());
   for (double x : out) CHECK(x == 0.0);
+}
+
+TEST_CASE("batched_gemm: small entries spread over threads, large ones tiled: one gemm's bits, any thread count") {
+  struct shape {
+    int batch;
+    moe::index_t m, n, k;
+  };
+  // 40·48·64 multiply-adds: one call per entry, entries on the pool; 300·200·40: tiled per entry.
+  for (const shape s : {shape{7, 40, 48, 64}, shape{3, 300, 200, 40}}) {
+    CAPTURE(s.m);
+    const moe::index_t a_stride = s.m * s.k, b_stride = s.k * s.n, c_stride = s.m * s.n;
+    const auto a = random_values<float>(std::size_t(s.batch * a_stride), 61);
+    const auto b = random_values<float>(std::size_t(s.batch * b_stride), 62);
+    const auto c0 = random_values<float>(std::size_t(s.batch * c_stride), 63);
+    std::vector<float> ref = c0;
+    const moe::host serial(1);
+    for (int i = 0; i < s.batch; ++i)
+      serial.gemm(moe::op::none, moe::op::transpose, s.m, s.n, s.k, 0.5f, a.data() + i * a_stride, s.k,
+                  b.data() + i * b_stride, s.k, 2.0f, ref.data() + i * c_stride, s.n);
+    for (const int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      std::vector<float> c = c0;
+      moe::host(threads).batched_gemm(moe::op::none, moe::op::transpose, s.batch, s.m, s.n, s.k, 0.5f, a.data(), s.k,
+                                      a_stride, b.data(), s.k, b_stride, 2.0f, c.data(), s.n, c_stride);
+      CHECK(std::memcmp(c.data(), ref.data(), c.size() * sizeof(float)) == 0);
+    }
+    CHECK(ref != c0);
+  }
 }
 
 TEST_CASE("batched_gemm equals one gemm per batch entry (bits) and naive loops, every transposition") {

@@ -4,9 +4,12 @@
 // a smooth function of the parameters and finite differences apply).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <moe/moe.hpp>
@@ -153,6 +156,46 @@ TEST_CASE("trainer model gradients with dropout: switch (Switch's fine-tuning re
 }
 TEST_CASE("trainer model gradients with dropout: st-moe") {
   check_model<moe::presets::st_moe<double>, moe::geglu_ffn>(trainer::preset::st_moe, 7, 0.2f, 0.3f);
+}
+
+// On the host, attention's per-head GEMMs run side by side on the pool and the layers' products in
+// tiles: a float step (loss, every gradient, the routing) must be the same bits at any thread count.
+TEST_CASE("trainer model: a float training step is the same bits at 1, 2 and 3 host threads") {
+  for (const trainer::preset kind : {trainer::preset::switch_transformer, trainer::preset::dense}) {
+    CAPTURE(int(kind));
+    trainer::model_config c;
+    c.kind = kind;
+    c.vocab = 37;
+    c.d_model = 32;
+    c.heads = 4;
+    c.layers = 2;
+    c.seq = 48;
+    c.experts = 4;
+    c.seed = 11;
+    c.recipe.dropout = 0.1f;  // attention probabilities included
+    const int B = 6;
+    const trainer::batch b = random_batch(c.vocab, B, c.seq, 12);
+    auto step = [&](int threads) {
+      trainer::model<float, moe::host, moe::presets::switch_transformer<float>, moe::relu_ffn> m(c,
+                                                                                                moe::host(threads));
+      const double loss = m.forward(b.inputs.data(), b.targets.data(), B, true, 5) + m.aux_loss();
+      m.zero_grad();
+      m.backward(b.by_token.data(), b.token_offsets.data(), B);
+      std::vector<float> grads;
+      for (const auto& p : m.parameters()) grads.insert(grads.end(), p.grad, p.grad + p.size());
+      return std::pair{loss, grads};
+    };
+    const auto [loss, grads] = step(1);
+    CHECK(std::isfinite(loss));
+    CHECK(std::any_of(grads.begin(), grads.end(), [](float g) { return g != 0; }));
+    for (const int threads : {2, 3}) {
+      CAPTURE(threads);
+      const auto [loss_many, grads_many] = step(threads);
+      CHECK(std::memcmp(&loss_many, &loss, sizeof loss) == 0);
+      REQUIRE(grads_many.size() == grads.size());
+      CHECK(std::memcmp(grads_many.data(), grads.data(), grads.size() * sizeof(float)) == 0);
+    }
+  }
 }
 
 TEST_CASE("dropout masks: rate, scale, and the same mask however the elements are split") {

@@ -36,6 +36,11 @@ namespace moe {
 
 namespace detail {
 
+// Multiply-adds up to which a product is one call on one thread (with a CBLAS: one tile; the
+// portable kernel splits rows from 2^15 on). Batches of such products are spread over the pool by
+// entry instead (host::batched_gemm).
+constexpr index_t gemm_one_call_work = index_t(1) << 18;
+
 // C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major; the portable kernel.
 // Rows of C are split over the pool; each C element is accumulated in a fixed order (k ascending
 // within 256-wide blocks, blocks ascending), so the result does not depend on the thread count.
@@ -80,30 +85,35 @@ void gemm_portable(thread_pool* pool, op opa, op opb, index_t m, index_t n, inde
 
 #if defined(MOE_HAVE_CBLAS)
 // The tiles of C that a CBLAS product is computed in: a function of the shape only (see the top of
-// the file). 256 × 256 tiles spend a few per cent of their time packing their panels; a product
-// with fewer than 8 of them and enough work has its tiles halved (down to 32) so that several
-// threads have something to do.
+// the file). Tiles of at most 256 × 256 spend a few per cent of their time packing their panels; a
+// product with fewer than 8 of them and enough work has its tile count doubled along the longer
+// tile side (tiles down to 32) so that several threads have something to do. The tiles of a
+// product are equal but for the last one, shorter by less than the tile count: the pool hands each
+// thread a run of tiles, and tiles of 256 and 128 columns (as 384 = 256 + 128 used to be cut)
+// kept one thread busy twice as long as the other.
 struct gemm_tiling {
   index_t tile_m, tile_n, count_m, count_n;
   index_t count() const { return count_m * count_n; }
 };
 
 inline gemm_tiling host_gemm_tiling(index_t m, index_t n, index_t k) {
-  constexpr index_t whole = index_t(1) << 18;       // multiply-adds below which one call does it all
-  constexpr index_t min_tile_work = index_t(1) << 21;  // a halved tile keeps at least this much
-  if (m * n * k <= whole) return {m, n, 1, 1};
-  index_t tm = std::min<index_t>(m, 256), tn = std::min<index_t>(n, 256);
-  auto tiles = [&] { return ((m + tm - 1) / tm) * ((n + tn - 1) / tn); };
-  auto halve = [](index_t t) { return std::max<index_t>(32, (t / 2 + 15) / 16 * 16); };
-  while (tiles() < 8 && (tm * tn / 2) * k >= min_tile_work) {
-    if (tm >= tn && tm > 32)
-      tm = halve(tm);
-    else if (tn > 32)
-      tn = halve(tn);
+  constexpr index_t max_tile = 256, min_tile = 32;
+  constexpr index_t min_tile_work = index_t(1) << 21;  // a split tile keeps at least this much
+  if (m * n * k <= gemm_one_call_work) return {m, n, 1, 1};
+  const auto ceil_div = [](index_t a, index_t b) { return (a + b - 1) / b; };
+  index_t cm = ceil_div(m, max_tile), cn = ceil_div(n, max_tile);
+  for (;;) {
+    const index_t tm = ceil_div(m, cm), tn = ceil_div(n, cn);
+    if (cm * cn >= 8 || (tm * tn / 2) * k < min_tile_work) break;
+    if (tm >= 2 * min_tile && (tm >= tn || tn < 2 * min_tile))
+      cm *= 2;
+    else if (tn >= 2 * min_tile)
+      cn *= 2;
     else
       break;
   }
-  return {tm, tn, (m + tm - 1) / tm, (n + tn - 1) / tn};
+  const index_t tm = ceil_div(m, cm), tn = ceil_div(n, cn);
+  return {tm, tn, ceil_div(m, tm), ceil_div(n, tn)};
 }
 
 #if defined(MOE_HAVE_OPENBLAS)

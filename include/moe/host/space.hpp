@@ -79,6 +79,18 @@ class host {
     });
   }
 
+  // f(i) for every i in [0, n), one contiguous run of indices per pool thread, however small n is:
+  // for indices that are each a sizeable piece of work, such as a GEMM (parallel_for runs fewer
+  // than 64 indices serially, as cheap element-wise indices are not worth a fork-join). Space calls
+  // made by f run on the calling pool thread alone, with the bits they have on any thread count.
+  template <class F>
+  void parallel_tasks(index_t n, F&& f) const {
+    if (n <= 0) return;
+    pool_->run_chunks(n, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) f(i);
+    });
+  }
+
   // Per-group column sums of a virtual [groups·rows, cols] matrix given element-wise:
   //   out[g·cols + c] = Σ_{r < rows} f(g·rows + r, c)   (f(index_t row, index_t col) → R),
   // added in row order (the CUDA space adds in a fixed tree order: the same bits run to run).
@@ -208,8 +220,15 @@ class host {
   void batched_gemm(op opa, op opb, int batch, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, index_t a_stride, const TB* b, index_t ldb, index_t b_stride, acc_t<TC> beta,
                     TC* c, index_t ldc, index_t c_stride) const {
-    for (int i = 0; i < batch; ++i)
+    const auto entry = [&](index_t i) {
       gemm(opa, opb, m, n, k, alpha, a + i * a_stride, lda, b + i * b_stride, ldb, beta, c + i * c_stride, ldc);
+    };
+    // An entry small enough to be one call would keep one thread busy while the others wait:
+    // entries go to the threads instead. Either way each entry's bits are those of its shape.
+    if (batch > 1 && m * n * k <= detail::gemm_one_call_work)
+      parallel_tasks(batch, entry);
+    else
+      for (int i = 0; i < batch; ++i) entry(i);
   }
 
   // Expert-contiguous grouped GEMM: for each group g with rows [offsets[g], offsets[g+1]),
