@@ -159,7 +159,7 @@ TEST_CASE("trainer model gradients with dropout: st-moe") {
 }
 
 // On the host, attention's per-head GEMMs run side by side on the pool and the layers' products in
-// tiles: a float step (loss, every gradient, the routing) must be the same bits at any thread count.
+// tiles: a float step (the loss and every gradient) must be the same bits at any thread count.
 TEST_CASE("trainer model: a float training step is the same bits at 1, 2 and 3 host threads") {
   for (const trainer::preset kind : {trainer::preset::switch_transformer, trainer::preset::dense}) {
     CAPTURE(int(kind));
