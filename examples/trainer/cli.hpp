@@ -176,7 +176,8 @@ inline options parse_options(int argc, char** argv) {
       const std::string& v = take();
       o.loss_scale = parse_double(flag, v, 1.0, 1e38);
       int exponent = 0;
-      if (std::frexp(o.loss_scale, &exponent) != 0.5) throw usage_error("--loss-scale: '" + v + "' is not a power of two");
+      if (std::frexp(o.loss_scale, &exponent) != 0.5)
+        throw usage_error("--loss-scale: '" + v + "' is not a power of two");
       loss_scale_given = true;
     } else if (flag == "--device") {
       o.device = take();

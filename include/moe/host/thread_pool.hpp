@@ -11,9 +11,9 @@
 // 500; 0 turns polling off) and only then block. Waking a thread that went to sleep cost about
 // 100 µs there, so the default covers the serial stretches between a step's loops. They poll only
 // when the pool has no more threads than the process has CPUs (cpus.hpp: affinity mask and cgroup
-// CPU quota; an oversubscribed poller would take the core of a thread with work), and yield every few µs while polling: when
-// the scheduler put the submitter and a polling worker on one core, a poller that only paused
-// held it for its whole time slice, and a 1.2 ms forward took 13 ms.
+// CPU quota; an oversubscribed poller would take the core of a thread with work), and yield every
+// few µs while polling: when the scheduler put the submitter and a polling worker on one core, a
+// poller that only paused held it for its whole time slice, and a 1.2 ms forward took 13 ms.
 #pragma once
 
 #include <algorithm>
