@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include <moe/moe.hpp>
 
@@ -119,18 +118,6 @@ void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, co
   });
 }
 
-// f(i) for i in [0, n), where each f(i) issues GEMMs on sp (one attention head of one sequence).
-// On the host the pool runs the heads side by side: each is a product too small to be split
-// (S·S·dh multiply-adds), so a loop kept every thread but one idle. Elsewhere a plain loop (a GPU
-// space queues each call on its stream). The bits are the same either way.
-template <class Space, class F>
-void for_each_head(const Space& sp, index_t n, F&& f) {
-  if constexpr (std::is_same_v<Space, moe::host>)
-    sp.parallel_tasks(n, f);
-  else
-    for (index_t i = 0; i < n; ++i) f(i);
-}
-
 // Causal multi-head attention core. qkv is [N, 3d] (q | k | v, head h at columns h·dh); o is [N, d];
 // P is [B, H, S, S] (row i: the probabilities over keys j ≤ i, zero above the diagonal). Scores and
 // weighted sums are GEMMs per (sequence, head) — strided views into qkv, no copies; the softmax is
@@ -142,7 +129,7 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
                        const dropout_mask& drop = {}, T* Pd = nullptr) {
   const index_t d = H * dh, ld = 3 * d;
   const T scale = T(1) / std::sqrt(T(dh));
-  for_each_head(sp, B * H, [&](index_t bh) {
+  sp.parallel_tasks(B * H, [&](index_t bh) {
     const T* q = qkv + (bh / H) * S * ld + (bh % H) * dh;
     sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, scale, q, ld, q + d, ld, T(0), P + bh * S * S, S);
   });
@@ -172,7 +159,7 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
     }
   });
   const T* weights = dropping ? Pd : P;
-  for_each_head(sp, B * H, [&](index_t bh) {
+  sp.parallel_tasks(B * H, [&](index_t bh) {
     const index_t b = bh / H, h = bh % H;
     sp.gemm(moe::op::none, moe::op::none, S, dh, S, T(1), weights + bh * S * S, S, qkv + b * S * ld + 2 * d + h * dh,
             ld, T(0), o + b * S * d + h * dh, d);
@@ -188,7 +175,7 @@ void attention_backward(const Space& sp, const T* qkv, const T* P, const T* dout
   const T scale = T(1) / std::sqrt(T(dh));
   // dPd = dO · Vᵀ ;  dV = Pdᵀ · dO ;  dP = dPd ⊙ mask (in the softmax backward below)
   const T* weights = drop.on() ? Pd : P;
-  for_each_head(sp, B * H, [&](index_t bh) {
+  sp.parallel_tasks(B * H, [&](index_t bh) {
     const index_t b = bh / H, h = bh % H;
     const T* g = dout + b * S * d + h * dh;
     sp.gemm(moe::op::none, moe::op::transpose, S, S, dh, T(1), g, d, qkv + b * S * ld + 2 * d + h * dh, ld, T(0),
@@ -216,7 +203,7 @@ void attention_backward(const Space& sp, const T* qkv, const T* P, const T* dout
     for (index_t j = 0; j < S; ++j) ds[j] = p[j] * (ds[j] - dot);
   });
   // dQ = scale · dS · K ;  dK = scale · dSᵀ · Q
-  for_each_head(sp, B * H, [&](index_t bh) {
+  sp.parallel_tasks(B * H, [&](index_t bh) {
     const T* q = qkv + (bh / H) * S * ld + (bh % H) * dh;
     T* dq = dqkv + (bh / H) * S * ld + (bh % H) * dh;
     sp.gemm(moe::op::none, moe::op::none, S, dh, S, scale, dS + bh * S * S, S, q + d, ld, T(0), dq, ld);

@@ -58,6 +58,34 @@ TEST_CASE("memory, fill and parallel_for") {
   space.synchronize();
 }
 
+TEST_CASE("parallel_tasks runs the tasks in index order, each task's calls queued on the stream") {
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  const moe::index_t tasks = 5, len = 1000;
+  const std::vector<float> src = moe_test::random_vector<float>(std::size_t(len), 2);
+  device_vector<float> blocks(std::size_t(tasks * len));
+  space.copy_from_host(blocks.p, src.data(), std::size_t(len) * sizeof(float));
+  float* bp = blocks.p;
+  std::vector<moe::index_t> order;
+  // Task i reads the block task i - 1 wrote: right only if the tasks' kernels run in index order.
+  space.parallel_tasks(tasks - 1, [&](moe::index_t i) {
+    order.push_back(i);
+    const float* prev = bp + i * len;
+    float* next = bp + (i + 1) * len;
+    space.parallel_for(len, [=] MOE_LAMBDA(moe::index_t j) { next[j] = 3.0f * prev[j] + 1.0f; });
+  });
+  CHECK(order == std::vector<moe::index_t>{0, 1, 2, 3});
+  const std::vector<float> got = blocks.download();
+  for (moe::index_t j = 0; j < len; ++j) {
+    float want = src[std::size_t(j)];
+    for (moe::index_t i = 1; i < tasks; ++i) {
+      want = 3.0f * want + 1.0f;
+      REQUIRE(got[std::size_t(i * len + j)] == want);
+    }
+  }
+  space.parallel_tasks(0, [&](moe::index_t) { FAIL("no task for n = 0"); });
+}
+
 TEST_CASE("scans and offsets match the host") {
   stream_holder stream;
   const moe::cuda space(stream.s);

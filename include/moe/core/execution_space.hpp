@@ -21,6 +21,10 @@ struct index_functor_archetype {
 struct element_functor_archetype {
   MOE_HOST_DEVICE float operator()(index_t, index_t) const { return 0.0f; }
 };
+// A task body runs on the host and issues calls on the space (parallel_tasks).
+struct task_functor_archetype {
+  void operator()(index_t) const {}
+};
 }  // namespace detail
 
 template <class S>
@@ -38,6 +42,11 @@ concept execution_space =
       s.fill_zero(p, bytes);
       s.synchronize();
       s.parallel_for(n, detail::index_functor_archetype{});
+      // f(i) for i in [0, n), each f(i) a host function issuing calls on the space (a GEMM or more,
+      // such as one attention head's): side by side where the space can (the host's pool), in index
+      // order on the calling thread where its calls queue anyway (a CUDA stream). Tasks write
+      // disjoint outputs; the results are the same bits either way.
+      s.parallel_tasks(n, detail::task_functor_archetype{});
       s.group_row_sums(1, n, n, detail::element_functor_archetype{}, f);
       s.exclusive_scan(ci, i, n);
       s.offsets_from_counts(ci, i, n);

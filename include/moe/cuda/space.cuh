@@ -223,6 +223,14 @@ class cuda {
     cuda_detail::check_launch("parallel_for kernel", "(n=", n, ")");
   }
 
+  // f(i) for every i in [0, n), in index order on the calling thread, where f is a host function
+  // issuing calls on this space (moe::execution_space): every call queues on the one stream, which
+  // runs them in order, so host threads would add contention and nothing else.
+  template <class F>
+  void parallel_tasks(index_t n, F&& f) const {
+    for (index_t i = 0; i < n; ++i) f(i);
+  }
+
   // Per-group column sums (see moe::host::group_row_sums): two passes (reduce.cuh), the partials in
   // the scratch block; f is copied to the kernel (capture by value).
   template <class R, class F>

@@ -79,10 +79,11 @@ class host {
     });
   }
 
-  // f(i) for every i in [0, n), one contiguous run of indices per pool thread, however small n is:
-  // for indices that are each a sizeable piece of work, such as a GEMM (parallel_for runs fewer
-  // than 64 indices serially, as cheap element-wise indices are not worth a fork-join). Space calls
-  // made by f run on the calling pool thread alone, with the bits they have on any thread count.
+  // f(i) for every i in [0, n), one contiguous run of indices per pool thread, however small n is
+  // (moe::execution_space's task loop): for indices that are each a sizeable piece of work issuing
+  // space calls, such as a GEMM (parallel_for runs fewer than 64 indices serially, as cheap
+  // element-wise indices are not worth a fork-join). Space calls made by f run on the calling pool
+  // thread alone, with the bits they have on any thread count.
   template <class F>
   void parallel_tasks(index_t n, F&& f) const {
     if (n <= 0) return;
