@@ -3,13 +3,13 @@
 // in builds with CUDA, on one GPU (--device cuda: moe_train_cuda.cu). See examples/trainer/ and
 // `moe-train --help`.
 #include <cstdio>
-#include <exception>
 #include <string>
 
 #include <moe/moe.hpp>
 
 #include "trainer/checkpoint.hpp"
 #include "trainer/cli.hpp"
+#include "trainer/exit_status.hpp"
 #include "trainer/run.hpp"
 #include "trainer/train_cuda.hpp"
 
@@ -36,10 +36,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-train: %s\n", e.what());
     return 2;
   }
-  try {
+  return trainer::exit_status_of([&] {
     if (o.device == "cuda") {
 #if defined(MOE_TRAIN_CUDA)
-      return trainer::train_cuda(o);
+      return trainer::train_cuda(o);  // moe-train: through the CUDA module (moe_train_cuda_loader.cpp)
 #else
       std::fprintf(stderr, "moe-train: --device cuda: this build has no CUDA (configure with nvcc on PATH); use "
                            "--device host\n");
@@ -47,11 +47,5 @@ int main(int argc, char** argv) {
 #endif
     }
     return train_preset(o);
-  } catch (const trainer::checkpoint_error& e) {
-    std::fprintf(stderr, "moe-train: %s\n", e.what());
-    return 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-train: %s\n", e.what());
-    return 1;
-  }
+  });
 }

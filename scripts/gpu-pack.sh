@@ -16,6 +16,8 @@ for t in "${targets[@]}"; do
   f=$(find "$build" -type f -name "$t" -perm -u+x | head -n 1)
   strip -o "$dir/bin/$t" "$f"
 done
+# moe-train's CUDA half, which it loads from its own directory for --device cuda.
+strip --strip-unneeded -o "$dir/bin/libmoe-train-cuda.so" "$build/examples/libmoe-train-cuda.so"
 # Google Benchmark is a shared library on Debian; the GPU image does not have it.
 for lib in $(ldd "$dir/bin/moe_bench_cuda" | awk '/libbenchmark/ {print $3}'); do cp -L "$lib" "$dir/lib/"; done
 mkdir -p .git/info
