@@ -14,7 +14,8 @@ fail() {
   echo "FAIL: $*"
   failures=$((failures + 1))
 }
-tiny=(--steps 1 --batch 8 --seq 32 --d-model 32 --layers 1 --heads 2 --experts 4 --eval-every 1 --eval-batches 1 --no-progress)
+tiny=(--steps 1 --batch 8 --seq 32 --d-model 32 --layers 1 --heads 2 --experts 4 --eval-every 1 --eval-batches 1
+      --no-progress)
 
 # 1. What the executable and the module link and export.
 needed=$(readelf -d "$bin" | awk '/NEEDED/ {print $NF}')
