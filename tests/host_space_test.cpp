@@ -28,6 +28,7 @@
 #include <moe/host/space.hpp>
 
 #if defined(__linux__)
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #endif
@@ -801,6 +802,37 @@ TEST_CASE("gemm: CBLAS results are bit-identical at any thread count, whatever t
     CHECK(openblas_get_num_threads() == 1);
 #endif
   }
+}
+#endif
+
+#if defined(MOE_HAVE_OPENBLAS) && defined(__linux__)
+TEST_CASE("gemm: the calling thread's OpenMP thread count is as it was after a host GEMM") {
+  // OpenBLAS's OpenMP build brings an OpenMP runtime, and openblas_set_num_threads(1), which the
+  // host GEMMs call, sets the calling thread's OpenMP count. The ctest that runs these cases on
+  // that build (host_space_test.openblas_openmp) sets MOE_EXPECT_OPENBLAS_PARALLEL=2; the pthreads
+  // build has no OpenMP count to disturb.
+  const char* want = std::getenv("MOE_EXPECT_OPENBLAS_PARALLEL");
+  if (!want || std::atoi(want) != 2) return;
+  REQUIRE(openblas_get_parallel() == 2);
+  const auto get = reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  const auto set = reinterpret_cast<void (*)(int)>(::dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  const bool runtime_found = get && set;  // the OpenMP build of OpenBLAS links one
+  REQUIRE(runtime_found);
+  const int before = get();
+  // One call on the caller (below the tiling threshold) and a tiled product, at one and two threads.
+  for (const gemm_shape& s : {gemm_shape{8, 8, 8}, tiled_shapes[0]})
+    for (const int threads : {1, 2}) {
+      CAPTURE(s.m);
+      CAPTURE(threads);
+      const auto a = random_values<float>(std::size_t(s.m * s.k), 21);
+      const auto b = random_values<float>(std::size_t(s.k * s.n), 22);
+      std::vector<float> c(std::size_t(s.m * s.n));
+      set(3);
+      moe::host(threads).gemm(moe::op::none, moe::op::none, s.m, s.n, s.k, 1.0f, a.data(), s.k, b.data(), s.n, 0.0f,
+                              c.data(), s.n);
+      CHECK(get() == 3);
+    }
+  set(before);
 }
 #endif
 

@@ -31,6 +31,9 @@
 #if defined(MOE_HAVE_CBLAS)
 #include <cblas.h>
 #endif
+#if defined(MOE_HAVE_OPENBLAS)
+#include <dlfcn.h>
+#endif
 
 namespace moe {
 
@@ -120,9 +123,9 @@ inline gemm_tiling host_gemm_tiling(index_t m, index_t n, index_t k) {
 // Makes the calling thread's OpenBLAS calls single-threaded; run by every thread that runs tiles.
 // OpenBLAS built with pthreads has one process-wide count: checked before each product, since other
 // code may change it. Built with OpenMP, each call follows its calling thread's OpenMP thread count
-// (omp_get_max_threads), which openblas_set_num_threads sets for the calling thread and which this
-// header cannot read: so it is set every time (the caller's thread included, whose OpenMP count
-// stays 1 afterwards). The setter also reallocates OpenBLAS's buffers, hence the lock.
+// (omp_get_max_threads), which openblas_set_num_threads sets for the calling thread: so it is set
+// every time, and openmp_count_keeper puts the thread's count back after the tiles. The setter
+// also reallocates OpenBLAS's buffers, hence the lock.
 inline void blas_single_threaded() {
   static std::mutex setting;
   constexpr int openmp_build = 2;  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
@@ -131,8 +134,43 @@ inline void blas_single_threaded() {
     openblas_set_num_threads(1);
   }
 }
+
+// The calling thread's OpenMP thread count, put back when the scope ends. openblas_set_num_threads
+// in OpenBLAS's OpenMP build sets it (omp_set_num_threads) along with OpenBLAS's own count, so a
+// caller whose own OpenMP loops ran on N threads would find them on one after a host GEMM. The
+// OpenMP runtime is found at run time (that build brings one; this header links none): without
+// one, or with OpenBLAS's pthreads build, there is nothing to put back.
+class openmp_count_keeper {
+ public:
+  openmp_count_keeper() {
+    constexpr int openmp_build = 2;
+    if (openblas_get_parallel() == openmp_build && runtime().get) saved_ = runtime().get();
+  }
+  ~openmp_count_keeper() {
+    if (saved_ > 0) runtime().set(saved_);
+  }
+  openmp_count_keeper(const openmp_count_keeper&) = delete;
+  openmp_count_keeper& operator=(const openmp_count_keeper&) = delete;
+
+ private:
+  struct functions {
+    int (*get)() = nullptr;      // omp_get_max_threads
+    void (*set)(int) = nullptr;  // omp_set_num_threads
+  };
+  static const functions& runtime() {
+    static const functions f = [] {
+      functions r;
+      r.get = reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+      r.set = reinterpret_cast<void (*)(int)>(::dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+      return r.get && r.set ? r : functions{};
+    }();
+    return f;
+  }
+  int saved_ = 0;
+};
 #else
 inline void blas_single_threaded() {}
+struct openmp_count_keeper {};
 #endif
 
 template <class T>
@@ -152,6 +190,7 @@ void cblas_tiled(thread_pool* pool, op opa, op opb, index_t m, index_t n, index_
                  index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
   const gemm_tiling t = host_gemm_tiling(m, n, k);
   auto tiles = [&](index_t first, index_t last) {
+    const openmp_count_keeper keep;  // this thread's OpenMP count, which the next line may change
     blas_single_threaded();
     for (index_t i = first; i < last; ++i) {
       const index_t i0 = (i / t.count_n) * t.tile_m, j0 = (i % t.count_n) * t.tile_n;
