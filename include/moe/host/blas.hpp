@@ -170,7 +170,9 @@ class openmp_count_keeper {
 };
 #else
 inline void blas_single_threaded() {}
-struct openmp_count_keeper {};
+struct openmp_count_keeper {
+  openmp_count_keeper() {}  // user-provided: a `keep` that does nothing is not an unused variable
+};
 #endif
 
 template <class T>
