@@ -120,8 +120,10 @@ void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, co
 
 // Causal multi-head attention core. qkv is [N, 3d] (q | k | v, head h at columns h·dh); o is [N, d];
 // P is [B, H, S, S] (row i: the probabilities over keys j ≤ i, zero above the diagonal). Scores and
-// weighted sums are GEMMs per (sequence, head) — strided views into qkv, no copies; the softmax is
-// one parallel index per query row. With dropout on the probabilities (T5), Pd = P ⊙ mask holds
+// weighted sums are GEMMs per (sequence, head) — strided views into qkv, no copies — handed to the
+// space as tasks (parallel_tasks: on the host the pool runs the heads side by side, as each product,
+// S·S·dh multiply-adds, is too small to be split over threads); the softmax is one parallel index
+// per query row. With dropout on the probabilities (T5), Pd = P ⊙ mask holds
 // what multiplies V (P keeps the softmax, which backward needs); without, Pd is P. The mask is
 // indexed over [B, H, S, S] and drawn for the causal entries j ≤ i only.
 template <class Space, class T>
