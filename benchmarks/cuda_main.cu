@@ -289,7 +289,7 @@ struct device_plan {
     carve(w, s, num_losses);
   }
   void carve(moe::workspace_carver& w, const moe::routing_shape& s, int num_losses) {
-    moe::routing_plan<float>::carve<moe::cuda>(w, s, false, false, num_losses, plan);
+    moe::routing_plan<float>::carve<moe::cuda>(w, s, {.num_losses = num_losses}, plan);
     Dispatch::template carve<T, float>(w, s, dispatch);
   }
 };

@@ -39,7 +39,7 @@ struct planned {
     carve(w, num_losses);
   }
   void carve(moe::workspace_carver& w, int num_losses) {
-    moe::routing_plan<R>::carve<moe::host>(w, shape, false, false, num_losses, plan);
+    moe::routing_plan<R>::carve<moe::host>(w, shape, {.num_losses = num_losses}, plan);
     Dispatch::template carve<float, R>(w, shape, dispatch);
   }
 };

@@ -246,6 +246,64 @@ TEST_CASE("gradients: bfloat16 router: the experts by finite differences, the ro
     o.parameters = [](const std::string& name) { return name.rfind("experts.", 0) == 0; };
     check_layer_gradients(l, tokens, 21, o);
   }
+  SUBCASE("W_r and W_noise are read rounded, forward and backward: the bits of pre-rounded weights") {
+    // A layer holding W and one holding bf16(W) must agree bit for bit in y, ∂L/∂x and every
+    // gradient: both GEMM directions (x̃·W and ∂raw·Wᵀ) read the rounded copies.
+    using L = moe::layer<double, moe::top_k, moe::losses<moe::load_balancing, moe::router_z_loss>>;
+    auto c = base_config<L>();
+    c.router.k = 2;
+    c.router.jitter = 0.01f;
+    c.router.learned_noise = true;
+    c.router.precision = moe::router_precision::bfloat16;
+    c.losses.load_balancing.weight = 0.2;
+    c.losses.router_z_loss.weight = 0.1;
+    L a(c), b(c);
+    auto bf16 = [](double v) { return double(float(moe::bfloat16(v))); };
+    auto tensor = [](L& l, const std::string& name) {
+      double* p = nullptr;
+      std::size_t n = 0;
+      l.for_each_parameter([&](const auto& t) {
+        if (name == t.name) p = t.value, n = std::size_t(t.size());
+      });
+      REQUIRE(p != nullptr);
+      return std::pair{p, n};
+    };
+    const auto [wa, n] = tensor(a, "router.w");
+    const auto [wb, n_b] = tensor(b, "router.w");
+    const auto [na, m] = tensor(a, "router.w_noise");  // initialised to zero: given values here
+    const auto [nb, m_b] = tensor(b, "router.w_noise");
+    REQUIRE((n_b == n && m_b == m));
+    const auto noise = moe_test::random_vector<double>(m, 41);
+    int inexact = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      wb[i] = bf16(wa[i]);
+      inexact += wb[i] != wa[i];
+    }
+    for (std::size_t i = 0; i < m; ++i) {
+      na[i] = 0.3 * noise[i];
+      nb[i] = bf16(na[i]);
+      inexact += nb[i] != na[i];
+    }
+    REQUIRE(inexact == int(n + m));  // every weight is moved by the rounding
+    const std::size_t size = std::size_t(tokens) * std::size_t(d_model);
+    const auto x = moe_test::random_vector<double>(size, 42), dy = moe_test::random_vector<double>(size, 43);
+    struct result {
+      std::vector<double> y, dx;
+      std::vector<std::vector<double>> grads;
+    };
+    auto step = [&](L& l) {
+      result r{std::vector<double>(size), std::vector<double>(size), {}};
+      l.forward({.training = true, .step = 3}, {x.data(), tokens, d_model}, {r.y.data(), tokens, d_model});
+      l.zero_grad();
+      l.backward({dy.data(), tokens, d_model}, {r.dx.data(), tokens, d_model});
+      l.for_each_parameter([&](const auto& t) { r.grads.emplace_back(t.grad, t.grad + t.size()); });
+      return r;
+    };
+    const result ra = step(a), rb = step(b);
+    CHECK(ra.y == rb.y);
+    CHECK(ra.dx == rb.dx);
+    CHECK(ra.grads == rb.grads);
+  }
   SUBCASE("the router's backward: float32 formulas at the rounded probabilities") {
     // One token, two experts, identity router (raw logits = x), top-1: y = p₀·FFN₀(x) with
     // L = y·w, so ∂L/∂p = (G, 0) with G = FFN₀(x)·w, and ∂L/∂x = p₀·J₀ᵀw + ∂L/∂h.
@@ -297,11 +355,13 @@ TEST_CASE("gradients: bfloat16 router: the experts by finite differences, the ro
       const double jw = (f.dx[std::size_t(j)] - dh_f[j]) / fp0;  // J₀ᵀw
       CHECK(b.dx[std::size_t(j)] == doctest::Approx(p0 * jw + dh_b[j]).epsilon(1e-12));
     }
-    // ∂L/∂W_r = x ⊗ ∂L/∂h (x itself: the rounding of raw passes the gradient straight through).
+    // ∂L/∂W_r = x̃ ⊗ ∂L/∂h with x̃ the bfloat16-rounded input the GEMM read (1, −0.400390625): the
+    // rounding of raw and of W_r passes the gradient straight through.
     REQUIRE(b.g_router.size() == 4);
     for (int i = 0; i < 2; ++i)
       for (int e = 0; e < 2; ++e)
-        CHECK(b.g_router[std::size_t(i * 2 + e)] == doctest::Approx(x[std::size_t(i)] * dh_b[e]).epsilon(1e-12));
+        CHECK(b.g_router[std::size_t(i * 2 + e)] ==
+              doctest::Approx(bf16(x[std::size_t(i)]) * dh_b[e]).epsilon(1e-12));
   }
 }
 

@@ -4,7 +4,9 @@
 // formula, reproducibility and thread-count independence.
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace {
 
@@ -368,4 +370,53 @@ TEST_CASE("bfloat16 router (ablating Switch's selective precision): rounded logi
   CHECK(f.expert == std::vector<int>{0, 1});
   CHECK(f.gate[0] == doctest::Approx(sigmoid(1.003)).epsilon(1e-14));
   CHECK(f.gate[1] == doctest::Approx(sigmoid(0.001)).epsilon(1e-12));
+}
+
+TEST_CASE("bfloat16 router: its GEMM reads x̃ and W_r rounded to bfloat16, as a bfloat16 model's matrix unit does") {
+  // raw_e = Σ_i bf16(x_i)·bf16(W_ie), accumulated without rounding (these products of 8-bit
+  // significands are exact in double), then h = bf16(raw) and the gate bf16(softmax(h)_e).
+  using L = moe::layer<double, moe::top_k>;
+  L::config c{};
+  c.d_model = 3;
+  c.d_ff = 16;
+  c.num_experts = 2;
+  c.router.jitter = 0.0f;
+  c.router.precision = moe::router_precision::bfloat16;
+  c.capacity.train = 2.0;
+  c.capacity.minimum = 1;
+  L l(c);
+  const double w[3][2] = {{1.7, -0.3}, {-2.9, 0.55}, {0.8, 1.1}};  // none is a bfloat16 value
+  auto wv = l.router_weights();
+  for (int i = 0; i < 3; ++i)
+    for (int e = 0; e < 2; ++e) wv(i, e) = w[i][e];
+  const std::vector<std::vector<double>> x = {
+      {1.003, 0.999, -0.25}, {0.3, 0.1, 0.7}, {-1.7, 0.33, 0.21}, {2.01, 1.18, -0.61}, {0.52, 0.49, 0.47}};
+  auto bf16 = [](double v) { return double(float(moe::bfloat16(v))); };
+  // The gate of the chosen expert when the GEMM reads `operand(x)` and `operand(W)`.
+  auto gates = [&](auto operand) {
+    std::vector<double> g;
+    std::vector<int> chosen;
+    for (const auto& row : x) {
+      double h[2];
+      for (int e = 0; e < 2; ++e) {
+        double raw = 0;
+        for (int i = 0; i < 3; ++i) raw += operand(row[std::size_t(i)]) * operand(w[i][e]);
+        h[e] = bf16(raw);
+      }
+      const double m = std::max(h[0], h[1]), z = std::exp(h[0] - m) + std::exp(h[1] - m);
+      const double p0 = bf16(std::exp(h[0] - m) / z), p1 = bf16(std::exp(h[1] - m) / z);
+      chosen.push_back(p1 > p0 ? 1 : 0);
+      g.push_back(p1 > p0 ? p1 : p0);
+    }
+    return std::pair{g, chosen};
+  };
+  const auto [rounded, rounded_expert] = gates(bf16);
+  const auto [outputs_only, outputs_only_expert] = gates([](double v) { return v; });
+  REQUIRE(rounded != outputs_only);  // these inputs tell the two apart
+
+  route(l, x);
+  const auto r = l.routing();
+  CHECK(r.expert == rounded_expert);
+  CHECK(r.gate == rounded);
+  CHECK(l.router_weights()(0, 0) == 1.7);  // the layer's own weights are not rounded
 }

@@ -18,8 +18,9 @@
 #   examples/experiments/stability.sh [OUT] [extra moe-train flags...]
 #   (OUT defaults to build/stability; STEPS, SEEDS, DATA_SEED and STRESS_LR from the environment,
 #    defaults 1000, "1 2 3", 1 and 3e-2; JOBS runs at once, default the number of cores, one thread
-#    each). Runs already done in OUT (status 0, STEPS lines logged) are kept, not run again: clear
-#    OUT after changing anything else.
+#    each; ABLATIONS, default "init zloss balance jitter precision", picks which ablations run and
+#    are tabulated). Runs already done in OUT (status 0, STEPS lines logged) are kept, not run again:
+#    clear OUT after changing anything else.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=${1:-build/stability}
@@ -29,6 +30,7 @@ seeds=${SEEDS:-1 2 3}
 stress_lr=${STRESS_LR:-3e-2}
 data_seed=${DATA_SEED:-1}
 jobs=${JOBS:-$(nproc)}
+read -r -a ablations <<<"${ABLATIONS:-init zloss balance jitter precision}"
 
 source scripts/install_deps.sh
 moe_install_deps
@@ -38,26 +40,43 @@ cmake --build --preset default --target moe-train -j "$(nproc)"
 bin=build/default/examples/moe-train
 mkdir -p "$out"
 
-# name|flags: one line per configuration, run once per seed.
-configs=(
-  "init-0.1|--preset switch --init-scale 0.1"
-  "init-1.0|--preset switch --init-scale 1.0"
-  "zloss-1e-3|--preset st-moe --lr $stress_lr --z-loss 1e-3"
-  "zloss-0|--preset st-moe --lr $stress_lr --z-loss 0"
-  "balance-0|--preset switch --balance-loss 0"
-  "jitter-1e-2|--preset st-moe --lr $stress_lr --jitter 1e-2"
-  "bf16-router32|--preset switch --precision bf16"
-  "bf16-router16|--preset switch --precision bf16 --router-precision bf16"
-  "bf16-router32-lr|--preset switch --precision bf16 --lr $stress_lr"
-  "bf16-router16-lr|--preset switch --precision bf16 --router-precision bf16 --lr $stress_lr"
+# The configurations (each run once per seed) and the ablations that compare them, the paper's
+# setting first.
+declare -A config_flags=(
+  [init-0.1]="--preset switch --init-scale 0.1"
+  [init-1.0]="--preset switch --init-scale 1.0"
+  [zloss-1e-3]="--preset st-moe --lr $stress_lr --z-loss 1e-3"
+  [zloss-0]="--preset st-moe --lr $stress_lr --z-loss 0"
+  [balance-0]="--preset switch --balance-loss 0"
+  [jitter-1e-2]="--preset st-moe --lr $stress_lr --jitter 1e-2"
+  [bf16-router32]="--preset switch --precision bf16"
+  [bf16-router16]="--preset switch --precision bf16 --router-precision bf16"
+  [bf16-router32-lr]="--preset switch --precision bf16 --lr $stress_lr"
+  [bf16-router16-lr]="--preset switch --precision bf16 --router-precision bf16 --lr $stress_lr"
 )
+declare -A ablation_configs=(
+  [init]="init-0.1 init-1.0"
+  [zloss]="zloss-1e-3 zloss-0"
+  [balance]="init-0.1 balance-0"
+  [jitter]="zloss-1e-3 jitter-1e-2"
+  [precision]="bf16-router32 bf16-router16 bf16-router32-lr bf16-router16-lr"
+)
+configs=()
+for a in "${ablations[@]}"; do
+  [[ -n ${ablation_configs[$a]+set} ]] || {
+    echo "error: ABLATIONS: '$a' is not one of init, zloss, balance, jitter, precision" >&2
+    exit 2
+  }
+  for name in ${ablation_configs[$a]}; do
+    [[ " ${configs[*]} " == *" $name "* ]] || configs+=("$name")
+  done
+done
 eval_every=$((steps / 10 > 0 ? steps / 10 : 1))
 # A run that fails (a non-finite router logit ends it with an error) is recorded, not fatal: its
 # status file says so and the table counts it as diverged.
 for seed in $seeds; do
-  for c in "${configs[@]}"; do
-    name=${c%%|*}
-    read -r -a flags <<<"${c#*|}"
+  for name in "${configs[@]}"; do
+    read -r -a flags <<<"${config_flags[$name]}"
     while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
     run="$out/$name.seed$seed"
     [[ -f $run.status && $(<"$run.status") == 0 && $(wc -l <"$run.jsonl") == "$steps" ]] && continue
@@ -73,9 +92,10 @@ for seed in $seeds; do
 done
 wait
 
-/usr/bin/python3 - "$out" "$steps" "$stress_lr" "$data_seed" $seeds <<'PY'
+/usr/bin/python3 - "$out" "$steps" "$stress_lr" "$data_seed" "${ablations[*]}" $seeds <<'PY'
 import json, math, os, statistics, sys
-out, steps, stress_lr, data_seed, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+out, steps, stress_lr, data_seed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ablations, seeds = sys.argv[5].split(), sys.argv[6:]
 nan = math.nan
 
 def summary(name, seed):
@@ -132,26 +152,33 @@ header = (f"{steps} steps; seeds {', '.join(seeds)} (initialisation, jitter, dro
           "tenth of the run: the largest |router logit|, the mean z-loss value (mean logsumexp², unweighted), the "
           "busiest expert's share of the kept tokens (1/8 = balanced), and the fraction of (token, expert) pairs "
           "dropped.\n")
-text = "\n".join([
-    header,
-    table("Initialisation scale (Switch §2.4, Table 3)", "Switch preset, default learning rate.",
-          ["init-0.1", "init-1.0"], ["init scale 0.1 (Switch)", "init scale 1.0"]),
-    table("Router z-loss (ST-MoE §3)", f"ST-MoE preset, learning rate {stress_lr} (ten times the default).",
-          ["zloss-1e-3", "zloss-0"], ["c_z = 1e-3 (ST-MoE)", "no z-loss"]),
-    table("Load-balancing loss (Switch §2.2)", "Switch preset, default learning rate.",
-          ["init-0.1", "balance-0"], ["α = 1e-2 (Switch)", "α = 0"]),
-    table("Input jitter (ST-MoE §3)", f"ST-MoE preset with its z-loss, learning rate {stress_lr}.",
-          ["zloss-1e-3", "jitter-1e-2"], ["no jitter (ST-MoE)", "jitter ε = 1e-2"]),
-    table("Router precision (Switch §2.4, Table 2)", "Switch preset, MoE layers in bfloat16 (--precision bf16), "
-          "default learning rate.", ["bf16-router32", "bf16-router16"],
-          ["float32 router (Switch)", "bfloat16 router"]),
-    table("Router precision at the stress learning rate", f"As above, learning rate {stress_lr}.",
-          ["bf16-router32-lr", "bf16-router16-lr"], ["float32 router (Switch)", "bfloat16 router"]),
-])
+tables = {  # built only for the ablations asked for (the others' runs need not exist)
+    "init": lambda: [
+        table("Initialisation scale (Switch §2.4, Table 3)", "Switch preset, default learning rate.",
+              ["init-0.1", "init-1.0"], ["init scale 0.1 (Switch)", "init scale 1.0"])],
+    "zloss": lambda: [
+        table("Router z-loss (ST-MoE §3)", f"ST-MoE preset, learning rate {stress_lr} (ten times the default).",
+              ["zloss-1e-3", "zloss-0"], ["c_z = 1e-3 (ST-MoE)", "no z-loss"])],
+    "balance": lambda: [
+        table("Load-balancing loss (Switch §2.2)", "Switch preset, default learning rate.",
+              ["init-0.1", "balance-0"], ["α = 1e-2 (Switch)", "α = 0"])],
+    "jitter": lambda: [
+        table("Input jitter (ST-MoE §3)", f"ST-MoE preset with its z-loss, learning rate {stress_lr}.",
+              ["zloss-1e-3", "jitter-1e-2"], ["no jitter (ST-MoE)", "jitter ε = 1e-2"])],
+    "precision": lambda: [
+        table("Router precision (Switch §2.4, Table 2)", "Switch preset, MoE layers in bfloat16 (--precision bf16), "
+              "default learning rate.", ["bf16-router32", "bf16-router16"],
+              ["float32 router (Switch)", "bfloat16 router"]),
+        table("Router precision at the stress learning rate", f"As above, learning rate {stress_lr}.",
+              ["bf16-router32-lr", "bf16-router16-lr"], ["float32 router (Switch)", "bfloat16 router"])],
+}
+text = "\n".join([header] + [t for a in ablations for t in tables[a]()])
 open(f"{out}/results.md", "w").write(text)
 print(text)
 
 # What the z-loss does over a run: the largest |router logit| and the z-loss value, every seed.
+if "zloss" not in ablations:
+    sys.exit(0)
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -172,4 +199,4 @@ fig.suptitle(f"ST-MoE preset, lr {stress_lr}, seeds {', '.join(seeds)}")
 fig.tight_layout()
 fig.savefig(f"{out}/zloss.png", dpi=110)
 PY
-echo "wrote $out/results.md and $out/zloss.png"
+echo "wrote $out/results.md$([[ " ${ablations[*]} " == *" zloss "* ]] && echo " and $out/zloss.png")"

@@ -70,7 +70,7 @@ for name, ref in (("switch_dropout", base), ("dense_dropout", log("dense"))):
     # Same weights at step 1: only the dropout masks change the training loss. Evaluation has no
     # dropout, but the first evaluation (step 3) follows two updates that differed.
     assert log(name)[0]["loss"] != ref[0]["loss"], f"{name}: --dropout 0.1 must change step 1"
-# The router computes in float32 in every preset; rounding its logits and probabilities to bfloat16
+# The router computes in float32 in every preset; rounding its inputs, weights and outputs to bfloat16
 # changes the gates a little at step 1 (same weights), in a float32 and in a bfloat16 model.
 assert core(log("switch_router32")) == core(base), "--router-precision fp32 is every preset's: the same run"
 for name, ref in (("switch_router16", base), ("switch_bf16_router16", log("switch_bf16"))):

@@ -343,7 +343,13 @@ class layer_core {
 
   void carve_routing(workspace_carver& w, const routing_shape& s, routing_plan<R>& plan) const {
     const bool bpr = router_type::token_choice && capacity_type::order(cfg_.capacity) == drop_order::bpr;
-    routing_plan<R>::template carve<space_type>(w, s, cfg_.router.learned_noise, bpr, num_losses, plan);
+    routing_plan<R>::template carve<space_type>(
+        w, s,
+        {.learned_noise = cfg_.router.learned_noise,
+         .rounded_weights = cfg_.router.precision == router_precision::bfloat16,
+         .bpr = bpr,
+         .num_losses = num_losses},
+        plan);
   }
 
   // Router, auxiliary-loss summary and capacity: everything up to the slots of the proposals.

@@ -36,12 +36,24 @@ struct routing_shape {
   int segments() const { return experts * groups; }
 };
 
+// What a layer's routing plan holds beyond what every plan holds.
+struct routing_plan_needs {
+  bool learned_noise = false;    // W_noise's GEMMs and gradients (Shazeer et al.'s learned noise)
+  bool rounded_weights = false;  // bfloat16-rounded copies of W_r (and W_noise): router_precision::bfloat16
+  bool bpr = false;              // batch-prioritised routing's per-group ranks
+  int num_losses = 0;            // auxiliary losses whose values are kept
+};
+
 template <class R>
 struct routing_plan {
   routing_shape shape;
 
   // Router forward.
   R* router_input = nullptr;  // [T, d] x̃ = x ⊙ jitter, in the router's precision
+  // [d, E] W_r and W_noise as the router's GEMMs read them: rounded to bfloat16 by the forward for
+  // router_precision::bfloat16 (and read again by the backward); null otherwise (the layer's own).
+  R* router_weights = nullptr;
+  R* noise_weights = nullptr;
   R* raw = nullptr;           // [T, E] x̃ · W_r
   R* noise_pre = nullptr;     // [T, E] x̃ · W_noise (learned noise only)
   R* logits = nullptr;        // [T, E] final logits h
@@ -91,11 +103,14 @@ struct routing_plan {
   R* noise_partials = nullptr;   // [G, d, E] ∂L/∂W_noise of each routing group (learned noise only)
 
   template <class Space>
-  static void carve(workspace_carver& w, const routing_shape& s, bool learned_noise, bool bpr, int num_losses,
-                    routing_plan& p) {
+  static void carve(workspace_carver& w, const routing_shape& s, const routing_plan_needs& needs, routing_plan& p) {
     const index_t T = s.tokens, E = s.experts, P = s.pairs(), SEG = s.segments(), d = s.d_model;
+    const bool learned_noise = needs.learned_noise, bpr = needs.bpr;
+    const int num_losses = needs.num_losses;
     p.shape = s;
     p.router_input = w.take<R>(T * d);
+    p.router_weights = needs.rounded_weights ? w.take<R>(d * E) : nullptr;
+    p.noise_weights = needs.rounded_weights && learned_noise ? w.take<R>(d * E) : nullptr;
     p.raw = w.take<R>(T * E);
     p.noise_pre = learned_noise ? w.take<R>(T * E) : nullptr;
     p.logits = w.take<R>(T * E);

@@ -56,6 +56,33 @@ struct token_gating {
   static constexpr bool available = false;
 };
 
+// W_r and W_noise as the router's GEMMs read them. The bfloat16 router reads copies rounded to
+// bfloat16 (a bfloat16 model's matrix unit takes bfloat16 operands and accumulates in float32); the
+// forward rounds them into the plan (`round`), the backward reads what the forward left there.
+// The gradients pass the rounding straight through: ∂L/∂W_r is the float32 one at the rounded x̃.
+template <class R>
+struct router_weights_read {
+  const R* router;
+  const R* noise;
+};
+template <class Space, class Config, class R>
+router_weights_read<R> read_router_weights(const Space& sp, const Config& cfg, const routing_plan<R>& plan,
+                                           const R* w_router, const R* w_noise, bool round) {
+  if (cfg.precision != router_precision::bfloat16) return {w_router, w_noise};
+  require(plan.router_weights != nullptr && (!cfg.learned_noise || plan.noise_weights != nullptr), "router",
+          "precision=bfloat16 needs the plan's rounded weight copies (routing_plan_needs::rounded_weights)");
+  if (round) {
+    const index_t n = plan.shape.d_model * plan.shape.experts;
+    R *wr = plan.router_weights, *wn = cfg.learned_noise ? plan.noise_weights : nullptr;
+    const auto c = cfg;
+    sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
+      wr[i] = detail::router_round(c, w_router[i]);
+      if (wn) wn[i] = detail::router_round(c, w_noise[i]);
+    });
+  }
+  return {plan.router_weights, plan.noise_weights};
+}
+
 template <class Router, class Space, class T, class R>
 void router_forward(const Space& sp, const typename Router::config& cfg, const routing_plan<R>& plan, const T* x,
                     const R* w_router, const R* w_noise, bool training, const router_streams& rng) {
@@ -63,12 +90,14 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
   const index_t T_ = s.tokens, d = s.d_model, base = s.token_base;
   const int E = s.experts, K = s.pairs_per_token, G = s.groups, S = s.group_tokens;
 
-  // x̃ = x ⊙ jitter, widened to the router's precision (selective precision). Random draws are
-  // keyed by the global token index (base + t), so expert-parallel ranks draw what one rank would.
+  // x̃ = x ⊙ jitter, widened to the router's precision (selective precision), or rounded to
+  // bfloat16 for the bfloat16 router. Random draws are keyed by the global token index (base + t),
+  // so expert-parallel ranks draw what one rank would.
   R* xr = plan.router_input;
   const bool jitter = training && cfg.jitter > 0.0f;
   const float eps = cfg.jitter;
   const rng_stream jitter_rng = rng.jitter;
+  const auto c = cfg;
   constexpr index_t width = elementwise_columns<Space>();
   const index_t runs = (d + width - 1) / width;
   sp.parallel_for(T_ * runs, [=] MOE_LAMBDA(index_t run_index) {
@@ -78,26 +107,27 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
       // Factors first, then the products: the generator's loop vectorises on its own.
       float factor[width];
       jitter_factors<width>(jitter_rng, eps, base + t, run.first, run.end, d, factor);
-      for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]) * R(factor[j - run.first]);
+      for (index_t j = run.first; j < run.end; ++j)
+        xr[i0 + j] = detail::router_round(c, convert<R>(x[i0 + j]) * R(factor[j - run.first]));
     } else {
-      for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = convert<R>(x[i0 + j]);
+      for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = detail::router_round(c, convert<R>(x[i0 + j]));
     }
   });
+  const router_weights_read<R> w = read_router_weights(sp, cfg, plan, w_router, w_noise, true);
 
   // One GEMM per routing group: a BLAS may round a row differently depending on how many rows its
   // call has, and per-group calls make every row's logits independent of the other groups (so a
   // rank holding some of the groups computes the same bits as one rank holding all of them).
   for (int g = 0; g < G; ++g) {
     const index_t t0 = index_t(g) * S;
-    sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w_router, E, R(0), plan.raw + t0 * E, E);
+    sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w.router, E, R(0), plan.raw + t0 * E, E);
     if (cfg.learned_noise)
-      sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w_noise, E, R(0), plan.noise_pre + t0 * E,
+      sp.gemm(op::none, op::none, index_t(S), E, d, R(1), xr + t0 * d, d, w.noise, E, R(0), plan.noise_pre + t0 * E,
               E);
   }
   sp.check_finite(plan.raw, T_, E, "router logits", "token", "expert");
   if (cfg.learned_noise) sp.check_finite(plan.noise_pre, T_, E, "router noise logits", "token", "expert");
 
-  const auto c = cfg;
   const rng_stream noise_rng = rng.noise, second_rng = rng.second_expert;
   if constexpr (token_gating<Space>::available) {
     if (token_gating<Space>::handles(E)) {
@@ -311,13 +341,15 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
       sp.gemm(op::transpose, op::none, d, E, index_t(S), R(1), plan.router_input + t0 * d, d, plan.dnoise + t0 * E,
               E, R(0), plan.noise_partials + index_t(g) * d * E, E);
   }
-  // ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ), per group for the reason given in router_forward.
+  // ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ), per group for the reason given in router_forward,
+  // with the weights the forward's GEMMs read (bfloat16 router: the rounded copies it left in the plan).
+  const router_weights_read<R> w = read_router_weights(sp, cfg, plan, w_router, w_noise, false);
   for (int g = 0; g < s.groups; ++g) {
     const index_t t0 = index_t(g) * S;
-    sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.draw + t0 * E, E, w_router, E, R(0),
+    sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.draw + t0 * E, E, w.router, E, R(0),
             plan.dxr + t0 * d, d);
     if (cfg.learned_noise)
-      sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.dnoise + t0 * E, E, w_noise, E, R(1),
+      sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.dnoise + t0 * E, E, w.noise, E, R(1),
               plan.dxr + t0 * d, d);
   }
 

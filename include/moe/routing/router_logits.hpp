@@ -12,9 +12,10 @@
 // Auxiliary losses and statistics see the final logits h and probabilities p.
 //
 // Precision: the router computes in float32 whatever the layer's storage type (Switch §2.4,
-// "selective precision"). router_precision::bfloat16 exists to ablate that: raw, h and p are
-// rounded to bfloat16, the values a router computed in a bfloat16 model would hand on (the GEMM
-// accumulates and the exponentials are evaluated in float32 in either case; W_r is not rounded).
+// "selective precision"). router_precision::bfloat16 exists to ablate that, as a router in a
+// bfloat16 model computes: its GEMM reads x̃ and W_r (and W_noise) rounded to bfloat16 and
+// accumulates in float32, as a matrix unit does, and raw, h and p are rounded to bfloat16 as they
+// are handed on (the exponentials and the softmax's sum are evaluated in float32 in between).
 // Backward is the float32 one evaluated at the rounded values, as a straight-through estimate:
 // rounding is piecewise constant, so its exact derivative is zero almost everywhere.
 #pragma once
@@ -36,7 +37,7 @@ namespace moe {
 //   logit_soft_cap c of c·tanh(h/c); 0 = off
 //   init_scale     W_r ~ truncated normal with std sqrt(init_scale / d_model) (Switch: 0.1)
 //   precision      float32 (selective precision: always, in the papers' recipes) or bfloat16 (the
-//                  ablation: the Switch paper's bfloat16 router diverged, Table 2)
+//                  ablation: the Switch paper's bfloat16 router diverged, Table 2); see above
 
 enum class router_precision { float32, bfloat16 };
 
