@@ -32,14 +32,6 @@ data_seed=${DATA_SEED:-1}
 jobs=${JOBS:-$(nproc)}
 read -r -a ablations <<<"${ABLATIONS:-init zloss balance jitter precision}"
 
-source scripts/install_deps.sh
-moe_install_deps
-moe_find_nvcc
-cmake --preset default >/dev/null
-cmake --build --preset default --target moe-train -j "$(nproc)"
-bin=build/default/examples/moe-train
-mkdir -p "$out"
-
 # The configurations (each run once per seed) and the ablations that compare them, the paper's
 # setting first.
 declare -A config_flags=(
@@ -71,6 +63,15 @@ for a in "${ablations[@]}"; do
     [[ " ${configs[*]} " == *" $name "* ]] || configs+=("$name")
   done
 done
+
+source scripts/install_deps.sh
+moe_install_deps
+moe_find_nvcc
+cmake --preset default >/dev/null
+cmake --build --preset default --target moe-train -j "$(nproc)"
+bin=build/default/examples/moe-train
+mkdir -p "$out"
+
 eval_every=$((steps / 10 > 0 ? steps / 10 : 1))
 # A run that fails (a non-finite router logit ends it with an error) is recorded, not fatal: its
 # status file says so and the table counts it as diverged.
