@@ -1,8 +1,12 @@
 // The CUDA layer beyond the presets' defaults, against the host: the padded and one_hot
 // dispatchers, dropless and expert-choice routing, batch-prioritised routing, every token routed
-// to one expert (the worst case the buffers are sized for), bitwise determinism, a step captured
-// in a CUDA graph and replayed, and non-finite router logits reported through synchronize().
+// to one expert (the worst case the buffers are sized for), the bfloat16 router, bitwise
+// determinism, a step captured in a CUDA graph and replayed, and non-finite router logits reported
+// through synchronize().
 #include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
 
 #include "cuda_test_util.cuh"
 
@@ -167,6 +171,61 @@ TEST_CASE("a bfloat16 router (the selective-precision ablation) on cuda matches 
     check_steps(got, ref, 1e-2, true);
     for (const float gate : got.routing.gate) CHECK(float(moe::bfloat16(gate)) == gate);  // gates of rounded p
   }
+}
+
+TEST_CASE("a bfloat16 router on cuda reads W_r and W_noise rounded, forward and backward") {
+  // Two device layers, one holding W and one bf16(W) (router and learned-noise weights), must give
+  // the same bits in y, ∂L/∂x, routing and every gradient: both GEMM directions read the copies the
+  // forward rounded (the host twin of this test is in layer_gradient_test.cpp).
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  using H = dropless_layer<moe::host>;
+  using G = dropless_layer<moe::cuda>;
+  auto hc = dropless_config<H>(11);
+  auto gc = dropless_config<G>(11);
+  hc.router.learned_noise = gc.router.learned_noise = true;
+  hc.router.jitter = gc.router.jitter = 0.01f;
+  hc.router.precision = gc.router.precision = moe::router_precision::bfloat16;
+  H exact(hc), rounded(hc);
+  auto values = [](H& l, const std::string& name) {
+    float* p = nullptr;
+    std::size_t n = 0;
+    l.for_each_parameter([&](const auto& t) {
+      if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<decltype(t.value)>>, float>)
+        if (name == t.name) p = t.value, n = std::size_t(t.size());
+    });
+    REQUIRE(p != nullptr);
+    return std::pair{p, n};
+  };
+  int inexact = 0;
+  std::size_t total = 0;
+  for (const char* name : {"router.w", "router.w_noise"}) {
+    const auto [w, n] = values(exact, name);
+    const auto [r, n_r] = values(rounded, name);
+    REQUIRE(n_r == n);
+    const std::vector<float> v = moe_test::random_vector<float>(n, 171);  // W_noise starts at zero
+    for (std::size_t i = 0; i < n; ++i) {
+      if (std::string(name) == "router.w_noise") w[i] = 0.3f * v[i];
+      r[i] = float(moe::bfloat16(w[i]));
+      inexact += r[i] != w[i];
+    }
+    total += n;
+  }
+  REQUIRE(inexact == int(total));  // every weight is moved by the rounding
+  G g_exact(gc, space), g_rounded(gc, space);
+  copy_parameters(exact, g_exact);
+  copy_parameters(rounded, g_rounded);
+  const int tokens = 96;
+  const std::size_t n = std::size_t(tokens) * std::size_t(gc.d_model);
+  const std::vector<float> x = moe_test::random_vector<float>(n, 172), dy = moe_test::random_vector<float>(n, 173);
+  const moe::step_context ctx{.training = true, .step = 5};
+  const auto a = device_step(g_exact, x, dy, tokens, ctx);
+  const auto b = device_step(g_rounded, x, dy, tokens, ctx);
+  CHECK(a.y == b.y);
+  CHECK(a.dx == b.dx);
+  CHECK(a.routing.expert == b.routing.expert);
+  CHECK(a.routing.gate == b.routing.gate);
+  CHECK(a.params.grad == b.params.grad);
 }
 
 TEST_CASE("every token routed to one expert: worst-case buffers") {
