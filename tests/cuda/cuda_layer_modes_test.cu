@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "cuda_test_util.cuh"
+#include "custom_policies.hpp"
 
 namespace {
 
@@ -226,6 +227,32 @@ TEST_CASE("a bfloat16 router on cuda reads W_r and W_noise rounded, forward and 
   CHECK(a.routing.expert == b.routing.expert);
   CHECK(a.routing.gate == b.routing.gate);
   CHECK(a.params.grad == b.params.grad);
+}
+
+TEST_CASE("policies of the user's own (examples/custom_policies.hpp) run on cuda and match the host") {
+  // The squared-ReLU activation runs in the expert kernels and the mean-probability KL loss in the
+  // routing summary and the router's backward, as the library's own policies do.
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  using H = moe::layer<float, moe::top_k, moe::losses<moe::load_balancing, example::mean_probability_kl>,
+                       example::squared_relu_ffn, moe::host>;
+  using G = moe::layer<float, moe::top_k, moe::losses<moe::load_balancing, example::mean_probability_kl>,
+                       example::squared_relu_ffn, moe::cuda>;
+  auto configure = [](auto c) {
+    c.d_model = 48;
+    c.d_ff = 80;
+    c.num_experts = 8;
+    c.group_size = 32;
+    c.seed = 13;
+    c.router.k = 2;
+    c.router.renormalize = true;
+    c.capacity.train = 1.25;
+    c.losses.mean_probability_kl.weight = 0.1;
+    return c;
+  };
+  const auto got = compare_layer<H, G>(configure(H::config{}), configure(G::config{}), space, 128, 181, float_rtol,
+                                       true, {.training = true, .step = 2});
+  CHECK(got.stats.loss("mean_probability_kl") > 0);
 }
 
 TEST_CASE("every token routed to one expert: worst-case buffers") {

@@ -6,6 +6,7 @@
 
 #include "moe/core/policy.hpp"
 #include "moe/core/rng.hpp"
+#include "moe/routing/router_logits.hpp"
 
 namespace moe {
 
@@ -28,6 +29,7 @@ concept router_policy =
       c.learned_noise;
       c.logit_soft_cap;
       c.init_scale;
+      { c.precision } -> std::convertible_to<router_precision>;
     };
 
 }  // namespace moe
