@@ -56,31 +56,39 @@ struct token_gating {
   static constexpr bool available = false;
 };
 
-// W_r and W_noise as the router's GEMMs read them. The bfloat16 router reads copies rounded to
-// bfloat16 (a bfloat16 model's matrix unit takes bfloat16 operands and accumulates in float32); the
-// forward rounds them into the plan (`round`), the backward reads what the forward left there.
-// The gradients pass the rounding straight through: ∂L/∂W_r is the float32 one at the rounded x̃.
+// W_r and W_noise as the router's GEMMs read them: the caller's for the float32 router. The
+// bfloat16 router reads copies rounded to bfloat16 (a bfloat16 model's matrix unit takes bfloat16
+// operands and accumulates in float32), kept in the plan: round_router_weights fills them in the
+// forward, and the backward's GEMMs read what the forward's read. The gradients pass the rounding
+// straight through: ∂L/∂W_r is the float32 one at the rounded x̃.
 template <class R>
 struct router_weights_read {
   const R* router;
   const R* noise;
 };
-template <class Space, class Config, class R>
-router_weights_read<R> read_router_weights(const Space& sp, const Config& cfg, const routing_plan<R>& plan,
-                                           const R* w_router, const R* w_noise, bool round) {
-  if (cfg.precision != router_precision::bfloat16) return {w_router, w_noise};
+template <class Config, class R>
+void require_rounded_weight_copies(const Config& cfg, const routing_plan<R>& plan) {
   require(plan.router_weights != nullptr && (!cfg.learned_noise || plan.noise_weights != nullptr), "router",
           "precision=bfloat16 needs the plan's rounded weight copies (routing_plan_needs::rounded_weights)");
-  if (round) {
-    const index_t n = plan.shape.d_model * plan.shape.experts;
-    R *wr = plan.router_weights, *wn = cfg.learned_noise ? plan.noise_weights : nullptr;
-    const auto c = cfg;
-    sp.parallel_for(n, [=] MOE_LAMBDA(index_t i) {
-      wr[i] = detail::router_round(c, w_router[i]);
-      if (wn) wn[i] = detail::router_round(c, w_noise[i]);
-    });
-  }
-  return {plan.router_weights, plan.noise_weights};
+}
+template <class Config, class R>
+router_weights_read<R> router_gemm_weights(const Config& cfg, const routing_plan<R>& plan, const R* w_router,
+                                           const R* w_noise) {
+  if (cfg.precision != router_precision::bfloat16) return {w_router, w_noise};
+  require_rounded_weight_copies(cfg, plan);
+  return {plan.router_weights, cfg.learned_noise ? plan.noise_weights : nullptr};
+}
+template <class Space, class Config, class R>
+void round_router_weights(const Space& sp, const Config& cfg, const routing_plan<R>& plan, const R* w_router,
+                          const R* w_noise) {
+  if (cfg.precision != router_precision::bfloat16) return;
+  require_rounded_weight_copies(cfg, plan);
+  R *wr = plan.router_weights, *wn = cfg.learned_noise ? plan.noise_weights : nullptr;
+  const auto c = cfg;
+  sp.parallel_for(plan.shape.d_model * plan.shape.experts, [=] MOE_LAMBDA(index_t i) {
+    wr[i] = detail::router_round(c, w_router[i]);
+    if (wn) wn[i] = detail::router_round(c, w_noise[i]);
+  });
 }
 
 template <class Router, class Space, class T, class R>
@@ -113,7 +121,8 @@ void router_forward(const Space& sp, const typename Router::config& cfg, const r
       for (index_t j = run.first; j < run.end; ++j) xr[i0 + j] = detail::router_round(c, convert<R>(x[i0 + j]));
     }
   });
-  const router_weights_read<R> w = read_router_weights(sp, cfg, plan, w_router, w_noise, true);
+  round_router_weights(sp, cfg, plan, w_router, w_noise);
+  const router_weights_read<R> w = router_gemm_weights(cfg, plan, w_router, w_noise);
 
   // One GEMM per routing group: a BLAS may round a row differently depending on how many rows its
   // call has, and per-group calls make every row's logits independent of the other groups (so a
@@ -343,7 +352,7 @@ void router_backward(const Space& sp, const typename Router::config& cfg, const 
   }
   // ∂L/∂x̃ = ∂raw · W_rᵀ (+ ∂noise_pre · W_noiseᵀ), per group for the reason given in router_forward,
   // with the weights the forward's GEMMs read (bfloat16 router: the rounded copies it left in the plan).
-  const router_weights_read<R> w = read_router_weights(sp, cfg, plan, w_router, w_noise, false);
+  const router_weights_read<R> w = router_gemm_weights(cfg, plan, w_router, w_noise);
   for (int g = 0; g < s.groups; ++g) {
     const index_t t0 = index_t(g) * S;
     sp.gemm(op::none, op::transpose, index_t(S), d, E, R(1), plan.draw + t0 * E, E, w.router, E, R(0),
