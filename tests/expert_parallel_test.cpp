@@ -13,6 +13,8 @@
 #include <moe/parallel/expert_parallel.hpp>
 #include <moe/parallel/in_process.hpp>
 
+#include "custom_policies.hpp"  // examples/: policies written outside the library
+
 namespace {
 
 // Runs body(rank, comm) on `ranks` threads; returns each rank's exception (null if none). A rank
@@ -259,6 +261,24 @@ TEST_CASE("expert parallel = one layer: expert choice") {
     c.capacity.minimum = 1;
     check_equivalence<float, moe::expert_choice, moe::swiglu_ffn, moe::losses<moe::router_z_loss>>(ranks, c, 40, 13);
   }
+}
+
+TEST_CASE("expert parallel = one layer: policies of the user's own (examples/custom_policies.hpp)") {
+  // A loss written outside the library that reads per-group probability sums and declares a
+  // probability gradient, next to load balancing, and a user's activation: each rank adds its
+  // groups' part of the loss (the loss divides by total_groups), so R ranks give one layer's bits.
+  using losses = moe::losses<moe::load_balancing, example::mean_probability_kl>;
+  moe::layer<float, moe::top_k, example::squared_relu_ffn, losses>::config c{};
+  c.d_model = 12;
+  c.d_ff = 16;
+  c.num_experts = 8;
+  c.seed = 8;
+  c.group_size = 24;  // two routing groups per rank (48 tokens each)
+  c.router.k = 2;
+  c.capacity.train = 1.25;
+  c.losses.mean_probability_kl.weight = 0.5;  // large enough that its gradient shapes the router's
+  for (int ranks : {1, 2, 4})
+    check_equivalence<float, moe::top_k, example::squared_relu_ffn, losses>(ranks, c, 48, 14);
 }
 
 TEST_CASE("expert parallel = one layer in bfloat16 and float16 storage (float32 master gradients)") {
