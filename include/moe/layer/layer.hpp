@@ -37,9 +37,11 @@
 #include "moe/core/rng.hpp"
 #include "moe/core/tensor.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/dispatch/concepts.hpp"
 #include "moe/dispatch/one_hot.hpp"
 #include "moe/dispatch/padded.hpp"
 #include "moe/dispatch/sorted.hpp"
+#include "moe/experts/concepts.hpp"
 #include "moe/experts/ffn.hpp"
 #include "moe/host/space.hpp"
 #include "moe/layer/statistics.hpp"
@@ -206,6 +208,8 @@ class layer_core {
   static_assert(router_policy<router_type>, "moe::layer: the router does not satisfy moe::router_policy");
   static_assert(capacity_policy<capacity_type>,
                 "moe::layer: the capacity policy does not satisfy moe::capacity_policy");
+  static_assert(expert_ffn<expert_type>, "moe::layer: the expert FFN does not satisfy moe::expert_ffn");
+  static_assert(dispatcher<dispatch_type>, "moe::layer: the dispatcher does not satisfy moe::dispatcher");
   static_assert(!(dispatch_type::needs_static_capacity && !capacity_type::static_capacity),
                 "moe::layer: padded_dispatch and one_hot_dispatch need a static capacity; use capacity_factor, or "
                 "use sorted_dispatch for dropless routing");
