@@ -1,7 +1,7 @@
 // Expert parallelism with the in-process communicator: R ranks (threads) holding E/R experts each
 // compute, bit for bit, what one moe::layer holding every expert computes on the same global batch,
 // for R ∈ {1, 2, 4, 8}, top-1 and top-2, capacity and dropless, with jitter, noise and dropout, in
-// float32, bfloat16 and float16 storage.
+// float32, bfloat16 and float16 storage, and with policies of the user's own.
 // Bad setups fail on every rank with a clear error, never a hang.
 #include "test_util.hpp"
 
