@@ -4,6 +4,7 @@
 #   ACTION=consumer           configure, build and ctest a consumer project (MODE=find_package|add_subdirectory)
 #   ACTION=build              `cmake --build` the parent build's TARGETS (comma-separated); expect success,
 #                             or with EXPECT_ERROR=<text> a failure whose static_assert diagnostic has <text>
+#                             (OBJECT_DIR: the TARGETS' objects, removed first so that the compiler runs)
 #   ACTION=compare            run executables A and B; both must succeed and print the same bytes
 #
 # SETTINGS is written by tests/packaging/CMakeLists.txt at configure time (generator, compilers,
@@ -105,6 +106,9 @@ elseif(ACTION STREQUAL "build")
     set(config_args --config "${CONFIG}")
   endif()
   string(REPLACE "," ";" TARGETS "${TARGETS}")
+  if(DEFINED OBJECT_DIR)
+    file(REMOVE_RECURSE "${OBJECT_DIR}")
+  endif()
   execute_process(COMMAND "${CMAKE_COMMAND}" --build "${MOE_PKG_PARENT_BINARY_DIR}" --target ${TARGETS} ${config_args}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
   message("${out}")

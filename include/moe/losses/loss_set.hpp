@@ -29,10 +29,25 @@ concept aux_loss = policy_of_kind<L, loss_kind> && std::default_initializable<ty
                      { L::from(n) } -> std::same_as<const typename L::config&>;
                      { L::template value<float>(L::from(n), in) } -> std::same_as<float>;
                      { L::from(n).weight } -> std::convertible_to<double>;
-                   };
+                   } &&
+                   // Each gradient hook the loss declares, callable as the routing backward calls it
+                   // (a declared hook that is missing would otherwise fail deep inside route.hpp).
+                   (!L::has_prob_grad || requires(const typename L::config& c, const loss_inputs<float>& in) {
+                     { L::template prob_grad<float>(c, in, 0, 0) } -> std::convertible_to<float>;
+                   }) &&
+                   (!L::has_logit_grad || requires(const typename L::config& c, const loss_inputs<float>& in) {
+                     { L::template logit_grad<float>(c, in, index_t(0), 0) } -> std::convertible_to<float>;
+                   }) &&
+                   (!L::has_gate_grad || requires(const typename L::config& c, const loss_inputs<float>& in) {
+                     { L::template gate_grad<float>(c, in, 0, 0) } -> std::convertible_to<float>;
+                   });
 
-template <aux_loss... Ls>
+// Checked with a static_assert rather than a constraint on Ls, so that the message names the
+// concept the way moe::layer's checks of the other policy kinds do.
+template <class... Ls>
 struct losses {
+  static_assert((aux_loss<Ls> && ...),
+                "moe::losses<...>: a loss does not satisfy moe::aux_loss (docs/policies.md lists its members)");
   using policy_kind = loss_set_kind;
   static constexpr int count = int(sizeof...(Ls));
   static_assert(((detail::count_of_kind<loss_kind, Ls> == 1) && ...));
