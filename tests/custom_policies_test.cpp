@@ -9,6 +9,8 @@
 #include "custom_policies.hpp"
 
 static_assert(moe::aux_loss<example::mean_probability_kl>);
+static_assert(moe::expert_activation<example::squared_relu>);
+static_assert(moe::expert_ffn<example::squared_relu_ffn>);
 
 namespace {
 

@@ -2,8 +2,22 @@
 #pragma once
 
 #include <cmath>
+#include <concepts>
 
 #include "moe/core/config.hpp"
+
+namespace moe {
+
+// What moe::ffn<Act> calls: a name and f, df as templates on the compute type (float here; the
+// layer also instantiates them for double, and for the CUDA space as MOE_HOST_DEVICE functions).
+template <class A>
+concept expert_activation = requires(float x) {
+  { A::name } -> std::convertible_to<const char*>;
+  { A::template f<float>(x) } -> std::convertible_to<float>;
+  { A::template df<float>(x) } -> std::convertible_to<float>;
+};
+
+}  // namespace moe
 
 namespace moe::activation {
 

@@ -148,6 +148,8 @@ void expert_gemm_tn(const Space& sp, const row_map& rows, int E, index_t m, inde
 
 template <class Activation, bool Gated = false>
 struct ffn {
+  static_assert(expert_activation<Activation>,
+                "moe::ffn<Act>: the activation does not satisfy moe::expert_activation (name, f<R>(x), df<R>(x))");
   using policy_kind = expert_kind;
   using activation = Activation;
   static constexpr bool gated = Gated;
