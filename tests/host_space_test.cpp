@@ -974,22 +974,29 @@ TEST_CASE("grouped_gemm_tn matches per-group naive loops, empty groups scaled by
 }
 
 TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give zeros") {
-  const moe::host h(2);
-  for (const auto& [groups, rows, cols] : {std::tuple{1, 1000, 8}, std::tuple{5, 37, 1}, std::tuple{3, 64, 33}}) {
-    CAPTURE(groups);
-    CAPTURE(rows);
-    CAPTURE(cols);
-    const auto v = random_values<float>(std::size_t(groups) * std::size_t(rows) * std::size_t(cols), 61);
-    std::vector<float> out(std::size_t(groups * cols), nan_f);
-    h.group_row_sums(groups, rows, cols,
-                     [&](moe::index_t r, moe::index_t c) { return v[std::size_t(r * cols + c)]; }, out.data());
-    for (int g = 0; g < groups; ++g)
-      for (moe::index_t c = 0; c < cols; ++c) {
-        float want = 0;  // the documented order: rows ascending, in float
-        for (moe::index_t r = 0; r < rows; ++r) want += v[std::size_t((g * rows + r) * cols + c)];
-        REQUIRE(out[std::size_t(g * cols + c)] == want);
-      }
+  // Column blocks of 16 (a partial last block at 33 and 257 columns), and sums large enough to be
+  // spread over the pool (2 × 300 × 257), on one, two and three threads.
+  for (const int threads : {1, 2, 3}) {
+    const moe::host h(threads);
+    for (const auto& [groups, rows, cols] :
+         {std::tuple{1, 1000, 8}, std::tuple{5, 37, 1}, std::tuple{3, 64, 33}, std::tuple{2, 300, 257}}) {
+      CAPTURE(threads);
+      CAPTURE(groups);
+      CAPTURE(rows);
+      CAPTURE(cols);
+      const auto v = random_values<float>(std::size_t(groups) * std::size_t(rows) * std::size_t(cols), 61);
+      std::vector<float> out(std::size_t(groups * cols), nan_f);
+      h.group_row_sums(groups, rows, cols,
+                       [&](moe::index_t r, moe::index_t c) { return v[std::size_t(r * cols + c)]; }, out.data());
+      for (int g = 0; g < groups; ++g)
+        for (moe::index_t c = 0; c < cols; ++c) {
+          float want = 0;  // the documented order: rows ascending, in float
+          for (moe::index_t r = 0; r < rows; ++r) want += v[std::size_t((g * rows + r) * cols + c)];
+          REQUIRE(out[std::size_t(g * cols + c)] == want);
+        }
+    }
   }
+  const moe::host h(2);
   std::vector<double> out(6, nan_d);
   h.group_row_sums(2, 0, 3, [](moe::index_t, moe::index_t) { return 1.0; }, out.data());
   for (double x : out) CHECK(x == 0.0);

@@ -96,15 +96,28 @@ class host {
   //   out[g·cols + c] = Σ_{r < rows} f(g·rows + r, c)   (f(index_t row, index_t col) → R),
   // added in row order (the CUDA space adds in a fixed tree order: the same bits run to run).
   // The routing statistics the auxiliary losses read are such sums over each group's tokens.
+  // Columns are summed in blocks of group_sum_columns: a block walks its group's rows once, reading
+  // adjacent columns of each row (a cache line of floats), where one column at a time would stride
+  // down the matrix (router probabilities at E = 256: a 1 KiB stride). Each column still adds its
+  // rows in order, so the bits are those of a column walk. Blocks go to the pool's threads when the
+  // sums are large enough to be worth a fork-join.
   template <class R, class F>
   void group_row_sums(int groups, index_t rows, index_t cols, F&& f, R* out) const {
     if (groups <= 0 || cols <= 0) return;
-    parallel_for(index_t(groups) * cols, [&](index_t i) {
-      const index_t g = i / cols, c = i - g * cols;
-      R acc = 0;
-      for (index_t r = g * rows; r < (g + 1) * rows; ++r) acc += f(r, c);
-      out[i] = acc;
-    });
+    constexpr index_t width = group_sum_columns;
+    const index_t blocks = (cols + width - 1) / width, n = index_t(groups) * blocks;
+    const auto block = [&](index_t i) {
+      const index_t g = i / blocks, c0 = (i - g * blocks) * width, w = std::min(width, cols - c0);
+      R acc[width];
+      for (index_t j = 0; j < w; ++j) acc[j] = R(0);
+      for (index_t r = g * rows; r < (g + 1) * rows; ++r)
+        for (index_t j = 0; j < w; ++j) acc[j] += f(r, c0 + j);
+      for (index_t j = 0; j < w; ++j) out[g * cols + c0 + j] = acc[j];
+    };
+    if (n > 1 && index_t(groups) * rows * cols >= group_sum_parallel_elements)
+      parallel_tasks(n, block);
+    else
+      for (index_t i = 0; i < n; ++i) block(i);
   }
 
   // ---- scans, sorts, histograms -------------------------------------------------------------
@@ -264,6 +277,11 @@ class host {
   }
 
  private:
+  // group_row_sums: columns per block, and the elements from which its blocks are spread over the
+  // pool (a polled fork-join costs about as much as summing a few thousand elements).
+  static constexpr index_t group_sum_columns = 16;
+  static constexpr index_t group_sum_parallel_elements = index_t(1) << 14;
+
   static std::shared_ptr<detail::thread_pool> shared_pool() {
     static const std::shared_ptr<detail::thread_pool> pool = [] {
       int n = available_cpus();
