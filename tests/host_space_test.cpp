@@ -432,46 +432,71 @@ TEST_CASE("host: histogram counts keys in [0, bins) and ignores the rest") {
 // ---- radix sort --------------------------------------------------------------------------------
 
 TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on the low key_bits") {
-  const moe::host h(2);
+  // Key families: `pooled` (most keys from 37 values, the rest arbitrary), `sparse` (bytes 1 to 3
+  // the same in every key: those passes are skipped, two or one left), `equal` (one key: no pass).
+  // From 2^20 pairs the passes are split over the threads: two chunks at 1048583 pairs on two
+  // threads, three at 1600003 on three.
+  enum class family { pooled, sparse, equal };
+  struct sort_case {
+    int threads;
+    moe::index_t n;
+    std::vector<int> key_bits;
+  };
+  const std::vector<int> every_width{0, 1, 8, 20, 33, 40, 64};
+  const std::vector<sort_case> cases{{2, 0, every_width},       {2, 1, every_width}, {2, 1000, every_width},
+                                     {2, 100003, every_width},  {1, 100003, {33, 64}},
+                                     {2, 1048583, {20, 40, 64}}, {3, 1600003, {40}}};
   std::mt19937_64 gen(99);
-  for (int key_bits : {0, 1, 8, 20, 33, 40, 64}) {
-    const std::uint64_t mask = key_bits == 64 ? ~0ull : (1ull << key_bits) - 1;
-    for (moe::index_t n : {0, 1, 1000, 100003}) {
-      for (bool garbage_above : {false, true}) {
-        if (garbage_above && key_bits == 64) continue;
-        CAPTURE(key_bits);
-        CAPTURE(n);
-        CAPTURE(garbage_above);
-        // Many duplicates: most keys come from a pool of 37 values; the rest are arbitrary.
-        std::vector<std::uint64_t> pool(37);
-        for (auto& p : pool) p = gen() & mask;
-        std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
-        for (auto& k : keys) {
-          k = (gen() % 4 != 0) ? pool[gen() % pool.size()] : (gen() & mask);
-          if (garbage_above) k |= gen() & ~mask;  // bits the sort must ignore
+  for (const sort_case& sc : cases) {
+    const moe::host h(sc.threads);
+    const moe::index_t n = sc.n;
+    for (const int key_bits : sc.key_bits) {
+      const std::uint64_t mask = key_bits == 64 ? ~0ull : (1ull << key_bits) - 1;
+      for (const family fam : {family::pooled, family::sparse, family::equal}) {
+        for (bool garbage_above : {false, true}) {
+          if (garbage_above && key_bits == 64) continue;
+          CAPTURE(sc.threads);
+          CAPTURE(key_bits);
+          CAPTURE(n);
+          CAPTURE(int(fam));
+          CAPTURE(garbage_above);
+          std::vector<std::uint64_t> pool(37);
+          for (auto& p : pool) p = gen() & mask;
+          const std::uint64_t one = gen() & mask;
+          std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+          for (auto& k : keys) {
+            if (fam == family::pooled)
+              k = (gen() % 4 != 0) ? pool[gen() % pool.size()] : (gen() & mask);
+            else if (fam == family::sparse)
+              k = ((gen() & 0xffull) | (0x5a00ull) | ((gen() & 0xffull) << 32)) & mask;
+            else
+              k = one;
+            if (garbage_above) k |= gen() & ~mask;  // bits the sort must ignore
+          }
+          std::vector<int> values(static_cast<std::size_t>(n));
+          std::iota(values.begin(), values.end(), 0);
+          const auto keys_copy = keys;
+          const auto values_copy = values;
+
+          std::vector<int> order(values);
+          std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
+            return (keys[std::size_t(x)] & mask) < (keys[std::size_t(y)] & mask);
+          });
+          std::vector<std::uint64_t> want_keys(static_cast<std::size_t>(n));
+          for (std::size_t i = 0; i < order.size(); ++i) want_keys[i] = keys[std::size_t(order[i])];
+
+          std::vector<std::uint64_t> keys_out(std::size_t(n), 0xdeadull);
+          std::vector<int> values_out(std::size_t(n), -1);
+          const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
+          void* scratch = h.allocate(scratch_bytes);
+          h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits, scratch,
+                             scratch_bytes);
+          h.deallocate(scratch, scratch_bytes);
+          CHECK(values_out == order);    // stability: equal keys keep their input order
+          CHECK(keys_out == want_keys);  // keys travel whole, high bits included
+          CHECK(keys == keys_copy);      // inputs untouched
+          CHECK(values == values_copy);
         }
-        std::vector<int> values(static_cast<std::size_t>(n));
-        std::iota(values.begin(), values.end(), 0);
-        const auto keys_copy = keys;
-        const auto values_copy = values;
-
-        std::vector<int> order(values);
-        std::stable_sort(order.begin(), order.end(),
-                         [&](int x, int y) { return (keys[std::size_t(x)] & mask) < (keys[std::size_t(y)] & mask); });
-        std::vector<std::uint64_t> want_keys(static_cast<std::size_t>(n));
-        for (std::size_t i = 0; i < order.size(); ++i) want_keys[i] = keys[std::size_t(order[i])];
-
-        std::vector<std::uint64_t> keys_out(std::size_t(n), 0xdeadull);
-        std::vector<int> values_out(std::size_t(n), -1);
-        const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
-        void* scratch = h.allocate(scratch_bytes);
-        h.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits, scratch,
-                           scratch_bytes);
-        h.deallocate(scratch, scratch_bytes);
-        CHECK(values_out == order);       // stability: equal keys keep their input order
-        CHECK(keys_out == want_keys);     // keys travel whole, high bits included
-        CHECK(keys == keys_copy);         // inputs untouched
-        CHECK(values == values_copy);
       }
     }
   }
@@ -519,6 +544,25 @@ TEST_CASE("host: check_finite names the first non-finite element") {
   std::vector<moe::bfloat16> b(6, moe::bfloat16(2.0f));
   b[4] = moe::bfloat16(std::numeric_limits<float>::quiet_NaN());
   CHECK_THROWS_AS(h.check_finite(b.data(), 2, 3, "x", "row", "col"), moe::numeric_error);
+}
+
+TEST_CASE("host: check_finite over the pool's threads still names the first non-finite element") {
+  // 1000 × 256 elements: scanned in chunks from 65536 elements on a pool of several threads.
+  const moe::index_t rows = 1000, cols = 256;
+  for (const int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    const moe::host h(threads);
+    std::vector<float> x(std::size_t(rows * cols), 0.5f);
+    CHECK_NOTHROW(h.check_finite(x.data(), rows, cols, "router logits", "token", "expert"));
+    x.back() = std::numeric_limits<float>::quiet_NaN();  // the last element of the last chunk
+    CHECK_THROWS_WITH_AS(h.check_finite(x.data(), rows, cols, "router logits", "token", "expert"),
+                         "router logits: non-finite value nan at token 999, expert 255", moe::numeric_error);
+    // One in a late chunk, and an earlier one in a middle chunk: the earlier is named.
+    x[std::size_t(900 * cols + 3)] = std::numeric_limits<float>::infinity();
+    x[std::size_t(420 * cols + 17)] = -std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH_AS(h.check_finite(x.data(), rows, cols, "router logits", "token", "expert"),
+                         "router logits: non-finite value -inf at token 420, expert 17", moe::numeric_error);
+  }
 }
 
 // ---- parallel_for --------------------------------------------------------------------------------
