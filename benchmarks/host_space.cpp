@@ -8,6 +8,11 @@
 //                 what the fork-join itself costs, waking and waiting included
 //   vs_serial     the same loop on a one-thread host space / this one: above 1 when splitting the
 //                 call over the pool pays for its fork-join
+//
+// host/reduce_sum/n:<n>: host::reduce_sum of n random floats (blocks of 8-lane partial sums, added
+// pairwise; spread over the pool when large). Counters: GBps (the bytes read), vs_running_sum = the
+// time of a running sum in index order (what reduce_sum did before, serial) / this one.
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -68,9 +73,42 @@ void bm_parallel_for(benchmark::State& st, index_t n, int gap_us) {
   st.counters["threads"] = sp.threads();
 }
 
+// Seconds per running sum of p[0, n) in index order, over `calls` calls.
+double running_sum_seconds(const float* p, index_t n, int calls) {
+  const auto start = clock_type::now();
+  for (int c = 0; c < calls; ++c) {
+    float acc = 0.0f;
+    for (index_t i = 0; i < n; ++i) acc += p[i];
+    benchmark::DoNotOptimize(acc);
+  }
+  return std::chrono::duration<double>(clock_type::now() - start).count() / calls;
+}
+
+void bm_reduce_sum(benchmark::State& st, index_t n) {
+  const moe::host& sp = space();
+  const std::vector<float> v = random_values(std::size_t(n), 11, 0.5f, 1.5f);
+  const int calls = sizes().smoke ? 5 : int(std::max<index_t>(20, (index_t(1) << 26) / n));
+  running_sum_seconds(v.data(), n, calls);  // warm-up
+  const double running = running_sum_seconds(v.data(), n, calls);
+  float out = 0.0f;
+  for (auto _ : st) {
+    sp.reduce_sum(v.data(), n, &out);
+    benchmark::DoNotOptimize(out);
+  }
+  st.counters["GBps"] = rate(double(n) * sizeof(float) * 1e-9);
+  st.counters["vs_running_sum"] = ratio_to(running);
+  st.counters["threads"] = sp.threads();
+}
+
 }  // namespace
 
 void register_host_space_benchmarks() {
+  for (index_t n : {index_t(4096), index_t(65536), index_t(1) << 20}) {
+    const std::string name = "host/reduce_sum/n:" + std::to_string(n);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_reduce_sum(st, n); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   for (index_t n : {index_t(4096), index_t(65536)})
     for (int gap : {0, 20, 200}) {
       const std::string name =
