@@ -12,6 +12,11 @@
 // host/reduce_sum/n:<n>: host::reduce_sum of n random floats (blocks of 8-lane partial sums, added
 // pairwise; spread over the pool when large). Counters: GBps (the bytes read), vs_running_sum = the
 // time of a running sum in index order (what reduce_sum did before, serial) / this one.
+//
+// host/dropout_factors/run:<n>: moe::dropout_draws::factors (rate 0.1) over 4096 runs of n elements,
+// as the layers and the trainer draw their masks; causal: runs of 1 … 64 elements, as the rows of
+// causal attention. vs_block_loop = the time of a loop drawing one Philox block at a time and
+// deciding element by element (what factors did before) / this one; tokens_per_s counts elements.
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -100,9 +105,65 @@ void bm_reduce_sum(benchmark::State& st, index_t n) {
   st.counters["threads"] = sp.threads();
 }
 
+// The previous dropout_draws::factors: one block at a time, one decision per element.
+void block_loop_factors(const moe::dropout_draws& d, const moe::rng_stream& rng, std::uint64_t first,
+                        std::uint64_t n, float kept, float* out) {
+  for (std::uint64_t k = 0; k < n;) {
+    const std::uint64_t g = first + k;
+    const moe::philox4x32 bits = rng.bits(moe::dropout_draws::block_of(g));
+    const std::uint64_t stop = n - k < 8 - (g & 7u) ? n : k + 8 - (g & 7u);
+    for (; k < stop; ++k) out[k] = kept * float(d.keep(bits, first + k));
+  }
+}
+
+// run = 0: causal rows (run r has r mod 64 + 1 elements, starting at 64·r).
+template <class Draw>
+std::uint64_t draw_runs(int runs, std::uint64_t run, Draw&& draw) {
+  std::uint64_t elements = 0;
+  for (int r = 0; r < runs; ++r) {
+    const std::uint64_t n = run ? run : std::uint64_t(r % 64 + 1), first = run ? std::uint64_t(r) * run : 64u * r;
+    draw(first, n);
+    elements += n;
+  }
+  return elements;
+}
+
+void bm_dropout_factors(benchmark::State& st, std::uint64_t run) {
+  const moe::rng_stream rng{42, moe::rng_purpose::expert_dropout, 1, 7};
+  const moe::dropout_draws d = moe::dropout_draws::at_rate(0.1f);
+  const float kept = d.kept_scale<float>();
+  std::vector<float> out(256);
+  const int runs = 4096;
+  const int calls = sizes().smoke ? 2 : 50;
+  const auto reference = [&] {
+    return draw_runs(runs, run, [&](std::uint64_t first, std::uint64_t n) {
+      block_loop_factors(d, rng, first, n, kept, out.data());
+      benchmark::DoNotOptimize(out.data());
+    });
+  };
+  reference();  // warm-up
+  const auto start = clock_type::now();
+  for (int c = 0; c < calls; ++c) reference();
+  const double block_loop = std::chrono::duration<double>(clock_type::now() - start).count() / calls;
+  std::uint64_t elements = 0;
+  for (auto _ : st)
+    elements = draw_runs(runs, run, [&](std::uint64_t first, std::uint64_t n) {
+      d.factors(rng, first, n, kept, out.data());
+      benchmark::DoNotOptimize(out.data());
+    });
+  st.counters["tokens_per_s"] = rate(double(elements));
+  st.counters["vs_block_loop"] = ratio_to(block_loop);
+}
+
 }  // namespace
 
 void register_host_space_benchmarks() {
+  for (const std::uint64_t run : {std::uint64_t(256), std::uint64_t(0)}) {
+    const std::string name = "host/dropout_factors/run:" + (run ? std::to_string(run) : std::string("causal"));
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_dropout_factors(st, run); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   for (index_t n : {index_t(4096), index_t(65536), index_t(1) << 20}) {
     const std::string name = "host/reduce_sum/n:" + std::to_string(n);
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_reduce_sum(st, n); })

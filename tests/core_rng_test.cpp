@@ -9,6 +9,7 @@
 #include <ios>
 #include <numbers>
 #include <set>
+#include <string>
 #include <vector>
 
 #include <moe/core/rng.hpp>
@@ -97,6 +98,31 @@ TEST_CASE("rng: the same coordinates give the same bits, every time") {
     REQUIRE(moe::normal(s, i) == moe::normal(copy, i));
     REQUIRE(moe::truncated_normal(s, i, 0.5f) == moe::truncated_normal(copy, i, 0.5f));
   }
+}
+
+TEST_CASE("rng: bits_n gives bits block by block, across the index's 2^32 boundaries too") {
+  // On x86 CPUs with AVX2 the runs go eight blocks at a time (moe/core/philox_x86.hpp), falling back
+  // to one by one where the low index word wraps within eight; elsewhere one by one throughout.
+#if defined(MOE_PHILOX_AVX2)
+  MESSAGE((std::string("AVX2 path: ") + (moe::detail::cpu_has_avx2() ? "taken" : "not available on this CPU")));
+#endif
+  const moe::rng_stream streams[] = {{0x0123456789abcdefull, moe::rng_purpose::expert_dropout, 0xabcdef, 77},
+                                     {1, moe::rng_purpose::router_jitter, 0, 0},
+                                     {~0ull, moe::rng_purpose::user, 3, 0xffffffffu}};
+  const std::uint64_t firsts[] = {0, 5, 1000, 0xfffffff0ull, 0xfffffff9ull, 0x1fffffffaull, ~0ull - 40};
+  for (const auto& s : streams)
+    for (const std::uint64_t first : firsts)
+      for (std::uint64_t count = 0; count <= 41; ++count) {
+        CAPTURE(first);
+        CAPTURE(count);
+        std::vector<moe::philox4x32> got(count + 1, moe::philox4x32{{1, 2, 3, 4}});
+        s.bits_n(first, count, got.data());
+        for (std::uint64_t i = 0; i < count; ++i) {
+          const moe::philox4x32 want = s.bits(first + i);
+          for (int l = 0; l < 4; ++l) REQUIRE(got[i].v[l] == want.v[l]);
+        }
+        CHECK(got[count].v[0] == 1);  // nothing written past the run
+      }
 }
 
 TEST_CASE("rng: streams differing in seed, purpose, layer, step or index are unrelated") {
@@ -262,5 +288,34 @@ TEST_CASE("rng: dropout draws — eight per block, the rate quantised to 1/65536
     const double q = r.threshold / 65536.0, sd = std::sqrt(n * q * (1 - q));
     CHECK(std::abs(dropped - n * q) < 5 * sd);
     CHECK(std::abs(sum / n - 1.0) < 5 * sd / n / (1 - q));
+  }
+}
+
+TEST_CASE("rng: dropout factors over a run equal the element-by-element scales") {
+  // factors draws a run's blocks 32 at a time (rng_stream::bits_n): runs starting anywhere in a
+  // block, shorter and longer than a batch, past a 2^32 boundary of the block index.
+  const moe::rng_stream s{4242, moe::rng_purpose::expert_dropout, 6, 11};
+  for (const float rate : {0.1f, 0.4f}) {
+    const moe::dropout_draws d = moe::dropout_draws::at_rate(rate);
+    const float kept = d.kept_scale<float>();
+    for (const std::uint64_t base : {std::uint64_t(0), (std::uint64_t(0xffffffffu) << 3) - 100})
+      for (std::uint64_t offset = 0; offset < 17; ++offset)
+        for (const std::uint64_t n : {1, 7, 8, 9, 100, 255, 256, 257, 300, 1000}) {
+          CAPTURE(rate);
+          CAPTURE(base);
+          CAPTURE(offset);
+          CAPTURE(n);
+          const std::uint64_t first = base + offset;
+          std::vector<float> got(n + 1, -1.0f);
+          d.factors(s, first, n, kept, got.data());
+          int dropped = 0;
+          for (std::uint64_t k = 0; k < n; ++k) {
+            const std::uint64_t i = first + k;
+            REQUIRE(got[k] == d.scale<float>(s.bits(moe::dropout_draws::block_of(i)), i));
+            dropped += got[k] == 0.0f;
+          }
+          CHECK(got[n] == -1.0f);
+          if (n >= 1000) CHECK(dropped > 0);
+        }
   }
 }

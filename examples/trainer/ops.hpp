@@ -46,8 +46,15 @@ void apply_dropout(const Space& sp, const dropout_mask& m, const T* x, index_t n
   sp.parallel_for((n + run - 1) / run, [=] MOE_LAMBDA(index_t k) {
     const index_t first = k * run, count = n - first < run ? n - first : run;
     T keep[run];
-    m.factors(first, count, keep);
+    m.factors(first, count, keep);  // writes keep[0, count)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // g++ 12 does not follow factors' batches
+#endif
     for (index_t i = 0; i < count; ++i) y[first + i] = x[first + i] * keep[i];
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#pragma GCC diagnostic pop
+#endif
   });
 }
 

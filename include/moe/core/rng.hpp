@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "moe/core/config.hpp"
+#include "moe/core/philox_x86.hpp"
 
 namespace moe {
 
@@ -59,6 +60,26 @@ struct rng_stream {
                     (layer << 8) | (std::uint32_t(purpose) & 0xffu)}};
     return philox4x32_10(ctr, std::uint32_t(seed), std::uint32_t(seed >> 32));
   }
+
+  // out[i] = bits(first + i) for i < count: for loops that draw a run of consecutive blocks. On x86
+  // hosts with AVX2, eight blocks at a time (moe/core/philox_x86.hpp); elsewhere one by one.
+  MOE_HOST_DEVICE void bits_n(std::uint64_t first, std::uint64_t count, philox4x32* out) const {
+    std::uint64_t i = 0;
+#if defined(MOE_PHILOX_AVX2) && !defined(__CUDA_ARCH__)
+    if (count >= 8 && detail::cpu_has_avx2()) {
+      const std::uint32_t c3 = (layer << 8) | (std::uint32_t(purpose) & 0xffu);
+      for (; i + 8 <= count; i += 8) {
+        const std::uint64_t c = first + i;
+        if (std::uint32_t(c) > 0xfffffff8u) break;  // the low word wraps within these eight: one by one
+        std::uint32_t w[4][8];
+        detail::philox8_avx2(std::uint32_t(c), std::uint32_t(c >> 32), step, c3, std::uint32_t(seed),
+                             std::uint32_t(seed >> 32), w);
+        for (int b = 0; b < 8; ++b) out[i + std::uint64_t(b)] = philox4x32{{w[0][b], w[1][b], w[2][b], w[3][b]}};
+      }
+    }
+#endif
+    for (; i < count; ++i) out[i] = bits(first + i);
+  }
 };
 
 // A word mapped to [0, 1) with 24 random bits (exactly representable in float).
@@ -91,14 +112,36 @@ struct dropout_draws {
   // out[k] = the factor (0 or `kept`, which is kept_scale<R>()) of element first + k, for k < n:
   // one Philox block per eight elements, and no branch per element (a dropped element is a coin
   // flip the branch predictor cannot learn).
+  // The host draws the blocks of a run 32 at a time (rng_stream::bits_n); a device thread, whose
+  // run is an element or a few, one at a time (no block array in its local memory).
   template <class R>
   MOE_HOST_DEVICE void factors(const rng_stream& rng, std::uint64_t first, std::uint64_t n, R kept, R* out) const {
+#if defined(__CUDA_ARCH__)
     for (std::uint64_t k = 0; k < n;) {
       const std::uint64_t g = first + k;
       const philox4x32 bits = rng.bits(block_of(g));
       const std::uint64_t stop = n - k < 8 - (g & 7u) ? n : k + 8 - (g & 7u);
       for (; k < stop; ++k) out[k] = kept * R(keep(bits, first + k));
     }
+#else
+    constexpr std::uint64_t batch = 32;
+    philox4x32 blocks[batch];
+    std::uint16_t draw[8 * batch];  // draw[8·b + e]: the 16-bit draw of element e of block b0 + b
+    // Elements [k, k + len) of each step lie in the batch of blocks from block_of(first + k).
+    for (std::uint64_t k = 0, len = 0; k < n; k += len) {
+      const std::uint64_t at = (first + k) & 7u, room = 8 * batch - at;
+      len = n - k < room ? n - k : room;
+      const std::uint64_t b0 = block_of(first + k), count = (at + len + 7) / 8;
+      rng.bits_n(b0, count, blocks);
+      for (std::uint64_t b = 0; b < count; ++b)
+        for (int e = 0; e < 8; ++e)
+          draw[8 * b + std::uint64_t(e)] = std::uint16_t(blocks[b].v[e >> 1] >> ((e & 1) * 16));
+      // Then one comparison per element, as arithmetic (the sign bit of draw − threshold: 1 when
+      // dropped) that vectorises; written as a comparison, the compiler branched on the coin flip.
+      for (std::uint64_t j = 0; j < len; ++j)
+        out[k + j] = kept * R(std::int32_t(1u - ((std::uint32_t(draw[at + j]) - threshold) >> 31)));
+    }
+#endif
   }
   // The scale of a kept element (hoist it out of loops: it is a division).
   template <class R>
@@ -115,13 +158,13 @@ struct dropout_draws {
 // Standard normal for element `index` (Box–Muller on lanes 0 and 1). Computed in double and rounded
 // to float, so host and device agree unless the double results (each within an ulp or two of the
 // exact value) straddle a float rounding boundary: about one draw in 10^8.
-MOE_HOST_DEVICE float normal(const rng_stream& s, std::uint64_t index) {
-  const philox4x32 w = s.bits(index);
+MOE_HOST_DEVICE float normal_from_block(const philox4x32& w) {
   const double u1 = uniform01_open_low(w.v[0]);
   const double u2 = uniform01(w.v[1]);
   const double r = std::sqrt(-2.0 * std::log(u1));
   return float(r * std::cos(6.283185307179586 * u2));
 }
+MOE_HOST_DEVICE float normal(const rng_stream& s, std::uint64_t index) { return normal_from_block(s.bits(index)); }
 
 // Normal with mean 0 and standard deviation `stddev`, redrawn until it lies within two standard
 // deviations (TensorFlow's truncated_normal_initializer, used by Mesh-TF and the Switch

@@ -93,19 +93,19 @@ MOE_HOST_DEVICE float jitter_factor(const rng_stream& s, float epsilon, index_t 
   return jitter_from_word(s.bits(i >> 2).v[i & 3u], epsilon);
 }
 // jitter_factor(s, ε, t, j, d) for j in [first, end), into factor[0 .. end − first); at most
-// MaxColumns columns. The blocks are generated in a loop of their own, which vectorises.
+// MaxColumns columns. The blocks are drawn as one run first (rng_stream::bits_n).
 template <index_t MaxColumns>
 MOE_HOST_DEVICE void jitter_factors(const rng_stream& s, float epsilon, index_t t, index_t first, index_t end,
                                     index_t d_model, float* factor) {
   const auto i0 = std::uint64_t(t * d_model + first), i1 = std::uint64_t(t * d_model + end);
   const std::uint64_t b0 = i0 >> 2, blocks = ((i1 + 3) >> 2) - b0;
-  std::uint32_t words[4 * ((MaxColumns + 6) / 4 + 1)];
-  for (std::uint64_t b = 0; b < blocks; ++b) {
-    const philox4x32 w = s.bits(b0 + b);
-    for (int lane = 0; lane < 4; ++lane) words[4 * b + std::uint64_t(lane)] = w.v[lane];
-  }
+  philox4x32 words[(MaxColumns + 6) / 4 + 1];
+  s.bits_n(b0, blocks, words);
   const std::uint64_t skip = i0 - 4 * b0;
-  for (index_t j = 0; j < end - first; ++j) factor[j] = jitter_from_word(words[skip + std::uint64_t(j)], epsilon);
+  for (index_t j = 0; j < end - first; ++j) {
+    const std::uint64_t q = skip + std::uint64_t(j);
+    factor[j] = jitter_from_word(words[q >> 2].v[q & 3u], epsilon);
+  }
 }
 
 // Final logit h of expert e of token t from its raw logit (and learned-noise pre-activation): noise
