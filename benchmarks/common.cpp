@@ -149,9 +149,10 @@ void set_load_counters(benchmark::State& st, const std::vector<std::int64_t>& ro
 
 dense_ffn::dense_ffn(const dense_shape& s) : s_(s) {
   const std::size_t df = std::size_t(s.d) * std::size_t(s.f), tf = std::size_t(s.tokens) * std::size_t(s.f);
-  auto scaled = [](std::vector<float> v, float scale) {
-    for (auto& x : v) x *= scale;
-    return v;
+  auto scaled = [](const std::vector<float>& v, float scale) {
+    host_vector out(v.begin(), v.end());
+    for (auto& x : out) x *= scale;
+    return out;
   };
   w_in_ = scaled(random_values(df, 11), 1.0f / std::sqrt(float(s.d)));
   w_out_ = scaled(random_values(df, 12), 1.0f / std::sqrt(float(s.f)));

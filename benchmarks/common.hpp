@@ -150,6 +150,24 @@ inline benchmark::Counter ratio_to(double reference_seconds) { return rate(refer
 // dropped fraction (pairs for token choice, tokens without expert for expert choice).
 void set_load_counters(benchmark::State& st, const std::vector<std::int64_t>& routed_per_expert, double dropped);
 
+// A std::vector over moe::host memory: large buffers get the layers' placement (2 MiB-aligned, huge
+// pages where Linux gives them), so the dense baseline's weights and activations are placed as the
+// layer's are.
+template <class T>
+struct host_allocator {
+  using value_type = T;
+  host_allocator() = default;
+  template <class U>
+  host_allocator(const host_allocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(space().allocate(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t n) { space().deallocate(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const host_allocator<U>&) const {
+    return true;
+  }
+};
+using host_vector = std::vector<float, host_allocator<float>>;
+
 // ---- the dense baseline ---------------------------------------------------------------------------
 // y = act(x·W_in) [⊙ (x·W_up)] · W_out and its backward, written directly with moe::host::gemm (one
 // GEMM per projection, over all T tokens) and one parallel element-wise pass, in float32. This is
@@ -171,8 +189,8 @@ class dense_ffn {
 
  private:
   dense_shape s_;
-  std::vector<float> w_in_, w_up_, w_out_, g_in_, g_up_, g_out_;
-  std::vector<float> pre_, lin_, hidden_, dh_, dlin_;
+  host_vector w_in_, w_up_, w_out_, g_in_, g_up_, g_out_;
+  host_vector pre_, lin_, hidden_, dh_, dlin_;
 };
 
 // Median seconds of a dense forward (or forward + backward) of this shape, measured now.

@@ -233,6 +233,40 @@ TEST_CASE("host: allocate is 256-byte aligned; copy and fill_zero move the bytes
     CHECK(reinterpret_cast<std::uintptr_t>(p) % moe::workspace_alignment == 0);
     h.deallocate(p, bytes);
   }
+  // From huge_page_bytes (2 MiB) on, buffers start on a 2 MiB boundary (huge-page advice on Linux)
+  // and hold what is written to them; sizes on either side of the threshold free correctly.
+  for (std::size_t bytes : {moe::host::huge_page_bytes - 1, moe::host::huge_page_bytes, std::size_t(5) << 20}) {
+    CAPTURE(bytes);
+    auto* p = static_cast<unsigned char*>(h.allocate(bytes));
+    REQUIRE(p != nullptr);
+    const std::size_t want = bytes < moe::host::huge_page_bytes ? moe::workspace_alignment : moe::host::huge_page_bytes;
+    CHECK(reinterpret_cast<std::uintptr_t>(p) % want == 0);
+    for (std::size_t i = 0; i < bytes; i += 4093) p[i] = static_cast<unsigned char>(i * 7);
+    p[bytes - 1] = 0xab;
+    bool same = p[bytes - 1] == 0xab;
+    for (std::size_t i = 0; i + 1 < bytes; i += 4093) same = same && p[i] == static_cast<unsigned char>(i * 7);
+    CHECK(same);
+    h.deallocate(p, bytes);
+  }
+  // $MOE_HUGE_PAGES: 0 or 1 (the advice only: the alignment stays); anything else is named.
+  {
+    const char* saved = std::getenv("MOE_HUGE_PAGES");
+    const std::string saved_value = saved ? saved : "";
+    for (const char* value : {"0", "1"}) {
+      ::setenv("MOE_HUGE_PAGES", value, 1);
+      void* p = h.allocate(moe::host::huge_page_bytes);
+      CHECK(reinterpret_cast<std::uintptr_t>(p) % moe::host::huge_page_bytes == 0);
+      h.deallocate(p, moe::host::huge_page_bytes);
+    }
+    ::setenv("MOE_HUGE_PAGES", "yes", 1);
+    CHECK_THROWS_WITH_AS(h.allocate(moe::host::huge_page_bytes),
+                         doctest::Contains("MOE_HUGE_PAGES: 'yes' is neither 0 nor 1"), moe::invalid_argument);
+    CHECK_NOTHROW(h.deallocate(h.allocate(4096), 4096));  // small buffers never ask
+    if (saved)
+      ::setenv("MOE_HUGE_PAGES", saved_value.c_str(), 1);
+    else
+      ::unsetenv("MOE_HUGE_PAGES");
+  }
   std::vector<int> src(1000), dst(1000, -1), back(1000, -1);
   std::iota(src.begin(), src.end(), 7);
   h.copy_from_host(dst.data(), src.data(), src.size() * sizeof(int));
