@@ -17,6 +17,11 @@
 // as the layers and the trainer draw their masks; causal: runs of 1 … 64 elements, as the rows of
 // causal attention. vs_block_loop = the time of a loop drawing one Philox block at a time and
 // deciding element by element (what factors did before) / this one; tokens_per_s counts elements.
+//
+// host/philox/blocks:<n>: rng_stream::bits_n drawing n consecutive Philox-4x32-10 blocks on one
+// thread (eight at a time with AVX2 on x86, moe/core/philox_x86.hpp). Counters: ns_per_block,
+// vs_one_by_one = the time of n calls of rng_stream::bits (the scalar rounds) / this one, avx2 = 1
+// when the eight-block path ran.
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -155,9 +160,50 @@ void bm_dropout_factors(benchmark::State& st, std::uint64_t run) {
   st.counters["vs_block_loop"] = ratio_to(block_loop);
 }
 
+// Seconds per draw of n blocks one at a time, over `calls` calls.
+double one_by_one_seconds(const moe::rng_stream& rng, std::uint64_t n, moe::philox4x32* out, int calls) {
+  const auto start = clock_type::now();
+  for (int c = 0; c < calls; ++c) {
+    for (std::uint64_t i = 0; i < n; ++i) out[i] = rng.bits(std::uint64_t(c) * n + i);
+    benchmark::DoNotOptimize(out);
+    benchmark::ClobberMemory();
+  }
+  return std::chrono::duration<double>(clock_type::now() - start).count() / calls;
+}
+
+void bm_philox(benchmark::State& st, std::uint64_t n) {
+  const moe::rng_stream rng{7, moe::rng_purpose::init, 1, 0};
+  std::vector<moe::philox4x32> out(n);
+  const int calls = sizes().smoke ? 2 : int(std::max<std::uint64_t>(20, (std::uint64_t(1) << 22) / n));
+  one_by_one_seconds(rng, n, out.data(), calls);  // warm-up
+  const double one_by_one = one_by_one_seconds(rng, n, out.data(), calls);
+  std::uint64_t first = 0;
+  const auto start = clock_type::now();
+  for (auto _ : st) {
+    rng.bits_n(first, n, out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    first += n;
+  }
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  st.counters["ns_per_block"] = seconds * 1e9 / (double(st.iterations()) * double(n));
+  st.counters["vs_one_by_one"] = ratio_to(one_by_one);
+#if defined(MOE_PHILOX_AVX2)
+  st.counters["avx2"] = moe::detail::cpu_has_avx2() ? 1.0 : 0.0;
+#else
+  st.counters["avx2"] = 0.0;
+#endif
+}
+
 }  // namespace
 
 void register_host_space_benchmarks() {
+  for (const std::uint64_t n : {std::uint64_t(32), std::uint64_t(4096)}) {
+    const std::string name = "host/philox/blocks:" + std::to_string(n);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_philox(st, n); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   for (const std::uint64_t run : {std::uint64_t(256), std::uint64_t(0)}) {
     const std::string name = "host/dropout_factors/run:" + (run ? std::to_string(run) : std::string("causal"));
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_dropout_factors(st, run); })

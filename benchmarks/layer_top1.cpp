@@ -2,6 +2,13 @@
 // (ReLU experts, capacity factor 1.25 in training, jitter 1e-2, load-balancing loss) with each
 // dispatcher, without its jitter, and with its fine-tuning expert dropout (0.4). Dense baseline: a
 // ReLU FFN of width d_ff.
+//
+// layer_init/switch_transformer/E:<E>: constructing the layer (allocating its parameters, gradients
+// and state, drawing the truncated-normal weights). Counters: params_per_s; vs_small_pages = the
+// same construction with MOE_HUGE_PAGES=0 (4 KiB page faults) / this one, as configured.
+#include <cstdlib>
+#include <optional>
+
 #include "layer_bench.hpp"
 
 namespace moe_bench {
@@ -37,9 +44,50 @@ void register_switch(const char* dispatch_name, const std::vector<int>& experts,
       expert_dropout > 0.0f ? std::vector<bool>{true} : std::vector<bool>{false, true});
 }
 
+// Seconds to construct and destroy one layer. Buffers this large come from mmap and go back on
+// destruction, so each construction faults its pages in afresh.
+template <class Layer>
+double construction_seconds(const typename Layer::config& cfg) {
+  const auto start = std::chrono::steady_clock::now();
+  {
+    Layer layer(cfg, space());
+    benchmark::DoNotOptimize(layer.router_weights().data);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void bm_switch_init(benchmark::State& st, int E) {
+  using preset = moe::presets::switch_transformer<float, moe::host, moe::sorted_dispatch>;
+  using Layer = preset::layer;
+  const auto cfg = preset::make_config(sizes().d_model, sizes().d_ff, E, 1);
+  // The baseline turns the huge-page advice off through its environment variable, then restores it.
+  const char* env = std::getenv("MOE_HUGE_PAGES");
+  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  ::setenv("MOE_HUGE_PAGES", "0", 1);
+  construction_seconds<Layer>(cfg);  // warm-up (the pool, the allocator)
+  const double small_pages = construction_seconds<Layer>(cfg);
+  if (saved) ::setenv("MOE_HUGE_PAGES", saved->c_str(), 1);
+  else ::unsetenv("MOE_HUGE_PAGES");
+  double params = 0.0;
+  for (auto _ : st) {
+    Layer layer(cfg, space());
+    params = double(layer.parameter_count());
+    benchmark::DoNotOptimize(layer.router_weights().data);
+  }
+  st.counters["params_per_s"] = rate(params);
+  st.counters["params_M"] = params * 1e-6;
+  st.counters["vs_small_pages"] = ratio_to(small_pages);
+}
+
 }  // namespace
 
 void register_layer_top1_benchmarks() {
+  for (const int E : sizes().layer_experts) {
+    const std::string name = "layer_init/switch_transformer/E:" + std::to_string(E);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_switch_init(st, E); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   const std::vector<int>& experts = sizes().layer_experts;
   const std::vector<int> first{experts.front()};
   register_switch<moe::sorted_dispatch>("sorted", experts);

@@ -341,6 +341,46 @@ TEST_CASE("jitter_factors: one Philox block per four elements gives jitter_facto
   CHECK(moe::jitter_factor(s, 0.05f, 0, 0, 8) != moe::jitter_factor(s, 0.05f, 0, 1, 8));
 }
 
+TEST_CASE("fill_truncated_normal: first draws taken in runs, redraws one by one, as the definition") {
+  // Initialisation draws the first attempts of a run of elements together (bits_n) and redraws only
+  // the rejected ones; both it and truncated_normal must give the definition, element by element. A
+  // tensor slice starting at `first` (a rank's experts; one crossing 2^32, where bits_n carries into
+  // the high index word), lengths that end mid-run, 1 and 3 threads, float and double storage.
+  const moe::rng_stream s{4242, moe::rng_purpose::init, 3, 0};
+  const std::uint64_t tensor = 5;
+  // The definition: attempt a draws the normal of step a, the first within ±2 is scaled.
+  const auto redrawn_until_within_two = [&](std::uint64_t index) {
+    moe::rng_stream attempt = s;
+    for (attempt.step = 0;; ++attempt.step) {
+      const float z = moe::normal(attempt, index);
+      if (z > -2.0f && z < 2.0f) return z * 0.3f;
+    }
+  };
+  for (const int threads : {1, 3})
+    for (const moe::index_t n : {moe::index_t(1), moe::index_t(700), moe::index_t(4099)})
+      for (const moe::index_t first : {moe::index_t(0), moe::index_t(77), (moe::index_t(1) << 32) - 100}) {
+        CAPTURE(threads);
+        CAPTURE(n);
+        CAPTURE(first);
+        const moe::host sp(threads);
+        std::vector<float> f(std::size_t(n), -7.0f);
+        std::vector<double> d(std::size_t(n), -7.0);
+        moe::detail::fill_truncated_normal(sp, f.data(), n, 0.3f, s, tensor, first);
+        moe::detail::fill_truncated_normal(sp, d.data(), n, 0.3f, s, tensor, first);
+        int redrawn = 0;
+        for (moe::index_t i = 0; i < n; ++i) {
+          const std::uint64_t index = (tensor << 40) | std::uint64_t(first + i);
+          const float want = redrawn_until_within_two(index);
+          REQUIRE(moe::truncated_normal(s, index, 0.3f) == want);
+          REQUIRE(f[std::size_t(i)] == want);
+          REQUIRE(d[std::size_t(i)] == double(want));
+          redrawn += std::fabs(moe::normal(s, index)) >= 2.0f;
+        }
+        // ~4.6 % of first draws are rejected: the longer tensors exercise the redraw.
+        if (n > 4000) CHECK(redrawn > 100);
+      }
+}
+
 TEST_CASE("bfloat16 router (ablating Switch's selective precision): rounded logits and probabilities") {
   // Identity router, so the raw logits are the inputs. bfloat16 keeps 8 significant bits: the
   // spacing is 2^-7 in [1, 2), 2^-8 in [0.5, 1) and 2^-9 in [0.25, 0.5).

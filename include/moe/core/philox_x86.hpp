@@ -5,8 +5,9 @@
 // the baseline instruction set, so only this function is compiled for AVX2 (its target attribute)
 // and it runs after a run-time check of the CPU. Each round multiplies the eight counters' two
 // multiplied words with two vpmuludq per word (even lanes, then odd lanes shifted down) and puts the
-// halves back with blends: 4.5 ns per block against 9–10 ns for the scalar loop on this project's
-// VM (SSE2's four lanes gained 5 %). The bits are those of philox4x32_10 (tests/core_rng_test.cpp).
+// halves back with blends: 4.2–4.3 ns per block, 1.9–2.2x the scalar loop on this project's VM
+// (benchmark host/philox/blocks; SSE2's four lanes gained 5 %). The bits are those of philox4x32_10
+// (tests/core_rng_test.cpp).
 // nvcc does not compile it: CUDA translation units use the scalar loop, host and device alike.
 #pragma once
 

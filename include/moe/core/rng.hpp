@@ -54,10 +54,12 @@ struct rng_stream {
   std::uint32_t layer = 0;  // 24 bits are used
   std::uint32_t step = 0;
 
+  // The counter's last word: layer and purpose (see the layout above).
+  MOE_HOST_DEVICE std::uint32_t layer_purpose_word() const { return (layer << 8) | (std::uint32_t(purpose) & 0xffu); }
+
   // Four independent 32-bit words for element `index`.
   MOE_HOST_DEVICE philox4x32 bits(std::uint64_t index) const {
-    philox4x32 ctr{{std::uint32_t(index), std::uint32_t(index >> 32), step,
-                    (layer << 8) | (std::uint32_t(purpose) & 0xffu)}};
+    philox4x32 ctr{{std::uint32_t(index), std::uint32_t(index >> 32), step, layer_purpose_word()}};
     return philox4x32_10(ctr, std::uint32_t(seed), std::uint32_t(seed >> 32));
   }
 
@@ -67,7 +69,7 @@ struct rng_stream {
     std::uint64_t i = 0;
 #if defined(MOE_PHILOX_AVX2) && !defined(__CUDA_ARCH__)
     if (count >= 8 && detail::cpu_has_avx2()) {
-      const std::uint32_t c3 = (layer << 8) | (std::uint32_t(purpose) & 0xffu);
+      const std::uint32_t c3 = layer_purpose_word();
       for (; i + 8 <= count; i += 8) {
         const std::uint64_t c = first + i;
         if (std::uint32_t(c) > 0xfffffff8u) break;  // the low word wraps within these eight: one by one
@@ -170,12 +172,18 @@ MOE_HOST_DEVICE float normal(const rng_stream& s, std::uint64_t index) { return 
 // deviations (TensorFlow's truncated_normal_initializer, used by Mesh-TF and the Switch
 // Transformer; the standard deviation of the result is about 0.88·stddev, as there).
 // Redraws advance the step field of the stream, which initialisation does not otherwise use.
-MOE_HOST_DEVICE float truncated_normal(rng_stream s, std::uint64_t index, float stddev) {
-  for (std::uint32_t attempt = 0;; ++attempt) {
+MOE_HOST_DEVICE float truncated_normal_from(rng_stream s, std::uint64_t index, float stddev, float first_z) {
+  // `first_z` is attempt 0 (step 0), drawn by the caller: fill_truncated_normal draws the first
+  // attempts of a run of elements together, so only a rejected draw costs more here.
+  for (std::uint32_t attempt = 1;; ++attempt) {
+    if (first_z > -2.0f && first_z < 2.0f) return first_z * stddev;
     s.step = attempt;
-    const float z = normal(s, index);
-    if (z > -2.0f && z < 2.0f) return z * stddev;
+    first_z = normal(s, index);
   }
+}
+MOE_HOST_DEVICE float truncated_normal(rng_stream s, std::uint64_t index, float stddev) {
+  s.step = 0;
+  return truncated_normal_from(s, index, stddev, normal(s, index));
 }
 
 }  // namespace moe

@@ -56,23 +56,28 @@ class host {
   // Buffers of at least huge_page_bytes start on such a boundary and ask Linux for transparent huge
   // pages (madvise, unless $MOE_HUGE_PAGES is 0; nothing changes where THP is off): a layer's
   // weights, gradients and workspace are then first touched in 2 MiB page faults instead of 4 KiB
-  // ones (constructing a 134 M-parameter layer: 6.0 -> 3.3 s on this project's VM). Where the
-  // kernel compacts memory for such faults (THP defrag "madvise"), an allocation may wait for it.
+  // ones (constructing a 134 M-parameter layer: 4.7 -> 3.7 s on this project's VM, layer_init
+  // benchmark). Where the kernel compacts memory for such faults (THP defrag "madvise"), an
+  // allocation may wait for it.
   static constexpr std::size_t huge_page_bytes = std::size_t(1) << 21;
+  // The alignment a buffer of `bytes` gets: allocate and deallocate must agree on it.
+  static constexpr std::size_t alignment_for(std::size_t bytes) {
+    return bytes < huge_page_bytes ? workspace_alignment : huge_page_bytes;
+  }
   void* allocate(std::size_t bytes) const {
     if (bytes == 0) return nullptr;
-    if (bytes < huge_page_bytes) return ::operator new(bytes, std::align_val_t(workspace_alignment));
+    const std::size_t alignment = alignment_for(bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const bool advise = huge_pages_wanted();
+    const bool advise = alignment == huge_page_bytes && huge_pages_wanted();  // may throw: before new
 #endif
-    void* p = ::operator new(bytes, std::align_val_t(huge_page_bytes));
+    void* p = ::operator new(bytes, std::align_val_t(alignment));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (advise) ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: a refusal leaves ordinary pages
 #endif
     return p;
   }
   void deallocate(void* p, std::size_t bytes) const {
-    if (p) ::operator delete(p, std::align_val_t(bytes < huge_page_bytes ? workspace_alignment : huge_page_bytes));
+    if (p) ::operator delete(p, std::align_val_t(alignment_for(bytes)));
   }
   void copy(void* dst, const void* src, std::size_t bytes) const {
     if (bytes) std::memmove(dst, src, bytes);

@@ -109,22 +109,21 @@ inline constexpr int count_spaces = (0 + ... + int(execution_space<Ps>));
 // bits). `first` is the index of data[0] in the whole tensor, so a rank holding a slice of the
 // experts initialises exactly the values a single layer holding them all would. A parallel index
 // is a run of elements (the space's elementwise run) whose first draws are generated together
-// (rng_stream::bits_n); the few redrawn ones go through truncated_normal.
+// (rng_stream::bits_n); the few rejected ones are redrawn by truncated_normal_from.
 template <class Space, class P>
 void fill_truncated_normal(const Space& sp, P* data, index_t n, float stddev, rng_stream s, std::uint64_t tensor_id,
                            index_t first = 0) {
   constexpr index_t run = elementwise_columns<Space>();
   rng_stream first_draw = s;
-  first_draw.step = 0;  // truncated_normal's first attempt
+  first_draw.step = 0;  // truncated_normal's first attempt (its redraws advance the step)
   sp.parallel_for((n + run - 1) / run, [=] MOE_LAMBDA(index_t k) {
     const index_t i0 = k * run, count = n - i0 < run ? n - i0 : run;
     const std::uint64_t index0 = (tensor_id << 40) | std::uint64_t(first + i0);
     philox4x32 blocks[run];
     first_draw.bits_n(index0, std::uint64_t(count), blocks);
     for (index_t j = 0; j < count; ++j) {
-      const float z = normal_from_block(blocks[j]);
-      data[i0 + j] = convert<P>(z > -2.0f && z < 2.0f ? z * stddev
-                                                      : truncated_normal(s, index0 + std::uint64_t(j), stddev));
+      const float z = truncated_normal_from(s, index0 + std::uint64_t(j), stddev, normal_from_block(blocks[j]));
+      data[i0 + j] = convert<P>(z);
     }
   });
 }
