@@ -10,6 +10,12 @@
 //       TFLOPps counts useful FLOPs (2·kept·d_model·d_ff); rows = computed rows / kept rows.
 //   dense/<relu|geglu>/f:<width>/<fwd|fwd_bwd>/T:<T>
 //       The dense baseline of the layer benchmarks (common.hpp: dense_ffn).
+//   expert_activation/<gelu|silu>/n:<n>
+//       f and f' of the activation over n hidden units on one thread, as the FFN's backward runs them
+//       (one loop). vs_libm = the same loop with the previous formulas, calls of std::tanh (GELU) and
+//       std::exp (SiLU) per element, / this one; ns_per_unit.
+#include <chrono>
+#include <cmath>
 #include <string>
 
 #include "common.hpp"
@@ -80,9 +86,74 @@ void bm_dense(benchmark::State& st, dense_shape s, bool backward) {
   st.counters["TFLOPps"] = rate(ffn.forward_flops() * (backward ? 3 : 1) * 1e-12);
 }
 
+// The activations as they were written before moe::logistic: a libm call per element.
+struct gelu_libm {
+  static float f(float x) {
+    return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  }
+  static float df(float x) {
+    const float t = std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978845608028654f * (1.0f + 3 * 0.044715f * x * x);
+  }
+};
+struct silu_libm {
+  static float f(float x) { return x / (1.0f + std::exp(-x)); }
+  static float df(float x) {
+    const float s = 1.0f / (1.0f + std::exp(-x));
+    return s * (1.0f + x * (1.0f - s));
+  }
+};
+
+template <class Act>
+void activation_and_derivative(const float* __restrict x, float* __restrict a, float* __restrict da, index_t n) {
+  for (index_t j = 0; j < n; ++j) {
+    a[j] = Act::template f<float>(x[j]);
+    da[j] = Act::template df<float>(x[j]);
+  }
+}
+template <class Act>
+void activation_and_derivative_libm(const float* __restrict x, float* __restrict a, float* __restrict da, index_t n) {
+  for (index_t j = 0; j < n; ++j) {
+    a[j] = Act::f(x[j]);
+    da[j] = Act::df(x[j]);
+  }
+}
+
+template <class Act, class Libm>
+void bm_activation(benchmark::State& st, index_t n) {
+  const std::size_t count = std::size_t(n);
+  const std::vector<float> x = random_values(count, 41, 0.01f, 4.0f);  // ± 4: the bulk of pre-activations
+  std::vector<float> a(count), da(count);
+  const int calls = sizes().smoke ? 2 : int(std::max<index_t>(50, (index_t(1) << 24) / n));
+  using clock_type = std::chrono::steady_clock;
+  activation_and_derivative_libm<Libm>(x.data(), a.data(), da.data(), n);  // warm-up
+  auto start = clock_type::now();
+  for (int c = 0; c < calls; ++c) {
+    activation_and_derivative_libm<Libm>(x.data(), a.data(), da.data(), n);
+    benchmark::ClobberMemory();
+  }
+  const double libm = std::chrono::duration<double>(clock_type::now() - start).count() / calls;
+  start = clock_type::now();
+  for (auto _ : st) {
+    activation_and_derivative<Act>(x.data(), a.data(), da.data(), n);
+    benchmark::ClobberMemory();
+  }
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  st.counters["ns_per_unit"] = seconds * 1e9 / (double(st.iterations()) * double(n));
+  st.counters["vs_libm"] = ratio_to(libm);
+}
+
 }  // namespace
 
 void register_expert_benchmarks() {
+  const index_t units = 4096;
+  const std::string suffix = "/n:" + std::to_string(units);
+  benchmark::RegisterBenchmark(("expert_activation/gelu" + suffix).c_str(), [=](benchmark::State& st) {
+    bm_activation<moe::activation::gelu, gelu_libm>(st, units);
+  })->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark(("expert_activation/silu" + suffix).c_str(), [=](benchmark::State& st) {
+    bm_activation<moe::activation::silu, silu_libm>(st, units);
+  })->Unit(benchmark::kMicrosecond);
   for (int T : sizes().expert_tokens)
     for (int E : sizes().expert_experts)
       for (skew s : {skew::uniform, skew::zipf})

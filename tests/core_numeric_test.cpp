@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include <moe/core/math.hpp>
 #include <moe/core/numeric.hpp>
+#include <moe/experts/activations.hpp>
 
 namespace {
 
@@ -377,4 +379,104 @@ TEST_CASE("numeric: is_finite on float and double") {
   CHECK(moe::is_finite(moe::widen(moe::float16(65504.0f))));
   CHECK_FALSE(moe::is_finite(moe::widen(moe::float16(70000.0f))));
   CHECK_FALSE(moe::is_finite(moe::widen(moe::bfloat16(fl::quiet_NaN()))));
+}
+
+// ---- vectorisable exp and the activations built on it ------------------------------------------
+
+namespace {
+
+// |got − want| in units of the float spacing at want.
+double ulps(float got, double want) {
+  const float w = float(std::fabs(want));
+  return std::fabs(double(got) - want) / double(std::nextafter(w, INFINITY) - w);
+}
+
+// Floats spread over every exponent and sign: bit patterns a fixed odd stride apart.
+template <class F>
+void for_sampled_floats(F&& f) {
+  for (std::uint64_t b = 0; b <= 0xffffffffu; b += 4099) f(float_of(std::uint32_t(b)));
+}
+
+}  // namespace
+
+TEST_CASE("math: exp_branch_free is within 1.3 ulp of e^z on [-87, 88], clamped finite beyond, NaN stays NaN") {
+  double worst = 0;
+  int sampled = 0;
+  for_sampled_floats([&](float z) {
+    if (!(z >= -87.0f && z <= 88.0f)) return;
+    ++sampled;
+    const double e = ulps(moe::exp_branch_free(z), std::exp(double(z)));
+    if (e > worst) {
+      worst = e;
+      CAPTURE(z);
+      REQUIRE(e <= 1.3);
+    }
+  });
+  MESSAGE(("exp_branch_free: worst " + std::to_string(worst) + " ulp over " + std::to_string(sampled) + " floats"));
+  CHECK(sampled > 400000);
+  // Exact where the polynomial is: e^0 = 1; integers' powers of two come out right.
+  CHECK(moe::exp_branch_free(0.0f) == 1.0f);
+  CHECK(moe::exp_branch_free(-0.0f) == 1.0f);
+  // Beyond the range: e^88 and e^-87, finite and normal, monotone at the edges.
+  const float top = moe::exp_branch_free(88.0f), bottom = moe::exp_branch_free(-87.0f);
+  CHECK(ulps(top, std::exp(88.0)) <= 1.3);
+  CHECK(ulps(bottom, std::exp(-87.0)) <= 1.3);
+  CHECK(bottom >= std::numeric_limits<float>::min());
+  for (const float z : {88.5f, 1000.0f, std::numeric_limits<float>::max(), std::numeric_limits<float>::infinity()})
+    CHECK(moe::exp_branch_free(z) == top);
+  for (const float z : {-87.5f, -1000.0f, -std::numeric_limits<float>::max(), -std::numeric_limits<float>::infinity()})
+    CHECK(moe::exp_branch_free(z) == bottom);
+  CHECK(std::isnan(moe::exp_branch_free(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(std::isnan(moe::exp_branch_free(-std::numeric_limits<float>::quiet_NaN())));
+  // exp_of: float goes through exp_branch_free, double through std::exp.
+  CHECK(moe::exp_of(0.75f) == moe::exp_branch_free(0.75f));
+  CHECK(moe::exp_of(0.75) == std::exp(0.75));
+}
+
+TEST_CASE("math: GELU and SiLU in float against their float64 evaluation, and the tanh form of GELU") {
+  // f: relative error within 4 float epsilons per unit of the exponent's argument |u| (+4): u itself
+  // is rounded to float, and e^(-u) turns its absolute error into a relative one. f': absolute error
+  // within 8·2^-24 (f' is O(1) and crosses zero). Where f underflows below 1e-30 (x < -9 for GELU)
+  // the clamped exponential leaves a tiny value instead: compared absolutely.
+  using moe::activation::gelu;
+  using moe::activation::silu;
+  const double eps = std::ldexp(1.0, -24);
+  double worst_gelu = 0, worst_silu = 0;
+  for_sampled_floats([&](float x) {
+    if (!(std::fabs(x) <= 30.0f)) return;
+    CAPTURE(x);
+    const double u = std::fabs(2 * 0.7978845608028654 * (x + 0.044715 * double(x) * x * x));
+    const double g = gelu::f<double>(x), s = silu::f<double>(x);
+    if (std::fabs(g) > 1e-30 && std::fabs(x) > 1e-30) {
+      const double e = std::fabs(gelu::f<float>(x) - g) / std::fabs(g) / eps / (4 + u);
+      worst_gelu = std::max(worst_gelu, e);
+      REQUIRE(e <= 4.0);
+    } else {
+      REQUIRE(std::fabs(gelu::f<float>(x)) <= 1e-30f * std::max(1.0f, std::fabs(x)));
+    }
+    if (std::fabs(s) > 1e-30 && std::fabs(x) > 1e-30) {
+      const double e = std::fabs(silu::f<float>(x) - s) / std::fabs(s) / eps / (4 + std::fabs(x));
+      worst_silu = std::max(worst_silu, e);
+      REQUIRE(e <= 4.0);
+    }
+    REQUIRE(std::fabs(gelu::df<float>(x) - gelu::df<double>(x)) <= 8 * eps);
+    REQUIRE(std::fabs(silu::df<float>(x) - silu::df<double>(x)) <= 8 * eps);
+    // x·σ(u) is GELU's tanh form, 0.5·x·(1 + tanh(u/2)), evaluated here in float64.
+    const double tanh_form = 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * double(x) * x * x)));
+    REQUIRE(std::fabs(g - tanh_form) <= 1e-15 * std::max(1.0, std::fabs(g)));
+  });
+  MESSAGE(("gelu: worst " + std::to_string(worst_gelu) + ", silu: worst " + std::to_string(worst_silu) +
+           " (relative error / (eps·(4 + |u|)))"));
+  // Large arguments: no inf·0, the identity beyond saturation, zero's sign kept.
+  CHECK(gelu::f<float>(100.0f) == 100.0f);
+  CHECK(gelu::df<float>(100.0f) == 1.0f);
+  CHECK(gelu::f<float>(-100.0f) <= 0.0f);
+  CHECK(gelu::f<float>(-100.0f) > -1e-30f);
+  CHECK(std::isfinite(gelu::df<float>(-100.0f)));
+  CHECK(silu::f<float>(-1000.0f) <= 0.0f);
+  CHECK(silu::f<float>(-1000.0f) > -1e-30f);
+  CHECK(gelu::f<float>(0.0f) == 0.0f);
+  CHECK(gelu::df<float>(0.0f) == 0.5f);
+  CHECK(std::isnan(gelu::f<float>(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(std::isnan(silu::df<float>(std::numeric_limits<float>::quiet_NaN())));
 }

@@ -17,6 +17,7 @@
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/execution_space.hpp"
+#include "moe/core/math.hpp"
 #include "moe/core/numeric.hpp"
 #include "moe/core/op.hpp"
 #include "moe/core/policy.hpp"

@@ -5,6 +5,7 @@
 #include <concepts>
 
 #include "moe/core/config.hpp"
+#include "moe/core/math.hpp"
 
 namespace moe {
 
@@ -36,18 +37,26 @@ struct relu {
 
 // GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). This is the GELU of
 // Mesh-TF, T5 v1.1 / flaxformer (jax.nn.gelu's default) and hence of GLaM's and ST-MoE's GEGLU.
+// Evaluated as x·σ(u), u = 2√(2/π)·(x + 0.044715·x³), since 0.5·(1 + tanh(y)) = σ(2y): the same
+// function, with one exponential (moe::logistic: vectorisable in float, no overflow) and no
+// cancellation in 1 + tanh for negative x:
+//   f = x·σ(u),  f' = σ(u) + x·σ(u)·(1 − σ(u))·u'(x),  u'(x) = 2√(2/π)·(1 + 3·0.044715·x²).
 struct gelu {
   static constexpr const char* name = "gelu";
   template <class R>
   MOE_HOST_DEVICE static R f(R x) {
-    const R k = R(0.7978845608028654);  // √(2/π)
-    return R(0.5) * x * (R(1) + std::tanh(k * (x + R(0.044715) * x * x * x)));
+    return x * logistic(u(x)).s;
   }
   template <class R>
   MOE_HOST_DEVICE static R df(R x) {
-    const R k = R(0.7978845608028654);
-    const R t = std::tanh(k * (x + R(0.044715) * x * x * x));
-    return R(0.5) * (R(1) + t) + R(0.5) * x * (R(1) - t * t) * k * (R(1) + R(3 * 0.044715) * x * x);
+    const logistic_values<R> l = logistic(u(x));
+    return l.s + x * l.ds * R(2 * 0.7978845608028654) * (R(1) + R(3 * 0.044715) * x * x);
+  }
+
+ private:
+  template <class R>
+  MOE_HOST_DEVICE static R u(R x) {
+    return R(2 * 0.7978845608028654) * (x + R(0.044715) * x * x * x);
   }
 };
 
@@ -66,17 +75,17 @@ struct gelu_exact {
   }
 };
 
-// SiLU / swish: x·σ(x) (the activation of SwiGLU).
+// SiLU / swish: x·σ(x) (the activation of SwiGLU); f' = σ(x) + x·σ(x)·(1 − σ(x)).
 struct silu {
   static constexpr const char* name = "silu";
   template <class R>
   MOE_HOST_DEVICE static R f(R x) {
-    return x / (R(1) + std::exp(-x));
+    return x * logistic(x).s;
   }
   template <class R>
   MOE_HOST_DEVICE static R df(R x) {
-    const R s = R(1) / (R(1) + std::exp(-x));
-    return s * (R(1) + x * (R(1) - s));
+    const logistic_values<R> l = logistic(x);
+    return l.s + x * l.ds;
   }
 };
 

@@ -356,8 +356,8 @@ struct ffn {
       if (plain) {
         // Activation values first, then the products: separate loops vectorise (GCC leaves the
         // fused loop scalar, with a branch per element for ReLU's derivative). Same arithmetic.
-        // f and f' stay in one loop, where the compiler shares their common subexpressions (GELU's
-        // tanh).
+        // f and f' stay in one loop, where the compiler shares their common subexpressions (the
+        // exponential of GELU and SiLU).
         // With dropout, ∂L/∂core = ∂L/∂hidden · keep (a loop of its own: no branch in either).
         R act[width], dact[width];
         const index_t i0 = r * f + run.first, n = run.end - run.first;
