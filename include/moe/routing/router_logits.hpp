@@ -24,6 +24,7 @@
 
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/math.hpp"
 #include "moe/core/numeric.hpp"
 #include "moe/core/rng.hpp"
 
@@ -55,10 +56,6 @@ template <class R>
 MOE_HOST_DEVICE R softplus(R v) {
   // log(1 + e^v) without overflow.
   return v > R(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v));
-}
-template <class R>
-MOE_HOST_DEVICE R sigmoid(R v) {
-  return v >= R(0) ? R(1) / (R(1) + std::exp(-v)) : std::exp(v) / (R(1) + std::exp(v));
 }
 
 // v as the router hands it on: unchanged in float32, rounded to the nearest bfloat16 otherwise.
@@ -171,7 +168,7 @@ MOE_HOST_DEVICE void token_logits_backward(const Config& cfg, bool noisy, const 
       R dn = 0;
       if (noisy && cfg.learned_noise) {
         const R n = R(normal(noise_rng, std::uint64_t(t) * std::uint64_t(E) + std::uint64_t(e)));
-        dn = dh * n * detail::sigmoid(noise_pre[e]);
+        dn = dh * n * logistic(noise_pre[e]).s;  // softplus' = σ
       }
       dnoise_pre[e] = dn;
     }
