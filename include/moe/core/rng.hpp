@@ -175,10 +175,11 @@ MOE_HOST_DEVICE float normal(const rng_stream& s, std::uint64_t index) { return 
 MOE_HOST_DEVICE float truncated_normal_from(rng_stream s, std::uint64_t index, float stddev, float first_z) {
   // `first_z` is attempt 0 (step 0), drawn by the caller: fill_truncated_normal draws the first
   // attempts of a run of elements together, so only a rejected draw costs more here.
+  float z = first_z;
   for (std::uint32_t attempt = 1;; ++attempt) {
-    if (first_z > -2.0f && first_z < 2.0f) return first_z * stddev;
+    if (z > -2.0f && z < 2.0f) return z * stddev;
     s.step = attempt;
-    first_z = normal(s, index);
+    z = normal(s, index);
   }
 }
 MOE_HOST_DEVICE float truncated_normal(rng_stream s, std::uint64_t index, float stddev) {

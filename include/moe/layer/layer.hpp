@@ -114,13 +114,12 @@ template <class Space, class P>
 void fill_truncated_normal(const Space& sp, P* data, index_t n, float stddev, rng_stream s, std::uint64_t tensor_id,
                            index_t first = 0) {
   constexpr index_t run = elementwise_columns<Space>();
-  rng_stream first_draw = s;
-  first_draw.step = 0;  // truncated_normal's first attempt (its redraws advance the step)
+  s.step = 0;  // attempt 0 is drawn here; truncated_normal_from's redraws advance the step
   sp.parallel_for((n + run - 1) / run, [=] MOE_LAMBDA(index_t k) {
     const index_t i0 = k * run, count = n - i0 < run ? n - i0 : run;
     const std::uint64_t index0 = (tensor_id << 40) | std::uint64_t(first + i0);
     philox4x32 blocks[run];
-    first_draw.bits_n(index0, std::uint64_t(count), blocks);
+    s.bits_n(index0, std::uint64_t(count), blocks);
     for (index_t j = 0; j < count; ++j) {
       const float z = truncated_normal_from(s, index0 + std::uint64_t(j), stddev, normal_from_block(blocks[j]));
       data[i0 + j] = convert<P>(z);
