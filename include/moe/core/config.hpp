@@ -13,6 +13,18 @@
 #define MOE_VERSION_MINOR 1
 #define MOE_VERSION_PATCH 0
 
+// MOE_ALWAYS_INLINE: MOE_HOST_DEVICE for small numeric functions called per element inside loops
+// that must vectorise (moe/core/math.hpp, the activations). g++'s inliner weighs a whole
+// translation unit and may leave such a function a call per element: a GLaM training step ran
+// 1.3x slower when moe::logistic<float> stopped being inlined after unrelated code was added.
+#if defined(__CUDACC__)
+#define MOE_ALWAYS_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define MOE_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MOE_ALWAYS_INLINE inline
+#endif
+
 #if defined(__CUDACC__)
 #define MOE_HOST_DEVICE __host__ __device__ inline
 #define MOE_LAMBDA __host__ __device__

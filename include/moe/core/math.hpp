@@ -21,14 +21,14 @@ namespace detail {
 // `limit` where `beyond` holds, else z. A blend of bit patterns: g++ turns `beyond ? limit : z`
 // followed by arithmetic into a branch (the arithmetic is folded on the constant side, and floating
 // point that may trap is not speculated back), which stops the loop around it from vectorising.
-MOE_HOST_DEVICE float select_bits(bool beyond, float limit, float z) {
+MOE_ALWAYS_INLINE float select_bits(bool beyond, float limit, float z) {
   const std::uint32_t mask = 0u - std::uint32_t(beyond);
   return bits_float((float_bits(limit) & mask) | (float_bits(z) & ~mask));
 }
 
 // a if c else b; for float by select_bits, so that a vectorised loop keeps it a blend.
 template <class R>
-MOE_HOST_DEVICE R select(bool c, R a, R b) {
+MOE_ALWAYS_INLINE R select(bool c, R a, R b) {
   if constexpr (std::is_same_v<R, float>) return select_bits(c, a, b);
   else return c ? a : b;
 }
@@ -43,7 +43,7 @@ MOE_HOST_DEVICE R select(bool c, R a, R b) {
 //                                                          n·ln2_hi is exact and r loses nothing)
 //   e^r by its Taylor polynomial of degree 7 (remainder < 5.3e-9 relative, below float's 6e-8)
 //   2^n built in the exponent field.
-MOE_HOST_DEVICE float exp_branch_free(float z) {
+MOE_ALWAYS_INLINE float exp_branch_free(float z) {
   z = detail::select_bits(z > 88.0f, 88.0f, z);
   z = detail::select_bits(z < -87.0f, -87.0f, z);
   constexpr float round_shift = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer in the low bits
@@ -66,7 +66,7 @@ MOE_HOST_DEVICE float exp_branch_free(float z) {
 // e^z in the compute type R: exp_branch_free for float, std::exp otherwise (double keeps the
 // library's float64 reference exact, for the gradient checks).
 template <class R>
-MOE_HOST_DEVICE R exp_of(R z) {
+MOE_ALWAYS_INLINE R exp_of(R z) {
   if constexpr (std::is_same_v<R, float>) return exp_branch_free(z);
   else return std::exp(z);
 }
@@ -79,7 +79,7 @@ struct logistic_values {
   R s, ds;
 };
 template <class R>
-MOE_HOST_DEVICE logistic_values<R> logistic(R u) {
+MOE_ALWAYS_INLINE logistic_values<R> logistic(R u) {
   using std::fabs;
   const R e = exp_of(-fabs(u)), q = R(1) / (R(1) + e);
   return {q * detail::select(u < R(0), e, R(1)), e * q * q};

@@ -26,11 +26,11 @@ namespace moe::activation {
 struct relu {
   static constexpr const char* name = "relu";
   template <class R>
-  MOE_HOST_DEVICE static R f(R x) {
+  MOE_ALWAYS_INLINE static R f(R x) {
     return x > R(0) ? x : R(0);
   }
   template <class R>
-  MOE_HOST_DEVICE static R df(R x) {
+  MOE_ALWAYS_INLINE static R df(R x) {
     return x > R(0) ? R(1) : R(0);
   }
 };
@@ -44,18 +44,18 @@ struct relu {
 struct gelu {
   static constexpr const char* name = "gelu";
   template <class R>
-  MOE_HOST_DEVICE static R f(R x) {
+  MOE_ALWAYS_INLINE static R f(R x) {
     return x * logistic(u(x)).s;
   }
   template <class R>
-  MOE_HOST_DEVICE static R df(R x) {
+  MOE_ALWAYS_INLINE static R df(R x) {
     const logistic_values<R> l = logistic(u(x));
     return l.s + x * l.ds * R(2 * 0.7978845608028654) * (R(1) + R(3 * 0.044715) * x * x);
   }
 
  private:
   template <class R>
-  MOE_HOST_DEVICE static R u(R x) {
+  MOE_ALWAYS_INLINE static R u(R x) {
     return R(2 * 0.7978845608028654) * (x + R(0.044715) * x * x * x);
   }
 };
@@ -64,11 +64,11 @@ struct gelu {
 struct gelu_exact {
   static constexpr const char* name = "gelu_exact";
   template <class R>
-  MOE_HOST_DEVICE static R f(R x) {
+  MOE_ALWAYS_INLINE static R f(R x) {
     return R(0.5) * x * (R(1) + std::erf(x * R(0.7071067811865476)));
   }
   template <class R>
-  MOE_HOST_DEVICE static R df(R x) {
+  MOE_ALWAYS_INLINE static R df(R x) {
     const R cdf = R(0.5) * (R(1) + std::erf(x * R(0.7071067811865476)));
     const R pdf = std::exp(R(-0.5) * x * x) * R(0.3989422804014327);
     return cdf + x * pdf;
@@ -79,11 +79,11 @@ struct gelu_exact {
 struct silu {
   static constexpr const char* name = "silu";
   template <class R>
-  MOE_HOST_DEVICE static R f(R x) {
+  MOE_ALWAYS_INLINE static R f(R x) {
     return x * logistic(x).s;
   }
   template <class R>
-  MOE_HOST_DEVICE static R df(R x) {
+  MOE_ALWAYS_INLINE static R df(R x) {
     const logistic_values<R> l = logistic(x);
     return l.s + x * l.ds;
   }
