@@ -1,13 +1,14 @@
 // benchmarks/expert.cpp — expert compute and the dense FFN baseline on their own.
 //
-//   expert_gemm/<grouped|loop|padded>/E:<E>/T:<T>/skew:<s>
+//   expert_gemm/<grouped|loop|padded>[/d:64/f:256]/E:<E>/T:<T>/skew:<s>
 //       One expert projection, rows[e] · W_in[e] ([rows, d_model] · [d_model, d_ff]) for every expert, top-1
 //       routing, capacity factor 1.25 (kept rows: min(load, C) per expert):
 //         grouped  moe::host::grouped_gemm over the packed rows (what sorted dispatch runs)
 //         loop     the caller's loop of moe::host::gemm, one per expert, on the same rows
 //         padded   grouped_gemm over E·C rows, C per expert whatever its load (padded dispatch's
 //                  batched GEMM; empty slots are zero rows and still cost FLOPs)
-//       TFLOPps counts useful FLOPs (2·kept·d_model·d_ff); rows = computed rows / kept rows.
+//       TFLOPps counts useful FLOPs (2·kept·d_model·d_ff); rows = computed rows / kept rows. The
+//       layer benchmarks' d_model and d_ff unless named (d:64/f:256: a small model, T 1024).
 //   dense/<relu|geglu>/f:<width>/<fwd|fwd_bwd>/T:<T>
 //       The dense baseline of the layer benchmarks (common.hpp: dense_ffn).
 //   expert_activation/<gelu|silu>/n:<n>
@@ -29,9 +30,8 @@ const char* to_string(grouping g) {
   return g == grouping::grouped ? "grouped" : g == grouping::loop ? "loop" : "padded";
 }
 
-void bm_expert_gemm(benchmark::State& st, grouping how, int E, int T, skew s) {
+void bm_expert_gemm(benchmark::State& st, grouping how, int E, int T, skew s, index_t d, index_t f) {
   using moe::op;
-  const index_t d = sizes().d_model, f = sizes().d_ff;
   moe::capacity_factor::config cap;
   cap.train = 1.25;
   const int C = moe::capacity_factor::capacity(cap, true, T, E, 1);
@@ -160,9 +160,24 @@ void register_expert_benchmarks() {
         for (grouping g : {grouping::grouped, grouping::loop, grouping::padded}) {
           const std::string name = std::string("expert_gemm/") + to_string(g) + "/E:" + std::to_string(E) +
                                    "/T:" + std::to_string(T) + "/skew:" + to_string(s);
-          configure(benchmark::RegisterBenchmark(name.c_str(),
-                                                 [=](benchmark::State& st) { bm_expert_gemm(st, g, E, T, s); }));
+          const index_t d = sizes().d_model, f = sizes().d_ff;
+          configure(benchmark::RegisterBenchmark(
+              name.c_str(), [=](benchmark::State& st) { bm_expert_gemm(st, g, E, T, s, d, f); }));
         }
+  // A small model's experts (moe-preset-tour's shape): each product is one call, below the size at
+  // which a GEMM is cut into tiles, so the host runs the experts side by side, not one by one.
+  constexpr index_t small_d = 64, small_f = 256;
+  constexpr int small_T = 1024;
+  for (int E : {8, 64})
+    for (skew s : {skew::uniform, skew::zipf})
+      for (grouping g : {grouping::grouped, grouping::loop, grouping::padded}) {
+        const std::string name = std::string("expert_gemm/") + to_string(g) + "/d:" + std::to_string(small_d) +
+                                 "/f:" + std::to_string(small_f) + "/E:" + std::to_string(E) +
+                                 "/T:" + std::to_string(small_T) + "/skew:" + to_string(s);
+        configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+          bm_expert_gemm(st, g, E, small_T, s, small_d, small_f);
+        }));
+      }
 }
 
 void register_dense_benchmarks() {

@@ -1123,6 +1123,54 @@ TEST_CASE("grouped_gemm_tn matches per-group naive loops, empty groups scaled by
   check_grouped_gemm_tn<moe::float16, moe::float16, float>(h);
 }
 
+// The grouped GEMMs run the products too small to be cut side by side on the pool's threads: a
+// group's bits must still be those of gemm on its rows alone, at any thread count. Sizes: empty groups, one row, products of one tile (at n = 200, k = 64: up to 256 rows;
+// those run side by side) and of several (at n = 384, k = 96 every group from 17 rows).
+template <class T>
+void check_grouped_bits(moe::op opb, moe::index_t n, moe::index_t k) {
+  CAPTURE(int(opb));
+  CAPTURE(n);
+  const std::vector<int> sizes = {0, 300, 17, 1, 520, 64, 0, 129};
+  const auto off = offsets_of(sizes);
+  const int groups = int(sizes.size());
+  const moe::index_t rows = off.back();
+  const auto a = random_values<T>(std::size_t(rows * k), 71);
+  const auto b = random_values<T>(std::size_t(groups) * std::size_t(k * n), 72);
+  const auto c0 = random_values<T>(std::size_t(rows * n), 73);
+  const auto w0 = random_values<T>(std::size_t(groups) * std::size_t(k * n), 74);
+  const moe::index_t ldb = opb == moe::op::none ? n : k;
+  const moe::host serial(1);
+  std::vector<T> ref = c0, ref_tn = w0;
+  for (int g = 0; g < groups; ++g) {
+    const moe::index_t r0 = off[std::size_t(g)], m = off[std::size_t(g) + 1] - r0;
+    if (m > 0)
+      serial.gemm(moe::op::none, opb, m, n, k, T(0.5), a.data() + r0 * k, k, b.data() + g * k * n, ldb, T(2),
+                  ref.data() + r0 * n, n);
+    // Weight gradients: [k, n] = A[rows]ᵀ · C[rows], an empty group scaled by beta.
+    serial.gemm(moe::op::transpose, moe::op::none, k, n, m, T(0.5), a.data() + r0 * k, k, c0.data() + r0 * n, n,
+                T(2), ref_tn.data() + g * k * n, n);
+  }
+  for (const int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    const moe::host h(threads);
+    std::vector<T> c = c0, w = w0;
+    h.grouped_gemm(opb, groups, off.data(), n, k, T(0.5), a.data(), k, b.data(), k * n, ldb, T(2), c.data(), n);
+    CHECK(std::memcmp(c.data(), ref.data(), c.size() * sizeof(T)) == 0);
+    h.grouped_gemm_tn(groups, off.data(), k, n, T(0.5), a.data(), k, c0.data(), n, T(2), w.data(), k * n, n);
+    CHECK(std::memcmp(w.data(), ref_tn.data(), w.size() * sizeof(T)) == 0);
+  }
+  CHECK(ref != c0);
+  CHECK(ref_tn != w0);
+}
+
+TEST_CASE("grouped_gemm and grouped_gemm_tn: each group the bits of gemm on its rows, at any thread count") {
+  for (moe::op opb : ops)
+    for (const auto& [n, k] : {std::pair<moe::index_t, moe::index_t>{384, 96}, {200, 64}}) {
+      check_grouped_bits<float>(opb, n, k);
+      check_grouped_bits<double>(opb, n, k);
+    }
+}
+
 TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give zeros") {
   // Column blocks of 16 (a partial last block at 33 and 257 columns), and sums large enough to be
   // spread over the pool (2 × 300 × 257), on one, two and three threads.
@@ -1152,7 +1200,7 @@ TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give z
   for (double x : out) CHECK(x == 0.0);
 }
 
-TEST_CASE("batched_gemm: small entries spread over threads, large ones tiled: one gemm's bits, any thread count") {
+TEST_CASE("batched_gemm: entries small or tiled, all in one fork-join: one gemm's bits, any thread count") {
   struct shape {
     int batch;
     moe::index_t m, n, k;

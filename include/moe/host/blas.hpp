@@ -18,6 +18,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -40,8 +41,8 @@ namespace moe {
 namespace detail {
 
 // Multiply-adds up to which a product is one call on one thread (with a CBLAS: one tile; the
-// portable kernel splits rows from 2^15 on). Batches of such products are spread over the pool by
-// entry instead (host::batched_gemm).
+// portable kernel splits rows from 2^15 on). Grouped products run their tiles in one fork-join
+// (host_grouped_gemm).
 constexpr index_t gemm_one_call_work = index_t(1) << 18;
 
 // C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major; the portable kernel.
@@ -186,6 +187,17 @@ void cblas_call(op opa, op opb, index_t m, index_t n, index_t k, T alpha, const 
     cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
+// Tile i of a product tiled as t: one CBLAS call (the calling thread's BLAS set single-threaded).
+template <class T>
+void cblas_tile(const gemm_tiling& t, index_t i, op opa, op opb, index_t m, index_t n, index_t k, T alpha,
+                const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+  const index_t i0 = (i / t.count_n) * t.tile_m, j0 = (i % t.count_n) * t.tile_n;
+  const T* at = opa == op::none ? a + i0 * lda : a + i0;  // op(A)'s rows i0.. (columns of a stored Aᵀ)
+  const T* bt = opb == op::none ? b + j0 : b + j0 * ldb;  // op(B)'s columns j0..
+  cblas_call(opa, opb, std::min(t.tile_m, m - i0), std::min(t.tile_n, n - j0), k, alpha, at, lda, bt, ldb, beta,
+             c + i0 * ldc + j0, ldc);
+}
+
 // C = alpha · op(A) · op(B) + beta · C through the CBLAS, tile by tile on the pool.
 template <class T>
 void cblas_tiled(thread_pool* pool, op opa, op opb, index_t m, index_t n, index_t k, T alpha, const T* a,
@@ -194,18 +206,56 @@ void cblas_tiled(thread_pool* pool, op opa, op opb, index_t m, index_t n, index_
   auto tiles = [&](index_t first, index_t last) {
     const openmp_count_keeper keep;  // this thread's OpenMP count, which the next line may change
     blas_single_threaded();
-    for (index_t i = first; i < last; ++i) {
-      const index_t i0 = (i / t.count_n) * t.tile_m, j0 = (i % t.count_n) * t.tile_n;
-      const T* at = opa == op::none ? a + i0 * lda : a + i0;  // op(A)'s rows i0.. (columns of a stored Aᵀ)
-      const T* bt = opb == op::none ? b + j0 : b + j0 * ldb;  // op(B)'s columns j0..
-      cblas_call(opa, opb, std::min(t.tile_m, m - i0), std::min(t.tile_n, n - j0), k, alpha, at, lda, bt, ldb,
-                 beta, c + i0 * ldc + j0, ldc);
-    }
+    for (index_t i = first; i < last; ++i) cblas_tile(t, i, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   };
   if (pool && t.count() > 1)
     pool->run_chunks(t.count(), tiles);
   else
     tiles(0, t.count());
+}
+
+// The products of a grouped GEMM (operands(g) for g < groups, each with m, n, k > 0). A product
+// too small to be cut into tiles (below 2^22 multiply-adds: an expert of 128 tokens at d_model 64,
+// d_ff 256) is one call on one thread: in a loop of cblas_tiled calls the other threads waited
+// through each. Such products run side by side instead, in one fork-join, the pool's threads taking
+// the next one in turn (a counter); the others are cut into tiles as host_gemm cuts them, one
+// fork-join each. Running every product's tiles in one fork-join was tried (a static split by
+// multiply-adds, and a counter over all tiles): at E = 256 with Zipf-skewed loads, where the
+// experts' weights (1 GiB) stream from memory, both ran 10-20 % slower than a fork-join per
+// product, and at E = 8 or 64 the gain was within the noise (expert_gemm benchmark, 2026-11-25).
+// Every product is computed by the calls host_gemm makes for it: the same bits.
+template <class T, class Operands>
+void cblas_grouped_tiled(thread_pool* pool, int groups, T alpha, T beta, const Operands& operands) {
+  std::vector<int> single;  // products of one tile, in group order
+  for (int g = 0; g < groups; ++g) {
+    const auto o = operands(g);
+    if (host_gemm_tiling(o.m, o.n, o.k).count() == 1) single.push_back(g);
+  }
+  const index_t singles = index_t(single.size());
+  std::atomic<index_t> next{0};
+  auto take_singles = [&](index_t, index_t) {
+    const openmp_count_keeper keep;
+    blas_single_threaded();
+    for (index_t i = next.fetch_add(1, std::memory_order_relaxed); i < singles;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      const auto o = operands(single[std::size_t(i)]);
+      cblas_call(o.opa, o.opb, o.m, o.n, o.k, alpha, o.a, o.lda, o.b, o.ldb, beta, o.c, o.ldc);
+    }
+  };
+  const index_t parts = pool && singles > 1 ? std::min<index_t>(pool->size(), singles) : 1;
+  if (parts > 1)
+    pool->run_chunks(parts, take_singles);
+  else
+    take_singles(0, 1);
+  std::size_t s = 0;
+  for (int g = 0; g < groups; ++g) {
+    if (s < single.size() && single[s] == g) {
+      ++s;
+      continue;
+    }
+    const auto o = operands(g);
+    cblas_tiled(pool, o.opa, o.opb, o.m, o.n, o.k, alpha, o.a, o.lda, o.b, o.ldb, beta, o.c, o.ldc);
+  }
 }
 #endif
 
@@ -260,6 +310,71 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
   }
 #endif
   detail::gemm_portable(pool, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// The operands of one product of a grouped GEMM: C = alpha · op(A) · op(B) + beta · C, [m, n].
+template <class TA, class TB, class TC>
+struct gemm_operands {
+  op opa, opb;
+  index_t m, n, k;
+  const TA* a;
+  index_t lda;
+  const TB* b;
+  index_t ldb;
+  TC* c;
+  index_t ldc;
+};
+
+// For g < groups, the product operands(g) (a gemm_operands<TA, TB, TC>), with the results host_gemm
+// gives each of them. float and double through a CBLAS run all products' tiles in one fork-join
+// (cblas_grouped_tiled; products with k = 0, C = beta · C, or no rows or columns, go through
+// host_gemm first); the other types go through host_gemm product by product.
+template <class TA, class TB, class TC, class Operands>
+void host_grouped_gemm(detail::thread_pool* pool, int groups, acc_t<TC> alpha, acc_t<TC> beta,
+                       const Operands& operands) {
+#if defined(MOE_HAVE_CBLAS)
+  constexpr bool all_float = std::is_same_v<TA, float> && std::is_same_v<TB, float> && std::is_same_v<TC, float>;
+  constexpr bool all_double =
+      std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>;
+  if constexpr (all_float || all_double) {
+    constexpr index_t int_max = 2147483647;
+    std::vector<int> tiled;  // the products with work to tile, in group order
+    tiled.reserve(std::size_t(groups > 0 ? groups : 0));
+    for (int g = 0; g < groups; ++g) {
+      const gemm_operands<TA, TB, TC> o = operands(g);
+      if (o.m < 0 || o.n < 0 || o.k < 0) fail("gemm", "negative size m=", o.m, " n=", o.n, " k=", o.k);
+      require(o.m <= int_max && o.n <= int_max && o.k <= int_max && o.lda <= int_max && o.ldb <= int_max &&
+                  o.ldc <= int_max,
+              "gemm", "m=", o.m, " n=", o.n, " k=", o.k, " lda=", o.lda, " ldb=", o.ldb, " ldc=", o.ldc,
+              ": a size exceeds the 32-bit CBLAS interface; split the product");
+      if (o.m > 0 && o.n > 0 && o.k > 0)
+        tiled.push_back(g);
+      else
+        host_gemm(pool, o.opa, o.opb, o.m, o.n, o.k, alpha, o.a, o.lda, o.b, o.ldb, beta, o.c, o.ldc);
+    }
+    detail::cblas_grouped_tiled(pool, int(tiled.size()), alpha, beta,
+                                [&](int i) { return operands(tiled[std::size_t(i)]); });
+    return;
+  }
+#endif
+  // Products small enough to be one call each are spread over the pool by product (a product run
+  // inside a pool thread is computed on that thread alone, with the same bits); larger ones split
+  // themselves.
+  bool all_small = true;
+  for (int g = 0; g < groups && all_small; ++g) {
+    const gemm_operands<TA, TB, TC> o = operands(g);
+    all_small = o.m * o.n * o.k <= detail::gemm_one_call_work;
+  }
+  const auto run = [&](index_t first, index_t last) {
+    for (index_t g = first; g < last; ++g) {
+      const gemm_operands<TA, TB, TC> o = operands(int(g));
+      host_gemm(pool, o.opa, o.opb, o.m, o.n, o.k, alpha, o.a, o.lda, o.b, o.ldb, beta, o.c, o.ldc);
+    }
+  };
+  if (pool && groups > 1 && all_small)
+    pool->run_chunks(groups, run);
+  else
+    run(0, groups);
 }
 
 }  // namespace moe

@@ -392,15 +392,11 @@ class host {
   void batched_gemm(op opa, op opb, int batch, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, index_t a_stride, const TB* b, index_t ldb, index_t b_stride, acc_t<TC> beta,
                     TC* c, index_t ldc, index_t c_stride) const {
-    const auto entry = [&](index_t i) {
-      gemm(opa, opb, m, n, k, alpha, a + i * a_stride, lda, b + i * b_stride, ldb, beta, c + i * c_stride, ldc);
-    };
-    // An entry small enough to be one call would keep one thread busy while the others wait:
-    // entries go to the threads instead. Either way each entry's bits are those of its shape.
-    if (batch > 1 && m * n * k <= detail::gemm_one_call_work)
-      parallel_tasks(batch, entry);
-    else
-      for (int i = 0; i < batch; ++i) entry(i);
+    // Every entry's tiles in one fork-join (host_grouped_gemm), each entry with the bits of gemm.
+    host_grouped_gemm<TA, TB, TC>(pool_.get(), batch, alpha, beta, [&](int i) {
+      return gemm_operands<TA, TB, TC>{opa, opb, m, n, k, a + i * a_stride, lda, b + i * b_stride, ldb,
+                                       c + i * c_stride, ldc};
+    });
   }
 
   // Expert-contiguous grouped GEMM: for each group g with rows [offsets[g], offsets[g+1]),
@@ -412,11 +408,13 @@ class host {
   void grouped_gemm(op opb, int groups, const int* offsets, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, const TB* b, index_t b_stride, index_t ldb, acc_t<TC> beta, TC* c,
                     index_t ldc) const {
-    for (int g = 0; g < groups; ++g) {
+    // Every group's tiles in one fork-join (host_grouped_gemm); each group gets the bits of gemm on
+    // its rows. A group with no rows has no C to write.
+    host_grouped_gemm<TA, TB, TC>(pool_.get(), groups, alpha, beta, [&](int g) {
       const index_t r0 = offsets[g], rows = offsets[g + 1] - offsets[g];
-      if (rows == 0) continue;
-      gemm(op::none, opb, rows, n, k, alpha, a + r0 * lda, lda, b + g * b_stride, ldb, beta, c + r0 * ldc, ldc);
-    }
+      return gemm_operands<TA, TB, TC>{op::none, opb, rows, n, k, a + r0 * lda, lda, b + g * b_stride, ldb,
+                                       c + r0 * ldc, ldc};
+    });
   }
 
   // Grouped weight-gradient GEMM: for each group g,
@@ -427,11 +425,11 @@ class host {
   void grouped_gemm_tn(int groups, const int* offsets, index_t m, index_t n, acc_t<TC> alpha, const TA* a,
                        index_t lda, const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t c_stride,
                        index_t ldc) const {
-    for (int g = 0; g < groups; ++g) {
+    host_grouped_gemm<TA, TB, TC>(pool_.get(), groups, alpha, beta, [&](int g) {
       const index_t r0 = offsets[g], rows = offsets[g + 1] - offsets[g];
-      gemm(op::transpose, op::none, m, n, rows, alpha, a + r0 * lda, lda, b + r0 * ldb, ldb, beta,
-           c + g * c_stride, ldc);
-    }
+      return gemm_operands<TA, TB, TC>{op::transpose, op::none, m, n, rows, a + r0 * lda, lda, b + r0 * ldb, ldb,
+                                       c + g * c_stride, ldc};
+    });
   }
 
  private:
