@@ -118,10 +118,24 @@ void rmsnorm_backward(const Space& sp, const T* x, const T* g, const T* rinv, co
     for (index_t j = 0; j < d; ++j) dx[t * d + j] += drow[j] * g[j] * r - row[j] * c;
   });
   if (!dg) return;  // a frozen gain: its gradient is not computed
-  sp.parallel_for(d, [=] MOE_LAMBDA(index_t j) {
-    T acc = 0;
-    for (index_t t = 0; t < N; ++t) acc += dy[t * d + j] * x[t * d + j] * rinv[t];
-    dg[j] += acc;
+  // Column sums over a run of adjacent columns per body (one cache line of each row on the host,
+  // where a walk down one column at a time read every line `width` times; one column per thread on
+  // CUDA). Each column still sums its tokens in order: the same bits at any run length.
+  constexpr index_t width = moe::detail::elementwise_columns<Space>() < 16 ? moe::detail::elementwise_columns<Space>()
+                                                                            : 16;
+  sp.parallel_for((d + width - 1) / width, [=] MOE_LAMBDA(index_t b) {
+    const index_t j0 = b * width, n = d - j0 < width ? d - j0 : width;
+    T acc[width] = {};
+    for (index_t t = 0; t < N; ++t) {
+      const T* dyr = dy + t * d + j0;
+      const T* xr = x + t * d + j0;
+      const T r = rinv[t];
+      if (n == width)
+        for (index_t k = 0; k < width; ++k) acc[k] += dyr[k] * xr[k] * r;
+      else
+        for (index_t k = 0; k < n; ++k) acc[k] += dyr[k] * xr[k] * r;
+    }
+    for (index_t k = 0; k < n; ++k) dg[j0 + k] += acc[k];
   });
 }
 
@@ -148,11 +162,9 @@ void attention_forward(const Space& sp, const T* qkv, index_t B, index_t S, inde
     T* p = P + r * S;
     T m = -INFINITY;
     for (index_t j = 0; j <= i; ++j) m = p[j] > m ? p[j] : m;
+    for (index_t j = 0; j <= i; ++j) p[j] = moe::exp_of(p[j] - m);  // vectorises (std::exp does not)
     T sum = 0;
-    for (index_t j = 0; j <= i; ++j) {
-      p[j] = std::exp(p[j] - m);
-      sum += p[j];
-    }
+    for (index_t j = 0; j <= i; ++j) sum += p[j];
     for (index_t j = 0; j <= i; ++j) p[j] /= sum;
     for (index_t j = i + 1; j < S; ++j) p[j] = 0;
     if (dropping) {
@@ -228,11 +240,14 @@ void cross_entropy(const Space& sp, T* logits, const int* targets, index_t N, in
     T* row = logits + t * V;
     T m = -INFINITY;
     for (index_t v = 0; v < V; ++v) m = row[v] > m ? row[v] : m;
+    const T target_logit = row[targets[t]];
+    // One exponential per logit, in place (a vectorised loop; the sum runs in order after it)
+    for (index_t v = 0; v < V; ++v) row[v] = moe::exp_of(row[v] - m);
     T sum = 0;
-    for (index_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
-    const T lse = m + std::log(sum);
-    loss[t] = lse - row[targets[t]];
-    for (index_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - lse) / T(norm);
+    for (index_t v = 0; v < V; ++v) sum += row[v];
+    loss[t] = m + std::log(sum) - target_logit;
+    const T scale = T(1) / (sum * T(norm));  // p_v / norm = e_v / (sum · norm)
+    for (index_t v = 0; v < V; ++v) row[v] *= scale;
     row[targets[t]] -= T(1) / T(norm);
   });
 }
