@@ -41,8 +41,7 @@ namespace moe {
 namespace detail {
 
 // Multiply-adds up to which a product is one call on one thread (with a CBLAS: one tile; the
-// portable kernel splits rows from 2^15 on). Grouped products run their tiles in one fork-join
-// (host_grouped_gemm).
+// portable kernel splits rows from 2^15 on). host_grouped_gemm runs such products side by side.
 constexpr index_t gemm_one_call_work = index_t(1) << 18;
 
 // C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major; the portable kernel.
@@ -259,6 +258,24 @@ void cblas_grouped_tiled(thread_pool* pool, int groups, T alpha, T beta, const O
 }
 #endif
 
+// host_gemm's checks of a product's sizes, shared with the grouped products (whose tiles reach the
+// CBLAS without passing through host_gemm).
+inline void require_gemm_sizes(index_t m, index_t n, index_t k, index_t lda, index_t ldb, index_t ldc) {
+  if (m < 0 || n < 0 || k < 0) fail("gemm", "negative size m=", m, " n=", n, " k=", k);
+#if defined(MOE_HAVE_CBLAS)
+  constexpr index_t int_max = 2147483647;
+  require(m <= int_max && n <= int_max && k <= int_max && lda <= int_max && ldb <= int_max && ldc <= int_max,
+          "gemm", "m=", m, " n=", n, " k=", k, " lda=", lda, " ldb=", ldb, " ldc=", ldc,
+          ": a size exceeds the 32-bit CBLAS interface; split the product");
+#endif
+}
+
+// Operand types a CBLAS multiplies directly (the others are widened to float first).
+template <class TA, class TB, class TC>
+inline constexpr bool cblas_types =
+    (std::is_same_v<TA, float> && std::is_same_v<TB, float> && std::is_same_v<TC, float>) ||
+    (std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>);
+
 }  // namespace detail
 
 // C = alpha · op(A) · op(B) + beta · C (row-major; lda, ldb, ldc are row strides of the stored
@@ -266,7 +283,7 @@ void cblas_grouped_tiled(thread_pool* pool, int groups, T alpha, T beta, const O
 template <class TA, class TB, class TC>
 void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, index_t k, acc_t<TC> alpha,
                const TA* a, index_t lda, const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t ldc) {
-  if (m < 0 || n < 0 || k < 0) fail("gemm", "negative size m=", m, " n=", n, " k=", k);
+  detail::require_gemm_sizes(m, n, k, lda, ldb, ldc);
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // Through convert: TC(0) is ambiguous for the 16-bit types (no constructor from int).
@@ -276,14 +293,7 @@ void host_gemm(detail::thread_pool* pool, op opa, op opb, index_t m, index_t n, 
     return;
   }
 #if defined(MOE_HAVE_CBLAS)
-  constexpr index_t int_max = 2147483647;
-  require(m <= int_max && n <= int_max && k <= int_max && lda <= int_max && ldb <= int_max && ldc <= int_max,
-          "gemm", "m=", m, " n=", n, " k=", k, " lda=", lda, " ldb=", ldb, " ldc=", ldc,
-          ": a size exceeds the 32-bit CBLAS interface; split the product");
-  constexpr bool all_float = std::is_same_v<TA, float> && std::is_same_v<TB, float> && std::is_same_v<TC, float>;
-  constexpr bool all_double =
-      std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>;
-  if constexpr (all_float || all_double) {
+  if constexpr (detail::cblas_types<TA, TB, TC>) {
     detail::cblas_tiled(pool, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   } else if constexpr (!std::is_same_v<acc_t<TA>, double> && !std::is_same_v<acc_t<TB>, double> &&
@@ -326,27 +336,20 @@ struct gemm_operands {
 };
 
 // For g < groups, the product operands(g) (a gemm_operands<TA, TB, TC>), with the results host_gemm
-// gives each of them. float and double through a CBLAS run all products' tiles in one fork-join
-// (cblas_grouped_tiled; products with k = 0, C = beta · C, or no rows or columns, go through
-// host_gemm first); the other types go through host_gemm product by product.
+// gives each of them. float and double through a CBLAS go to cblas_grouped_tiled (products too
+// small to be tiled side by side, the others tiled one by one; products with k = 0, C = beta · C,
+// or no rows or columns, through host_gemm first); the other types through host_gemm one by one,
+// side by side when every product is one call.
 template <class TA, class TB, class TC, class Operands>
 void host_grouped_gemm(detail::thread_pool* pool, int groups, acc_t<TC> alpha, acc_t<TC> beta,
                        const Operands& operands) {
 #if defined(MOE_HAVE_CBLAS)
-  constexpr bool all_float = std::is_same_v<TA, float> && std::is_same_v<TB, float> && std::is_same_v<TC, float>;
-  constexpr bool all_double =
-      std::is_same_v<TA, double> && std::is_same_v<TB, double> && std::is_same_v<TC, double>;
-  if constexpr (all_float || all_double) {
-    constexpr index_t int_max = 2147483647;
-    std::vector<int> tiled;  // the products with work to tile, in group order
+  if constexpr (detail::cblas_types<TA, TB, TC>) {
+    std::vector<int> tiled;  // the products with work, in group order
     tiled.reserve(std::size_t(groups > 0 ? groups : 0));
     for (int g = 0; g < groups; ++g) {
       const gemm_operands<TA, TB, TC> o = operands(g);
-      if (o.m < 0 || o.n < 0 || o.k < 0) fail("gemm", "negative size m=", o.m, " n=", o.n, " k=", o.k);
-      require(o.m <= int_max && o.n <= int_max && o.k <= int_max && o.lda <= int_max && o.ldb <= int_max &&
-                  o.ldc <= int_max,
-              "gemm", "m=", o.m, " n=", o.n, " k=", o.k, " lda=", o.lda, " ldb=", o.ldb, " ldc=", o.ldc,
-              ": a size exceeds the 32-bit CBLAS interface; split the product");
+      detail::require_gemm_sizes(o.m, o.n, o.k, o.lda, o.ldb, o.ldc);
       if (o.m > 0 && o.n > 0 && o.k > 0)
         tiled.push_back(g);
       else

@@ -392,7 +392,8 @@ class host {
   void batched_gemm(op opa, op opb, int batch, index_t m, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, index_t a_stride, const TB* b, index_t ldb, index_t b_stride, acc_t<TC> beta,
                     TC* c, index_t ldc, index_t c_stride) const {
-    // Every entry's tiles in one fork-join (host_grouped_gemm), each entry with the bits of gemm.
+    // host_grouped_gemm: entries too small to be tiled run side by side on the pool, the others are
+    // tiled one by one; each entry has the bits of gemm on its shape.
     host_grouped_gemm<TA, TB, TC>(pool_.get(), batch, alpha, beta, [&](int i) {
       return gemm_operands<TA, TB, TC>{opa, opb, m, n, k, a + i * a_stride, lda, b + i * b_stride, ldb,
                                        c + i * c_stride, ldc};
@@ -408,8 +409,8 @@ class host {
   void grouped_gemm(op opb, int groups, const int* offsets, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, const TB* b, index_t b_stride, index_t ldb, acc_t<TC> beta, TC* c,
                     index_t ldc) const {
-    // Every group's tiles in one fork-join (host_grouped_gemm); each group gets the bits of gemm on
-    // its rows. A group with no rows has no C to write.
+    // host_grouped_gemm, as batched_gemm: each group gets the bits of gemm on its rows. A group with
+    // no rows has no C to write.
     host_grouped_gemm<TA, TB, TC>(pool_.get(), groups, alpha, beta, [&](int g) {
       const index_t r0 = offsets[g], rows = offsets[g + 1] - offsets[g];
       return gemm_operands<TA, TB, TC>{op::none, opb, rows, n, k, a + r0 * lda, lda, b + g * b_stride, ldb,
