@@ -6,6 +6,7 @@
 // it to show that every benchmark runs; its timings mean nothing.
 // Families (see each source file): host/, router/, dispatch/, expert_gemm/, dense/, layer/, ep/. docs/benchmarks.md
 // says how the numbers in it were taken. The context block records the thread counts and the BLAS.
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -55,6 +56,10 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("blas", "none (portable GEMM)");
 #endif
   benchmark::AddCustomContext("OPENBLAS_CORETYPE", env_or("OPENBLAS_CORETYPE", "(unset)"));
+  if (const std::string advice = moe::host_blas_info().advice; !advice.empty()) {
+    benchmark::AddCustomContext("blas_warning", advice);
+    std::fprintf(stderr, "moe_bench_host: warning: %s\n", advice.c_str());
+  }
   benchmark::AddCustomContext("compiler", __VERSION__);
 
   // Run order: the cheap families first.

@@ -143,16 +143,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   const moe::host space;
-#if defined(MOE_HAVE_CBLAS)
-  const char* gemm = "CBLAS";
-#else
-  const char* gemm = "portable kernel";
-#endif
+  const moe::host_blas_report blas = moe::host_blas_info();
   std::printf("moe preset tour: d_model=%d d_ff=%d experts=%d tokens=%d (one routing group), training step, "
               "seed %llu\n",
               d_model, d_ff, num_experts, tokens, static_cast<unsigned long long>(seed));
   std::printf("host space: %d threads, GEMM: %s; x and dy Gaussian (dy scaled by 1/tokens)\n\n", space.threads(),
-              gemm);
+              blas.library.c_str());
+  if (!blas.advice.empty()) std::printf("warning: %s\n\n", blas.advice.c_str());
 
   std::vector<result> rs;
   try {

@@ -25,6 +25,7 @@
 #include <moe/core/execution_space.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/workspace.hpp>
+#include <moe/host/blas_kernels.hpp>
 #include <moe/host/space.hpp>
 
 #if defined(__linux__)
@@ -985,6 +986,45 @@ TEST_CASE("gemm: the calling thread's OpenMP thread count is as it was after a h
   set(before);
 }
 #endif
+
+TEST_CASE("blas kernels: OpenBLAS kernels without AVX2 on a CPU with it get advice naming OPENBLAS_CORETYPE") {
+  const moe::cpu_vector_features none{}, avx2{.avx2_fma = true}, avx512{.avx2_fma = true, .avx512 = true};
+  // The mis-detection this exists for: OpenBLAS 0.3.21 on an Intel family 6 model 207 CPU.
+  const std::string prescott = moe::openblas_kernel_advice("Prescott", avx512);
+  CHECK(prescott.find("Prescott kernels") != std::string::npos);
+  CHECK(prescott.find("OPENBLAS_CORETYPE=SkylakeX") != std::string::npos);
+  CHECK(moe::openblas_kernel_advice("Prescott", avx2).find("OPENBLAS_CORETYPE=Haswell") != std::string::npos);
+  CHECK(moe::openblas_kernel_advice("SANDYBRIDGE", avx2).find("OPENBLAS_CORETYPE=Haswell") != std::string::npos);
+  CHECK(moe::openblas_kernel_advice("Nehalem", avx2) != "");
+  // A CPU without AVX2 is served right by old kernels; AVX2 kernels need no advice.
+  CHECK(moe::openblas_kernel_advice("Prescott", none) == "");
+  for (const char* good : {"Haswell", "SkylakeX", "Cooperlake", "Zen", "Excavator", "SapphireRapids"}) {
+    CAPTURE(good);
+    CHECK(moe::openblas_kernel_advice(good, avx512) == "");
+    CHECK(moe::openblas_kernel_advice(good, avx2) == "");
+  }
+  CHECK(moe::openblas_kernel_advice("Prescot", avx2) == "");  // whole names only
+}
+
+TEST_CASE("blas kernels: host_blas_info reports the kernels OpenBLAS loaded") {
+  const moe::host_blas_report r = moe::host_blas_info();
+  CHECK(!r.library.empty());
+#if defined(MOE_HAVE_OPENBLAS)
+  CHECK(r.library.find("OpenBLAS") != std::string::npos);
+  CHECK(!r.kernels.empty());
+  CHECK(r.library.find(r.kernels) != std::string::npos);  // openblas_get_config names its kernels too
+  // host_space_test.blas_prescott runs this case with OPENBLAS_CORETYPE=Prescott (OpenBLAS's SSE3
+  // kernels, which it falls back to on CPU models it does not know): the advice appears exactly
+  // where the CPU has AVX2 and FMA.
+  if (const char* want = std::getenv("MOE_EXPECT_OPENBLAS_KERNELS")) {
+    CHECK(r.kernels == want);
+    CHECK(r.advice.empty() == !moe::this_cpu_vector_features().avx2_fma);
+  }
+#else
+  CHECK(r.kernels.empty());
+  CHECK(r.advice.empty());
+#endif
+}
 
 TEST_CASE("gemm: negative sizes are rejected") {
   const moe::host h(1);

@@ -18,6 +18,7 @@
 #include <string>
 #include <sys/stat.h>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <moe/moe.hpp>
@@ -303,6 +304,12 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
                 rc.ranks > 1 ? (", " + std::to_string(rc.ranks) + " ranks (in-process; experts split, the rest "
                                 "data-parallel)").c_str() : "",
                 start_step ? (", resuming after step " + std::to_string(start_step)).c_str() : "");
+    if constexpr (std::is_same_v<Space, moe::host>) {
+      const moe::host_blas_report blas = moe::host_blas_info();
+      std::printf("  gemm     %s\n", blas.library.c_str());  // OpenBLAS: its configuration names the kernels
+      // In the header, not on stderr: stderr carries the one line of an error (tests/trainer counts it).
+      if (!blas.advice.empty()) std::printf("  warning  %s\n", blas.advice.c_str());
+    }
     std::printf("  model    d_model %d, %d layers, %d heads, seq %d, vocab %d", opt.d_model, opt.layers, opt.heads,
                 opt.seq, mc.vocab);
     if (opt.kind != preset::dense)

@@ -25,6 +25,7 @@
 #include "moe/core/tensor.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/host/space.hpp"
+#include "moe/host/blas_kernels.hpp"
 #include "moe/routing/top_k.hpp"
 #include "moe/routing/expert_choice.hpp"
 #include "moe/capacity/capacity_factor.hpp"
