@@ -47,18 +47,16 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("sizes", std::string(sizes().smoke ? "smoke (timings meaningless)" : "full") +
                                            ": d_model " + std::to_string(sizes().d_model) + ", d_ff " +
                                            std::to_string(sizes().d_ff));
+  const moe::host_blas_report blas = moe::host_blas_info();
+  std::string blas_context = blas.library;
 #if defined(OPENBLAS_VERSION)
-  benchmark::AddCustomContext("blas", std::string(openblas_get_config()) + " core " + openblas_get_corename() +
-                                          ", " + std::to_string(openblas_get_num_threads()) + " threads");
-#elif defined(MOE_HAVE_CBLAS)
-  benchmark::AddCustomContext("blas", "CBLAS (not OpenBLAS)");
-#else
-  benchmark::AddCustomContext("blas", "none (portable GEMM)");
+  blas_context += ", " + std::to_string(openblas_get_num_threads()) + " threads";
 #endif
+  benchmark::AddCustomContext("blas", blas_context);
   benchmark::AddCustomContext("OPENBLAS_CORETYPE", env_or("OPENBLAS_CORETYPE", "(unset)"));
-  if (const std::string advice = moe::host_blas_info().advice; !advice.empty()) {
-    benchmark::AddCustomContext("blas_warning", advice);
-    std::fprintf(stderr, "moe_bench_host: warning: %s\n", advice.c_str());
+  if (!blas.advice.empty()) {
+    benchmark::AddCustomContext("blas_warning", blas.advice);
+    std::fprintf(stderr, "moe_bench_host: warning: %s\n", blas.advice.c_str());
   }
   benchmark::AddCustomContext("compiler", __VERSION__);
 
