@@ -1246,6 +1246,66 @@ TEST_CASE("group_row_sums: per-group column sums in row order, empty rows give z
   for (double x : out) CHECK(x == 0.0);
 }
 
+TEST_CASE("group_pair_sums: the bits of group_row_sums over the cells, pairs with no column or a shared one") {
+  // Rows hand values to a few columns each: some pairs name no column (-1), some rows name one
+  // column twice (a cell of two values), values of either sign. Sums large enough to go to the pool
+  // (6 groups x 3000 rows x 3 pairs) and small ones, on one, two and three threads; float and double.
+  const auto check = [](auto zero, int threads, int groups, moe::index_t rows, moe::index_t cols, int pairs) {
+    using T = decltype(zero);
+    CAPTURE(threads);
+    CAPTURE(groups);
+    CAPTURE(rows);
+    CAPTURE(cols);
+    CAPTURE(pairs);
+    const moe::host h(threads);
+    const std::size_t n = std::size_t(groups) * std::size_t(rows) * std::size_t(pairs);
+    std::mt19937_64 gen(std::uint64_t(71 + 13 * pairs + cols));
+    std::vector<moe::index_t> column(n);
+    for (auto& c : column) {
+      const std::uint64_t u = gen() % 8;  // 1 in 8: no column; 1 in 8: the column of the row's first pair
+      c = u == 0 ? -1 : moe::index_t(gen() % std::uint64_t(cols));
+      if (u == 1 && (&c - column.data()) % pairs != 0) c = column[std::size_t((&c - column.data()) / pairs * pairs)];
+    }
+    const auto value = random_values<T>(n, 72);
+    const auto column_of = [&](moe::index_t r, int j) { return column[std::size_t(r * pairs + j)]; };
+    const auto value_of = [&](moe::index_t r, int j) { return value[std::size_t(r * pairs + j)]; };
+    const auto cell = [&](moe::index_t r, moe::index_t c) {
+      T sum = 0;  // the documented cell: the row's values on column c in pair order
+      for (int j = 0; j < pairs; ++j)
+        if (column_of(r, j) == c) sum += value_of(r, j);
+      return sum;
+    };
+    std::vector<T> want(std::size_t(groups * cols), T(-7)), got(want.size(), T(-7));
+    h.group_row_sums(groups, rows, cols, cell, want.data());
+    h.group_pair_sums(groups, rows, cols, pairs, column_of, value_of, got.data());
+    REQUIRE(same_bits(got, want));
+    bool shared = false;  // the case of a cell of two values did occur
+    for (std::size_t r = 0; r < n / std::size_t(pairs); ++r)
+      for (int j = 1; j < pairs; ++j) {
+        const moe::index_t c = column[r * std::size_t(pairs) + std::size_t(j)];
+        shared |= c >= 0 && c == column[r * std::size_t(pairs)];
+      }
+    CHECK((pairs == 1 || shared));
+  };
+  for (const int threads : {1, 2, 3})
+    for (const auto& [groups, rows, cols, pairs] :
+         {std::tuple{1, 500, 8, 2}, std::tuple{6, 3000, 64, 3}, std::tuple{3, 40, 1, 4}, std::tuple{2, 300, 257, 1}}) {
+      check(0.0f, threads, groups, rows, cols, pairs);
+      check(0.0, threads, groups, rows, cols, pairs);
+    }
+  const moe::host h(2);
+  std::vector<float> out(6, nan_f);
+  h.group_pair_sums(
+      2, 0, 3, 2, [](moe::index_t, int) { return moe::index_t(0); }, [](moe::index_t, int) { return 1.0f; },
+      out.data());
+  for (float x : out) CHECK(x == 0.0f);
+  // A column past the end is a caller's error, named with its row and pair.
+  CHECK_THROWS_WITH_AS(h.group_pair_sums(
+                           1, 4, 3, 2, [](moe::index_t r, int j) { return moe::index_t(r == 2 && j == 1 ? 3 : 0); },
+                           [](moe::index_t, int) { return 1.0f; }, out.data()),
+                       doctest::Contains("row 2 pair 1: column=3 is not below cols=3"), moe::invalid_argument);
+}
+
 TEST_CASE("batched_gemm: entries small or tiled, all in one fork-join: one gemm's bits, any thread count") {
   struct shape {
     int batch;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 namespace {
@@ -459,4 +460,60 @@ TEST_CASE("bfloat16 router: its GEMM reads x̃ and W_r rounded to bfloat16, as a
   CHECK(r.expert == rounded_expert);
   CHECK(r.gate == rounded);
   CHECK(l.router_weights()(0, 0) == 1.7);  // the layer's own weights are not rounded
+}
+
+TEST_CASE("top_k::select: the first free expert of highest probability, ties to the lower index") {
+  // Against the definition (a scan per choice rank that keeps the first strictly larger free
+  // expert): probabilities drawn from four values so that ties are everywhere, runs of experts
+  // between the chosen ones of every length (E not a multiple of the 8 lanes), k up to E, NaN
+  // probabilities (the CUDA space's case: the lowest free expert), and +0 beside -0.
+  const auto reference = [](int E, int k, const std::vector<float>& p, std::vector<int>& expert,
+                            std::vector<float>& gate) {
+    for (int j = 0; j < k; ++j) {
+      int best = -1;
+      float best_p = -1.0f;
+      for (int e = 0; e < E; ++e) {
+        const bool taken = std::find(expert.begin(), expert.begin() + j, e) != expert.begin() + j;
+        if (!taken && p[std::size_t(e)] > best_p) best = e, best_p = p[std::size_t(e)];
+      }
+      if (best < 0)
+        for (int e = E - 1; e >= 0; --e)
+          if (std::find(expert.begin(), expert.begin() + j, e) == expert.begin() + j) best = e;
+      expert[std::size_t(j)] = best;
+      gate[std::size_t(j)] = p[std::size_t(best)];
+    }
+  };
+  std::mt19937_64 gen(97);
+  const float levels[] = {0.0f, -0.0f, 0.25f, 0.5f};
+  int cases = 0, nan_cases = 0;
+  for (const int E : {1, 3, 8, 9, 17, 64, 257})
+    for (int k = 1; k <= std::min(E, 6); ++k)
+      for (int rep = 0; rep < 20; ++rep) {
+        std::vector<float> p(static_cast<std::size_t>(E));
+        const bool with_nan = rep % 5 == 4;
+        for (auto& x : p) x = with_nan && gen() % 3 == 0 ? NAN : levels[gen() % 4];
+        if (rep % 5 == 3) std::fill(p.begin(), p.end(), NAN);
+        moe::top_k::config c{};
+        c.k = k;
+        c.renormalize = false;
+        std::vector<int> expert(std::size_t(k), -9), want_expert(std::size_t(k), -9);
+        std::vector<float> gate(static_cast<std::size_t>(k)), want_gate(static_cast<std::size_t>(k));
+        std::vector<std::uint8_t> active(static_cast<std::size_t>(k));
+        const float top1 = moe::top_k::select<float>(c, true, moe::rng_stream{}, 0, E, p.data(), expert.data(),
+                                                     gate.data(), active.data());
+        reference(E, k, p, want_expert, want_gate);
+        CAPTURE(E);
+        CAPTURE(k);
+        CAPTURE(rep);
+        REQUIRE(expert == want_expert);
+        for (int j = 0; j < k; ++j) {
+          CHECK(std::memcmp(&gate[std::size_t(j)], &want_gate[std::size_t(j)], sizeof(float)) == 0);
+          CHECK(active[std::size_t(j)] == 1);
+        }
+        CHECK(std::memcmp(&top1, &p[std::size_t(expert[0])], sizeof(float)) == 0);
+        ++cases;
+        nan_cases += with_nan || rep % 5 == 3;
+      }
+  CHECK(cases == 20 * (1 + 3 + 5 * 6));  // k up to min(E, 6)
+  CHECK(nan_cases > 0);
 }

@@ -174,6 +174,46 @@ TEST_CASE("group_row_sums matches the host: one or many chunks, narrow and wide 
   }
 }
 
+TEST_CASE("group_pair_sums matches the host: pairs with no column or a shared one, one or many chunks") {
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  const moe::host host(1);
+  for (const auto& [groups, rows, cols, pairs] :
+       {std::tuple{1, 20000, 64, 2}, std::tuple{3, 700, 8, 3}, std::tuple{2, 0, 5, 2}, std::tuple{4, 33, 1, 1}}) {
+    const std::size_t n = std::size_t(groups) * std::size_t(rows) * std::size_t(pairs);
+    // Columns from random magnitudes in [0.1, 1]: 1 in 9 pairs names no column, every 5th row repeats
+    // its first pair's column.
+    const auto u = moe_test::random_vector<float>(std::max<std::size_t>(n, 1), 11);
+    std::vector<int> column(std::max<std::size_t>(n, 1), -1);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float a = u[i] < 0 ? -u[i] : u[i];
+      column[i] = a < 0.2f ? -1 : std::min(cols - 1, int((a - 0.2f) / 0.8f * float(cols)));
+      const std::size_t j = i % std::size_t(pairs);
+      if (j != 0 && (i / std::size_t(pairs)) % 5 == 0) column[i] = column[i - j];
+    }
+    const auto v = moe_test::random_vector<float>(std::max<std::size_t>(n, 1), 12);
+    device_vector<int> dcol(column);
+    device_vector<float> dv(v), dout(std::vector<float>(std::size_t(groups * cols), -7.0f));
+    std::vector<float> ref(std::size_t(groups * cols), -7.0f);
+    const int k = pairs;
+    const int* hc = column.data();
+    const float* hv = v.data();
+    host.group_pair_sums(
+        groups, rows, cols, k, [=](moe::index_t r, int j) { return moe::index_t(hc[r * k + j]); },
+        [=](moe::index_t r, int j) { return hv[r * k + j]; }, ref.data());
+    const int* pc = dcol.p;
+    const float* pv = dv.p;
+    const auto column_of = [=] MOE_LAMBDA(moe::index_t r, int j) -> moe::index_t { return pc[r * k + j]; };
+    const auto value_of = [=] MOE_LAMBDA(moe::index_t r, int j) -> float { return pv[r * k + j]; };
+    space.group_pair_sums(groups, rows, cols, k, column_of, value_of, dout.p);
+    INFO("group_pair_sums groups=", groups, " rows=", rows, " cols=", cols, " pairs=", pairs);
+    const std::vector<float> got = dout.download();
+    check_close(widened(got), widened(ref), 1e-4, "group_pair_sums");
+    space.group_pair_sums(groups, rows, cols, k, column_of, value_of, dout.p);  // the same bits again
+    CHECK(dout.download() == got);
+  }
+}
+
 namespace {
 
 // The dispatchers' row kernels (rows.cuh) against plain loops, at a width that takes 16-byte pieces

@@ -21,6 +21,12 @@ struct index_functor_archetype {
 struct element_functor_archetype {
   MOE_HOST_DEVICE float operator()(index_t, index_t) const { return 0.0f; }
 };
+struct pair_column_archetype {
+  MOE_HOST_DEVICE index_t operator()(index_t, int) const { return -1; }
+};
+struct pair_value_archetype {
+  MOE_HOST_DEVICE float operator()(index_t, int) const { return 0.0f; }
+};
 // A task body runs on the host and issues calls on the space (parallel_tasks).
 struct task_functor_archetype {
   void operator()(index_t) const {}
@@ -48,6 +54,7 @@ concept execution_space =
       // disjoint outputs; the results are the same bits either way.
       s.parallel_tasks(n, detail::task_functor_archetype{});
       s.group_row_sums(1, n, n, detail::element_functor_archetype{}, f);
+      s.group_pair_sums(1, n, n, 1, detail::pair_column_archetype{}, detail::pair_value_archetype{}, f);
       s.exclusive_scan(ci, i, n);
       s.offsets_from_counts(ci, i, n);
       s.histogram(ci, n, i, 1);

@@ -85,4 +85,23 @@ MOE_ALWAYS_INLINE logistic_values<R> logistic(R u) {
   return {q * detail::select(u < R(0), e, R(1)), e * q * q};
 }
 
+// The largest of v[begin, end) that exceeds `floor`, else floor; NaN never exceeds anything. Kept in
+// eight lanes that take interleaved elements: one running maximum makes every element wait for the
+// one before (a 4-cycle chain per element, and a stack round trip per element where the loop also
+// calls a function), eight independent ones vectorise. Max is exact, so the order of the elements
+// does not change the value; of two zeros it may keep either sign.
+template <class R>
+MOE_HOST_DEVICE R max_above(const R* v, int begin, int end, R floor) {
+  constexpr int lanes = 8;
+  R lane[lanes];
+  for (int j = 0; j < lanes; ++j) lane[j] = floor;
+  int i = begin;
+  for (; i + lanes <= end; i += lanes)
+    for (int j = 0; j < lanes; ++j) lane[j] = v[i + j] > lane[j] ? v[i + j] : lane[j];
+  R m = floor;
+  for (; i < end; ++i) m = v[i] > m ? v[i] : m;
+  for (int j = 0; j < lanes; ++j) m = lane[j] > m ? lane[j] : m;
+  return m;
+}
+
 }  // namespace moe

@@ -1,5 +1,6 @@
 // moe/cuda/reduce.cuh — the kernels of moe::cuda::group_row_sums: per-group column sums of a
-// matrix given element-wise, in a fixed order (no atomics: the same bits run to run).
+// matrix given element-wise, in a fixed order (no atomics: the same bits run to run); group_pair_sums
+// runs them on the cells of its pairs.
 //
 // Pass 1: one block per (group, chunk of rows, tile of columns) (group_sum_layout, tiles.cuh); each
 // thread adds its rows of the chunk in order, then the block adds its row lanes in a fixed tree.
@@ -45,5 +46,20 @@ __global__ void __launch_bounds__(for_threads)
     out[i] = acc;
   }
 }
+
+// The cells of moe::cuda::group_pair_sums: what row r hands to column c, its pairs' values added in
+// pair order (moe::host::group_pair_sums walks the pairs instead; the cell is the same sum).
+template <class R, class C, class V>
+struct pair_cells {
+  C column_of;
+  V value_of;
+  int pairs;
+  MOE_HOST_DEVICE R operator()(index_t r, index_t c) const {
+    R cell = 0;
+    for (int j = 0; j < pairs; ++j)
+      if (index_t(column_of(r, j)) == c) cell += value_of(r, j);
+    return cell;
+  }
+};
 
 }  // namespace moe::cuda_detail

@@ -260,6 +260,17 @@ class cuda {
     cuda_detail::check_launch("group_row_finish_kernel", "(groups=", groups, " cols=", cols, ")");
   }
 
+  // Per-group column sums of the values rows hand to a few columns (see moe::host::group_pair_sums):
+  // group_row_sums of the cells, each cell adding its row's pairs that name its column. A GPU has a
+  // thread per cell to spare, and the cells keep the fixed summation order without atomics. Columns
+  // must be below cols (the host space checks; here a pair naming a larger column is in no cell).
+  template <class R, class C, class V>
+  void group_pair_sums(int groups, index_t rows, index_t cols, int pairs, C&& column_of, V&& value_of,
+                       R* out) const {
+    using Cells = cuda_detail::pair_cells<R, std::decay_t<C>, std::decay_t<V>>;
+    group_row_sums(groups, rows, cols, Cells{column_of, value_of, pairs}, out);
+  }
+
   // ---- row gathers of the dispatchers (rows.cuh) --------------------------------------------
   // moe/dispatch/rows.hpp calls these instead of its generic element loops when a space declares
   // row_kernels: the same results, with 16-byte accesses where the rows allow.

@@ -189,26 +189,18 @@ void routing_summary(const Space& sp, const typename LossSet::config& loss_cfg, 
   // many blocks per group on a GPU, row order on the host).
   sp.group_row_sums(G, S, E, [=] MOE_LAMBDA(index_t t, index_t e) -> R { return probs[t * E + e]; }, plan.prob_sum);
   if (Router::token_choice) {
-    sp.group_row_sums(
-        G, S, E, [=] MOE_LAMBDA(index_t t, index_t e) -> R { return pair_expert[t * K] == int(e) ? R(1) : R(0); },
+    // A token hands 1 (or its gate) to each expert it chose: group_pair_sums walks the k pairs of a
+    // token where group_row_sums would visit all E experts (the same sums, bit for bit).
+    const auto one = [=] MOE_LAMBDA(index_t, int) -> R { return R(1); };
+    sp.group_pair_sums(
+        G, S, E, 1, [=] MOE_LAMBDA(index_t t, int) -> index_t { return pair_expert[t * K]; }, one,
         plan.first_count);
-    sp.group_row_sums(
-        G, S, E,
-        [=] MOE_LAMBDA(index_t t, index_t e) -> R {
-          R n = 0;
-          for (int j = 0; j < K; ++j) n += pair_active[t * K + j] && pair_expert[t * K + j] == int(e) ? R(1) : R(0);
-          return n;
-        },
-        plan.choice_count);
-    sp.group_row_sums(
-        G, S, E,
-        [=] MOE_LAMBDA(index_t t, index_t e) -> R {
-          R sum = 0;
-          for (int j = 0; j < K; ++j)
-            if (pair_active[t * K + j] && pair_expert[t * K + j] == int(e)) sum += pair_gate[t * K + j];
-          return sum;
-        },
-        plan.gate_sum);
+    const auto chosen = [=] MOE_LAMBDA(index_t t, int j) -> index_t {
+      return pair_active[t * K + j] ? index_t(pair_expert[t * K + j]) : index_t(-1);
+    };
+    sp.group_pair_sums(G, S, E, K, chosen, one, plan.choice_count);
+    sp.group_pair_sums(
+        G, S, E, K, chosen, [=] MOE_LAMBDA(index_t t, int j) -> R { return pair_gate[t * K + j]; }, plan.gate_sum);
   } else {  // every token proposes to every expert: pair t·E + e
     sp.fill_zero(plan.first_count, sizeof(R) * std::size_t(G) * std::size_t(E));
     sp.group_row_sums(

@@ -131,12 +131,9 @@ MOE_HOST_DEVICE void token_logits_forward(const Config& cfg, bool noisy, const r
                                           int num_experts, const R* raw, const R* noise_pre, R* logits, R* probs,
                                           R* lse) {
   const int E = num_experts;
-  R m = -INFINITY;
-  for (int e = 0; e < E; ++e) {
-    const R h = token_logit(cfg, noisy, noise_rng, t, E, e, raw[e], noise_pre ? noise_pre[e] : R(0));
-    logits[e] = h;
-    m = h > m ? h : m;
-  }
+  for (int e = 0; e < E; ++e)
+    logits[e] = token_logit(cfg, noisy, noise_rng, t, E, e, raw[e], noise_pre ? noise_pre[e] : R(0));
+  const R m = max_above(logits, 0, E, R(-INFINITY));  // a second pass: token_logit may call out (noise, tanh)
   R sum = 0;
   for (int e = 0; e < E; ++e) {
     const R v = std::exp(logits[e] - m);

@@ -14,6 +14,7 @@
 
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/math.hpp"
 #include "moe/core/policy.hpp"
 #include "moe/core/rng.hpp"
 #include "moe/routing/router_logits.hpp"
@@ -79,6 +80,15 @@ struct top_k {
   // Pairs (token, expert) proposed per token.
   static int pairs_per_token(const config& c, int /*num_experts*/) { return c.k; }
 
+  // The lowest of the first j chosen experts that is at least `lo`, else E: the end of the run of
+  // free experts that starts at lo.
+  MOE_HOST_DEVICE static int next_taken(const int* expert, int j, int lo, int num_experts) {
+    int hi = num_experts;
+    for (int i = 0; i < j; ++i)
+      if (expert[i] >= lo && expert[i] < hi) hi = expert[i];
+    return hi;
+  }
+
   // Chooses the k experts of token t. Writes expert[j], gate[j], active[j] for j < k (j = choice
   // rank) and returns the top-1 probability (the batch-prioritised routing score).
   template <class R>
@@ -105,13 +115,22 @@ struct top_k {
         }
         best_p = probs[best];
       } else {
-        for (int e = 0; e < E; ++e) {
-          bool taken = false;
-          for (int i = 0; i < j; ++i) taken |= expert[i] == e;
-          if (!taken && probs[e] > best_p) {
-            best = e;
-            best_p = probs[e];
-          }
+        // The first free expert of highest probability: the maximum over the runs of experts between
+        // the j taken ones (max_above: vectorised), then the first free expert that equals it.
+        for (int lo = 0; lo < E;) {
+          const int hi = next_taken(expert, j, lo, E);
+          best_p = max_above(probs, lo, hi, best_p);
+          lo = hi + 1;
+        }
+        for (int lo = 0; best < 0 && best_p > R(-1) && lo < E;) {
+          const int hi = next_taken(expert, j, lo, E);
+          for (int e = lo; e < hi; ++e)
+            if (probs[e] == best_p) {
+              best = e;
+              best_p = probs[e];  // of +0 and -0, the expert's own
+              break;
+            }
+          lo = hi + 1;
         }
       }
       // NaN probabilities (non-finite logits) match no comparison and leave best at -1. The host
