@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("blas_warning", blas.advice);
     std::fprintf(stderr, "moe_bench_host: warning: %s\n", blas.advice.c_str());
   }
+  benchmark::AddCustomContext("huge_pages", moe::host_huge_pages().reason);
   benchmark::AddCustomContext("compiler", __VERSION__);
 
   // Run order: the cheap families first.

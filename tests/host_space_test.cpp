@@ -290,6 +290,42 @@ TEST_CASE("host: allocate is 256-byte aligned; copy and fill_zero move the bytes
   CHECK(moe::host::host_accessible);
 }
 
+TEST_CASE("huge pages: $MOE_HUGE_PAGES decides, else no advice on a guest that reports free pages") {
+  // The balloon's feature string: bit 5 (VIRTIO_BALLOON_F_REPORTING), counted from the first char.
+  CHECK(moe::detail::balloon_reports_free_pages("01100101000000000000000000000000100000000000"));
+  CHECK_FALSE(moe::detail::balloon_reports_free_pages("01100001000000000000000000000000100000000000"));
+  CHECK_FALSE(moe::detail::balloon_reports_free_pages("11111"));  // too short to have bit 5
+  CHECK_FALSE(moe::detail::balloon_reports_free_pages(""));
+  for (const bool reporting : {false, true}) {
+    CAPTURE(reporting);
+    CHECK(moe::detail::choose_huge_pages("1", reporting).advised);
+    CHECK_FALSE(moe::detail::choose_huge_pages("0", reporting).advised);
+    CHECK(std::string(moe::detail::choose_huge_pages("1", reporting).reason).find("MOE_HUGE_PAGES=1") !=
+          std::string::npos);
+    CHECK_THROWS_WITH_AS(moe::detail::choose_huge_pages("on", reporting),
+                         doctest::Contains("MOE_HUGE_PAGES: 'on' is neither 0 nor 1"), moe::invalid_argument);
+    CHECK_THROWS_AS(moe::detail::choose_huge_pages("", reporting), moe::invalid_argument);
+  }
+  CHECK(moe::detail::choose_huge_pages(nullptr, false).advised);
+  const moe::huge_page_choice guest = moe::detail::choose_huge_pages(nullptr, true);
+  CHECK_FALSE(guest.advised);
+  CHECK(std::string(guest.reason).find("free page reporting") != std::string::npos);
+  // The live choice: this machine's answer, wired through the environment variable.
+  const char* saved = std::getenv("MOE_HUGE_PAGES");
+  const std::string saved_value = saved ? saved : "";
+  ::unsetenv("MOE_HUGE_PAGES");
+  CHECK(moe::host_huge_pages().advised == !moe::detail::free_page_reporting_active());
+  ::setenv("MOE_HUGE_PAGES", "1", 1);
+  CHECK(moe::host_huge_pages().advised);
+  ::setenv("MOE_HUGE_PAGES", "0", 1);
+  CHECK_FALSE(moe::host_huge_pages().advised);
+  if (saved)
+    ::setenv("MOE_HUGE_PAGES", saved_value.c_str(), 1);
+  else
+    ::unsetenv("MOE_HUGE_PAGES");
+  MESSAGE("this machine: huge pages ", std::string(moe::host_huge_pages().reason));
+}
+
 TEST_CASE("host: thread counts, and threads < 1 is rejected") {
   CHECK(moe::host(1).threads() == 1);
   CHECK(moe::host(3).threads() == 3);

@@ -26,6 +26,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/host/space.hpp"
 #include "moe/host/blas_kernels.hpp"
+#include "moe/host/huge_pages.hpp"
 #include "moe/routing/top_k.hpp"
 #include "moe/routing/expert_choice.hpp"
 #include "moe/capacity/capacity_factor.hpp"

@@ -21,6 +21,7 @@
 #include "moe/core/numeric.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/host/blas.hpp"
+#include "moe/host/huge_pages.hpp"
 #include "moe/host/thread_pool.hpp"
 
 #if defined(__linux__)
@@ -54,11 +55,11 @@ class host {
 
   // ---- memory -------------------------------------------------------------------------------
   // Buffers of at least huge_page_bytes start on such a boundary and ask Linux for transparent huge
-  // pages (madvise, unless $MOE_HUGE_PAGES is 0; nothing changes where THP is off): a layer's
+  // pages (madvise, as moe::host_huge_pages() decides: $MOE_HUGE_PAGES, and not by default on a
+  // guest that reports free pages to its hypervisor; nothing changes where THP is off): a layer's
   // weights, gradients and workspace are then first touched in 2 MiB page faults instead of 4 KiB
-  // ones (constructing a 134 M-parameter layer: 4.7 -> 3.7 s on this project's VM, layer_init
-  // benchmark). Where the kernel compacts memory for such faults (THP defrag "madvise"), an
-  // allocation may wait for it.
+  // ones (constructing a 134 M-parameter layer: 4.7 -> 3.7 s on one VM, layer_init benchmark).
+  // Where the kernel compacts memory for such faults (THP defrag "madvise"), an allocation may wait.
   static constexpr std::size_t huge_page_bytes = std::size_t(1) << 21;
   // The alignment a buffer of `bytes` gets: allocate and deallocate must agree on it.
   static constexpr std::size_t alignment_for(std::size_t bytes) {
@@ -486,14 +487,9 @@ class host {
   // check_finite: the fewest elements a thread's chunk gets.
   static constexpr index_t check_finite_chunk = index_t(1) << 15;
 
-  // Read at every large allocation (next to one of 2 MiB or more, a getenv is free).
-  static bool huge_pages_wanted() {
-    const char* env = std::getenv("MOE_HUGE_PAGES");
-    if (env == nullptr) return true;
-    require(std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0, "MOE_HUGE_PAGES", "'", env,
-            "' is neither 0 nor 1");
-    return env[0] == '1';
-  }
+  // Decided at every large allocation (next to one of 2 MiB or more, a getenv is free; the guest
+  // check reads /sys once per process).
+  static bool huge_pages_wanted() { return host_huge_pages().advised; }
 
   static std::shared_ptr<detail::thread_pool> shared_pool() {
     static const std::shared_ptr<detail::thread_pool> pool = [] {
