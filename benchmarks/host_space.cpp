@@ -22,9 +22,22 @@
 // thread (eight at a time with AVX2 on x86, moe/core/philox_x86.hpp). Counters: ns_per_block,
 // vs_one_by_one = the time of n calls of rng_stream::bits (the scalar rounds) / this one, avx2 = 1
 // when the eight-block path ran.
+//
+// host/radix_sort/<keys>/n:<n>: host::radix_sort_pairs of n (key, value) pairs, the keys routing sorts:
+//   expert_choice  (expert << 32) | descending probability key, E = 256 (n = T·256 proposals; the
+//                  probabilities a softmax of N(0, 1) logits): expert choice's slot sort
+//   bpr            descending top-1 probability key, one group (E = 64): batch-priority ranking
+//   random64       uniform 64-bit keys
+// Counters: pairs_per_s, GBps (12 bytes a pair, read once and written once: what one pass moves),
+// vs_stable_sort = std::stable_sort of the same pairs (by key, one thread) / this one.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -195,9 +208,99 @@ void bm_philox(benchmark::State& st, std::uint64_t n) {
 #endif
 }
 
+enum class sort_keys { expert_choice, bpr, random64 };
+const char* to_string(sort_keys k) {
+  return k == sort_keys::expert_choice ? "expert_choice" : k == sort_keys::bpr ? "bpr" : "random64";
+}
+
+// What moe::detail::descending_key does: larger probabilities sort first.
+std::uint32_t descending(float p) { return ~moe::detail::float_bits(p); }
+
+// n keys of the family (expert_choice: n/256 tokens of 256 probabilities each).
+std::vector<std::uint64_t> sort_keys_of(sort_keys family, index_t n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> logit(0.0f, 1.0f);
+  std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+  const auto softmax_row = [&](int experts, std::vector<float>& p) {
+    p.resize(std::size_t(experts));
+    float sum = 0.0f;
+    for (float& v : p) sum += (v = std::exp(logit(gen)));
+    for (float& v : p) v /= sum;
+  };
+  std::vector<float> p;
+  if (family == sort_keys::expert_choice) {
+    constexpr int experts = 256;
+    for (index_t t = 0; t < n / experts; ++t) {
+      softmax_row(experts, p);
+      for (int e = 0; e < experts; ++e)
+        keys[std::size_t(t * experts + e)] = (std::uint64_t(e) << 32) | descending(p[std::size_t(e)]);
+    }
+  } else if (family == sort_keys::bpr) {
+    for (auto& k : keys) {
+      softmax_row(64, p);
+      k = descending(*std::max_element(p.begin(), p.end()));
+    }
+  } else {
+    for (auto& k : keys) k = gen();
+  }
+  return keys;
+}
+
+// Placed as the routing plan's buffers are (moe::host::allocate).
+template <class T>
+using placed_vector = std::vector<T, host_allocator<T>>;
+
+void bm_radix_sort(benchmark::State& st, sort_keys family, index_t n) {
+  const moe::host& sp = space();
+  const std::vector<std::uint64_t> generated = sort_keys_of(family, n, 23);
+  const placed_vector<std::uint64_t> keys(generated.begin(), generated.end());
+  placed_vector<int> values(static_cast<std::size_t>(n));
+  std::iota(values.begin(), values.end(), 0);
+  placed_vector<std::uint64_t> keys_out(std::size_t(n), 0);
+  placed_vector<int> values_out(std::size_t(n), 0);
+  const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
+  placed_vector<std::byte> scratch(scratch_bytes);
+  const int key_bits = family == sort_keys::expert_choice ? 40 : family == sort_keys::bpr ? 32 : 64;
+
+  std::vector<std::pair<std::uint64_t, int>> reference(static_cast<std::size_t>(n));
+  const auto stable_sort_seconds = [&] {
+    for (std::size_t i = 0; i < reference.size(); ++i) reference[i] = {keys[i], values[i]};
+    const auto start = clock_type::now();
+    std::stable_sort(reference.begin(), reference.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    return std::chrono::duration<double>(clock_type::now() - start).count();
+  };
+  const double stable = stable_sort_seconds();
+  for (auto _ : st) {
+    sp.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits,
+                        scratch.data(), scratch_bytes);
+    benchmark::DoNotOptimize(values_out.data());
+  }
+  for (std::size_t i = 0; i < reference.size(); ++i)
+    if (values_out[i] != reference[i].second) {
+      st.SkipWithError("radix_sort_pairs disagrees with std::stable_sort");
+      return;
+    }
+  st.counters["pairs_per_s"] = rate(double(n));
+  st.counters["GBps"] = rate(double(n) * 12.0 * 2.0 * 1e-9);
+  st.counters["vs_stable_sort"] = ratio_to(stable);
+  st.counters["threads"] = sp.threads();
+}
+
 }  // namespace
 
 void register_host_space_benchmarks() {
+  const index_t sort_scale = sizes().smoke ? 64 : 1;
+  for (const auto& [family, n] : {std::pair{sort_keys::expert_choice, index_t(4096) * 256},
+                                  std::pair{sort_keys::expert_choice, index_t(65536) * 256},
+                                  std::pair{sort_keys::bpr, index_t(65536)}, std::pair{sort_keys::random64,
+                                  index_t(1) << 20}}) {
+    const index_t size = std::max<index_t>(256, n / sort_scale);
+    const std::string name = std::string("host/radix_sort/") + to_string(family) + "/n:" + std::to_string(size);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_radix_sort(st, family, size); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   for (const std::uint64_t n : {std::uint64_t(32), std::uint64_t(4096)}) {
     const std::string name = "host/philox/blocks:" + std::to_string(n);
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_philox(st, n); })

@@ -577,10 +577,15 @@ TEST_CASE("host: reduce_sum of a million floats is within a few ulps, where a ru
 
 TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on the low key_bits") {
   // Key families: `pooled` (most keys from 37 values, the rest arbitrary), `sparse` (bytes 1 to 3
-  // the same in every key: those passes are skipped, two or one left), `equal` (one key: no pass).
-  // From 2^20 pairs the passes are split over the threads: two chunks at 1048583 pairs on two
-  // threads, three at 1600003 on three.
-  enum class family { pooled, sparse, equal };
+  // the same in every key: those passes are skipped, two or one left), `equal` (one key: no pass),
+  // `proposals` (expert choice's: (expert << 32) | a descending probability key, token-major, 64
+  // experts: parts of a power-of-two size, keys differing in 32 bits within a part: the packed sort),
+  // `skewed` (nine keys in ten share every bit from bit 32 up: a part too large for the cache, split
+  // again). From 2^14 pairs with two digits or more the array is split by its top digit and the
+  // parts sorted side by side; from 2^18 pairs a pass over the whole array buffers its stores; from
+  // 2^20 its passes are split over the threads: two chunks at 1048583 pairs on two threads, three at
+  // 1600003 on three.
+  enum class family { pooled, sparse, equal, proposals, skewed };
   struct sort_case {
     int threads;
     moe::index_t n;
@@ -589,14 +594,15 @@ TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on 
   const std::vector<int> every_width{0, 1, 8, 20, 33, 40, 64};
   const std::vector<sort_case> cases{{2, 0, every_width},       {2, 1, every_width}, {2, 1000, every_width},
                                      {2, 100003, every_width},  {1, 100003, {33, 64}},
-                                     {2, 1048583, {20, 40, 64}}, {3, 1600003, {40}}};
+                                     {1, 300007, {40, 64}},     {2, 1048583, {20, 40, 64}},
+                                     {3, 1600003, {40}}};
   std::mt19937_64 gen(99);
   for (const sort_case& sc : cases) {
     const moe::host h(sc.threads);
     const moe::index_t n = sc.n;
     for (const int key_bits : sc.key_bits) {
       const std::uint64_t mask = key_bits == 64 ? ~0ull : (1ull << key_bits) - 1;
-      for (const family fam : {family::pooled, family::sparse, family::equal}) {
+      for (const family fam : {family::pooled, family::sparse, family::equal, family::proposals, family::skewed}) {
         for (bool garbage_above : {false, true}) {
           if (garbage_above && key_bits == 64) continue;
           CAPTURE(sc.threads);
@@ -608,11 +614,17 @@ TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on 
           for (auto& p : pool) p = gen() & mask;
           const std::uint64_t one = gen() & mask;
           std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
-          for (auto& k : keys) {
+          std::uniform_real_distribution<float> probability(0.0f, 1.0f);
+          for (std::size_t i = 0; i < keys.size(); ++i) {
+            std::uint64_t& k = keys[i];
             if (fam == family::pooled)
               k = (gen() % 4 != 0) ? pool[gen() % pool.size()] : (gen() & mask);
             else if (fam == family::sparse)
               k = ((gen() & 0xffull) | (0x5a00ull) | ((gen() & 0xffull) << 32)) & mask;
+            else if (fam == family::proposals)
+              k = ((std::uint64_t(i % 64) << 32) | ~moe::detail::float_bits(probability(gen))) & mask;
+            else if (fam == family::skewed)
+              k = (gen() % 10 != 0 ? (0x3ull << 40) | (gen() & 0xffffffffull) : gen()) & mask;
             else
               k = one;
             if (garbage_above) k |= gen() & ~mask;  // bits the sort must ignore

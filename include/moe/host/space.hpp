@@ -22,6 +22,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/host/blas.hpp"
 #include "moe/host/huge_pages.hpp"
+#include "moe/host/radix_sort.hpp"
 #include "moe/host/thread_pool.hpp"
 
 #if defined(__linux__)
@@ -270,13 +271,16 @@ class host {
   // Stable sort of (key, value) pairs by the low `key_bits` bits of the keys, ascending.
   // Inputs are left untouched; the sorted pairs land in keys_out/values_out.
   //
-  // Least-significant-digit radix sort, 8 bits a pass. A pass whose digit is the same for every key
-  // is skipped (found from the keys' OR and AND): token-choice slot keys leave two bytes of their
-  // priority zero. From 2 · radix_chunk_pairs pairs on a pool of several threads, each pass is cut
-  // into one contiguous chunk per thread (at least radix_chunk_pairs each): every chunk counts its
-  // digits, the counts are turned into offsets digit by digit and chunk by chunk, and every chunk
-  // scatters its pairs in order from its own offsets. That is where the serial sort puts each pair,
-  // so the result is the same on any thread count (expert choice sorts T·E pairs: 1M at E = 256).
+  // Radix sort, 8 bits a digit (moe/host/radix_sort.hpp). A digit that is the same in every key is
+  // skipped (found from the keys' OR and AND): token-choice slot keys leave two bytes of their
+  // priority zero. More pairs than a core's cache holds with two digits or more: one pass splits
+  // them by the top varying digit, and the parts are sorted side by side on the pool's threads, each
+  // in cache. Otherwise least-significant-digit passes. From 2 · radix_chunk_pairs pairs on a pool
+  // of several threads, a pass over the whole array is cut into one contiguous chunk per thread (at
+  // least radix_chunk_pairs each): every chunk counts its digits, the counts are turned into offsets
+  // digit by digit and chunk by chunk, and every chunk scatters its pairs in order from its own
+  // offsets. That is where the serial pass puts each pair: the result is the stable order, the same
+  // on any thread count.
   void radix_sort_pairs(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
                         int* values_out, index_t n, int key_bits, void* scratch, std::size_t scratch_bytes) const {
     require(key_bits >= 0 && key_bits <= 64, "radix_sort_pairs", "key_bits=", key_bits, " must be in [0, 64]");
@@ -286,7 +290,8 @@ class host {
     auto* tmp_keys = static_cast<std::uint64_t*>(scratch);
     auto* tmp_vals = reinterpret_cast<int*>(static_cast<std::byte*>(scratch) +
                                             align_up(std::size_t(n) * sizeof(std::uint64_t), workspace_alignment));
-    constexpr int digit_bits = 8, radix = 1 << digit_bits, max_chunks = 64;
+    using detail::radix_buckets, detail::radix_digit;
+    constexpr int max_chunks = 64;
     const int chunks = pool_->size() > 1 && n >= 2 * radix_chunk_pairs
                            ? int(std::min<index_t>({index_t(pool_->size()), n / radix_chunk_pairs, max_chunks}))
                            : 1;
@@ -298,84 +303,101 @@ class host {
         parallel_tasks(chunks, [&](index_t c) { f(int(c)); });
     };
 
-    // The bits that differ between keys, within the low key_bits.
     std::uint64_t key_or[max_chunks], key_and[max_chunks];
     over_chunks([&](int c) {
       std::uint64_t a = 0, b = ~std::uint64_t(0);
       for (index_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) a |= keys_in[i], b &= keys_in[i];
       key_or[c] = a, key_and[c] = b;
     });
-    std::uint64_t varying = 0, common = ~std::uint64_t(0);
-    for (int c = 0; c < chunks; ++c) varying |= key_or[c], common &= key_and[c];
-    varying ^= common;
-    if (key_bits < 64) varying &= (std::uint64_t(1) << key_bits) - 1u;
-    int shifts[64 / digit_bits], passes = 0;
-    for (int shift = 0; shift < key_bits; shift += digit_bits)
-      if ((varying >> shift) & std::uint64_t(radix - 1)) shifts[passes++] = shift;
+    std::uint64_t all_or = 0, all_and = ~std::uint64_t(0);
+    for (int c = 0; c < chunks; ++c) all_or |= key_or[c], all_and &= key_and[c];
+    int shifts[detail::radix_max_digits];
+    const int passes = detail::radix_digits(detail::radix_varying_bits(all_or, all_and, key_bits), key_bits, shifts);
     if (passes == 0) {  // already in order: every key has the same low key_bits
       std::memcpy(keys_out, keys_in, std::size_t(n) * sizeof(std::uint64_t));
       std::memcpy(values_out, values_in, std::size_t(n) * sizeof(int));
       return;
     }
 
-    // offsets[c · radix + d]: where chunk c's first pair with digit d goes (several chunks only).
-    std::vector<index_t> offsets(chunks > 1 ? std::size_t(chunks) * radix : 0);
-    // Ping-pong so that the last pass writes into the output buffers.
-    const std::uint64_t* src_k = keys_in;
-    const int* src_v = values_in;
-    for (int pass = 0; pass < passes; ++pass) {
-      const bool to_out = ((passes - 1 - pass) % 2) == 0;
-      std::uint64_t* const dst_k = to_out ? keys_out : tmp_keys;
-      int* const dst_v = to_out ? values_out : tmp_vals;
-      const std::uint64_t* const from_k = src_k;
-      const int* const from_v = src_v;
-      const int shift = shifts[pass];
-      // The last digit may be narrower than 8 bits: bits at or above key_bits must not take part.
-      const int width = std::min(digit_bits, key_bits - shift);
-      const std::uint64_t mask = (std::uint64_t(1) << width) - 1u;
-      // Counts and positions live in each chunk's own array (the stores into dst_k could alias a
+    // One stable pass over the whole array by `digit`, chunk by chunk; `begin` (when given) gets
+    // where each digit's pairs start, and begin[radix_buckets] = n.
+    // offsets[c · radix_buckets + d]: where chunk c's first pair with digit d goes (several chunks).
+    std::vector<index_t> offsets(chunks > 1 ? std::size_t(chunks) * radix_buckets : 0);
+    const auto pass = [&](const std::uint64_t* from_k, const int* from_v, std::uint64_t* to_k, int* to_v,
+                          radix_digit digit, index_t* begin) {
+      // Counts and positions live in each chunk's own array (the stores into to_k could alias a
       // shared index_t array, and the compiler would reload every position).
       const auto count_chunk = [=](int c, index_t* count) {
-        std::fill(count, count + radix, index_t(0));
-        for (index_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) ++count[(from_k[i] >> shift) & mask];
+        std::fill(count, count + radix_buckets, index_t(0));
+        for (index_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) ++count[digit(from_k[i])];
       };
       const auto scatter_chunk = [=](int c, index_t* next) {
-        for (index_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
-          const index_t pos = next[(from_k[i] >> shift) & mask]++;
-          dst_k[pos] = from_k[i];
-          dst_v[pos] = from_v[i];
-        }
+        const index_t b = chunk_begin(c), m = chunk_begin(c + 1) - b;
+        if (n >= detail::radix_buffered_pairs)
+          detail::radix_scatter_buffered(from_k + b, from_v + b, m, digit, to_k, to_v, next);
+        else
+          detail::radix_scatter(from_k + b, from_v + b, m, digit, to_k, to_v, next);
       };
       if (chunks == 1) {
-        index_t next[radix];
+        index_t next[radix_buckets];
         count_chunk(0, next);
-        index_t running = 0;
-        for (int d = 0; d < radix; ++d) {
-          const index_t here = next[d];
-          next[d] = running;
-          running += here;
-        }
+        detail::radix_offsets(next, 0);
+        if (begin) std::copy(next, next + radix_buckets, begin);
         scatter_chunk(0, next);
       } else {
         over_chunks([&](int c) {
-          index_t count[radix];
+          index_t count[radix_buckets];
           count_chunk(c, count);
-          std::copy(count, count + radix, offsets.data() + std::size_t(c) * radix);
+          std::copy(count, count + radix_buckets, offsets.data() + std::size_t(c) * radix_buckets);
         });
         index_t running = 0;
-        for (int d = 0; d < radix; ++d)
+        for (int d = 0; d < radix_buckets; ++d) {
+          if (begin) begin[d] = running;
           for (int c = 0; c < chunks; ++c) {
-            index_t& slot = offsets[std::size_t(c) * radix + std::size_t(d)];
+            index_t& slot = offsets[std::size_t(c) * radix_buckets + std::size_t(d)];
             const index_t here = slot;
             slot = running;
             running += here;
           }
+        }
         over_chunks([&](int c) {
-          index_t next[radix];
-          std::copy(offsets.data() + std::size_t(c) * radix, offsets.data() + std::size_t(c + 1) * radix, next);
+          index_t next[radix_buckets];
+          std::copy(offsets.data() + std::size_t(c) * radix_buckets,
+                    offsets.data() + std::size_t(c + 1) * radix_buckets, next);
           scatter_chunk(c, next);
         });
       }
+      if (begin) begin[radix_buckets] = n;
+    };
+
+    if (passes >= 2 && n > detail::radix_cache_pairs) {
+      // Split by the top varying digit, then sort the parts on the pool's threads, each landing in the
+      // output. The split goes where the parts' own passes (passes − 1 if their keys vary as much as
+      // the whole array's) end in the output without a copy.
+      const bool split_into_out = (passes - 1) % 2 == 0;
+      std::uint64_t* const split_k = split_into_out ? keys_out : tmp_keys;
+      int* const split_v = split_into_out ? values_out : tmp_vals;
+      std::uint64_t* const other_k = split_into_out ? tmp_keys : keys_out;
+      int* const other_v = split_into_out ? tmp_vals : values_out;
+      const radix_digit top(shifts[passes - 1], key_bits);
+      index_t begin[radix_buckets + 1];
+      pass(keys_in, values_in, split_k, split_v, top, begin);
+      parallel_tasks(radix_buckets, [&](index_t d) {
+        const index_t b = begin[d], m = begin[d + 1] - b;
+        if (m > 0)
+          detail::radix_sort_range(split_k + b, split_v + b, other_k + b, other_v + b, m, top.shift, !split_into_out);
+      });
+      return;
+    }
+
+    // LSD passes, ping-pong so that the last one writes into the output buffers.
+    const std::uint64_t* src_k = keys_in;
+    const int* src_v = values_in;
+    for (int p = 0; p < passes; ++p) {
+      const bool to_out = ((passes - 1 - p) % 2) == 0;
+      std::uint64_t* const dst_k = to_out ? keys_out : tmp_keys;
+      int* const dst_v = to_out ? values_out : tmp_vals;
+      pass(src_k, src_v, dst_k, dst_v, radix_digit(shifts[p], key_bits), nullptr);
       src_k = dst_k;
       src_v = dst_v;
     }

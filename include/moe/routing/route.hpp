@@ -280,6 +280,18 @@ void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order
   sp.offsets_from_counts(plan.segment_count, plan.segment_offsets, SEG);
   const int* seg_offsets = plan.segment_offsets;
   int* pair_slot = plan.pair_slot;
+  if (!Router::token_choice) {
+    // Expert choice keeps at most C of a segment's S proposals (C = cf·S/E): every pair starts
+    // dropped, then the first C of each segment in sorted order get their slots. SEG·C writes
+    // where a walk over the sorted order would write all T·E slots, each at a random pair.
+    sp.parallel_for(P, [=] MOE_LAMBDA(index_t p) { pair_slot[p] = -1; });
+    const index_t kept = std::min<index_t>(C, S);
+    sp.parallel_for(index_t(SEG) * kept, [=] MOE_LAMBDA(index_t j) {
+      const index_t seg = j / kept, slot = j - seg * kept, i = seg_offsets[seg] + slot;
+      if (i < seg_offsets[seg + 1]) pair_slot[vals_out[i]] = int(slot);
+    });
+    return;
+  }
   sp.parallel_for(P, [=] MOE_LAMBDA(index_t i) {
     const int p = vals_out[i];
     const std::uint64_t seg = keys_out[i] >> segment_shift;
