@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
+#include <random>
 #include <utility>
 
 namespace {
@@ -174,6 +176,58 @@ TEST_CASE("expert choice: each expert takes its C highest-probability tokens") {
   CHECK(s.tokens_without_expert == 1);
   CHECK(s.dropped_fraction == doctest::Approx(0.25));
   CHECK(s.kept_per_expert == std::vector<std::int64_t>{2, 2});
+}
+
+TEST_CASE("expert choice at scale: each (group, expert) keeps its C best tokens, ties to the lower index") {
+  // A brute-force top-C per routing group and expert, against the slots the layer assigned, at sizes
+  // where the host radix sort splits the T·E proposals by segment and sorts each part packed in
+  // cache (G 4, E 32: 65536 proposals), buffers its stores (2^19 proposals), and splits a part again
+  // (E 16, one group of 32768 tokens). Token rows come from a pool of 40, so that many tokens have
+  // the very same probabilities: ties everywhere, broken by token index.
+  struct scale_case {
+    int experts, tokens, group_size;
+    double capacity_factor;
+  };
+  for (const scale_case sc : {scale_case{32, 2048, 512, 1.0}, scale_case{64, 8192, 0, 1.25},
+                              scale_case{16, 32768, 0, 0.5}}) {
+    CAPTURE(sc.experts);
+    CAPTURE(sc.tokens);
+    using L = moe::layer<float, moe::expert_choice>;
+    L::config c{};
+    c.d_ff = 4;
+    c.num_experts = sc.experts;
+    c.group_size = sc.group_size;
+    c.capacity.train = sc.capacity_factor;
+    L l = identity_router_layer<L>(c);
+    std::mt19937_64 gen(std::uint64_t(sc.tokens));
+    std::uniform_real_distribution<float> logit(-3.0f, 3.0f);
+    std::vector<std::vector<float>> pool(40, std::vector<float>(std::size_t(sc.experts)));
+    for (auto& row : pool)
+      for (float& v : row) v = logit(gen);
+    std::vector<float> x;
+    for (int t = 0; t < sc.tokens; ++t) {
+      const auto& row = pool[gen() % pool.size()];
+      x.insert(x.end(), row.begin(), row.end());
+    }
+    moe_test::run_forward(l, x, sc.tokens, {.training = true, .step = 0});
+    const moe::routing_decisions r = l.routing();
+    const int E = sc.experts, S = sc.group_size > 0 ? sc.group_size : sc.tokens, C = l.capacity(sc.tokens, true);
+    REQUIRE(C > 0);
+    REQUIRE(C < S);  // some tokens dropped in every column
+    std::vector<int> want(static_cast<std::size_t>(sc.tokens) * static_cast<std::size_t>(E), -1);
+    std::vector<int> order(static_cast<std::size_t>(S));
+    for (int g = 0; g < sc.tokens / S; ++g)
+      for (int e = 0; e < E; ++e) {
+        std::iota(order.begin(), order.end(), g * S);
+        const auto gate = [&](int t) { return r.gate[std::size_t(r.index(t, e))]; };
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return gate(a) > gate(b); });
+        for (int slot = 0; slot < C; ++slot) want[std::size_t(r.index(order[std::size_t(slot)], e))] = slot;
+      }
+    int ties = 0;  // adjacent tokens of equal probability in some column: the tie-break was exercised
+    for (int t = 1; t < S; ++t) ties += r.gate[std::size_t(r.index(t, 0))] == r.gate[std::size_t(r.index(t - 1, 0))];
+    CHECK(ties > 0);
+    CHECK(r.slot == want);
+  }
 }
 
 TEST_CASE("dropless: every proposal is kept even when all tokens pick one expert") {

@@ -70,7 +70,9 @@ class host {
     if (bytes == 0) return nullptr;
     const std::size_t alignment = alignment_for(bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const bool advise = alignment == huge_page_bytes && huge_pages_wanted();  // may throw: before new
+    // Decided at every large allocation (next to one of 2 MiB or more, a getenv is free; the guest
+    // check reads /sys once per process). May throw: before new.
+    const bool advise = alignment == huge_page_bytes && host_huge_pages().advised;
 #endif
     void* p = ::operator new(bytes, std::align_val_t(alignment));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -508,10 +510,6 @@ class host {
   static constexpr index_t reduce_parallel_elements = index_t(1) << 16;
   // check_finite: the fewest elements a thread's chunk gets.
   static constexpr index_t check_finite_chunk = index_t(1) << 15;
-
-  // Decided at every large allocation (next to one of 2 MiB or more, a getenv is free; the guest
-  // check reads /sys once per process).
-  static bool huge_pages_wanted() { return host_huge_pages().advised; }
 
   static std::shared_ptr<detail::thread_pool> shared_pool() {
     static const std::shared_ptr<detail::thread_pool> pool = [] {
