@@ -204,11 +204,13 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
     return;
   }
   // LSD passes. Keys that differ only in a window of 32 bits or fewer (routing's keys within one
-  // segment: a 32-bit probability key): packed, as long as indices fit 32 bits.
+  // segment: a 32-bit probability key) are packed when that saves passes (one digit: a single
+  // direct pass is cheaper than packing, a pass and the gather), as long as indices and counts fit
+  // 32 bits.
   const std::uint64_t varying = radix_varying_bits(key_or, key_and, key_bits);
   const int window_low = std::countr_zero(varying), window_bits = std::bit_width(varying) - window_low;
   const bool same_above = key_bits == 64 || ((key_or ^ key_and) >> key_bits) == 0;
-  if (window_bits <= 32 && same_above && n <= index_t(1) << 32) {
+  if (passes >= 2 && window_bits <= 32 && same_above && n < index_t(1) << 32) {
     radix_sort_packed(x_keys, x_values, y_keys, y_values, n, key_and, window_low, window_bits, into_y);
     return;
   }
