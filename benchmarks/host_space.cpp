@@ -30,6 +30,11 @@
 //   random64       uniform 64-bit keys
 // Counters: pairs_per_s, GBps (12 bytes a pair, read once and written once: what one pass moves),
 // vs_stable_sort = std::stable_sort of the same pairs (by key, one thread) / this one.
+//
+// host/radix_sort_heads/expert_choice/n:<n>/head:<C>: host::radix_sort_segment_heads of the
+// expert_choice keys above keeping C = T/E a segment (capacity factor 1): expert choice's slot
+// sort as routing now calls it. Extra counter vs_full_sort = radix_sort_pairs of the same pairs
+// (best of three) / this one.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -250,7 +255,8 @@ std::vector<std::uint64_t> sort_keys_of(sort_keys family, index_t n, std::uint64
 template <class T>
 using placed_vector = std::vector<T, host_allocator<T>>;
 
-void bm_radix_sort(benchmark::State& st, sort_keys family, index_t n) {
+// head < 0: radix_sort_pairs; otherwise radix_sort_segment_heads (segments from bit 32: experts).
+void bm_radix_sort(benchmark::State& st, sort_keys family, index_t n, index_t head = -1) {
   const moe::host& sp = space();
   const std::vector<std::uint64_t> generated = sort_keys_of(family, n, 23);
   const placed_vector<std::uint64_t> keys(generated.begin(), generated.end());
@@ -261,6 +267,10 @@ void bm_radix_sort(benchmark::State& st, sort_keys family, index_t n) {
   const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
   placed_vector<std::byte> scratch(scratch_bytes);
   const int key_bits = family == sort_keys::expert_choice ? 40 : family == sort_keys::bpr ? 32 : 64;
+  const auto full_sort = [&] {
+    sp.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits, scratch.data(),
+                        scratch_bytes);
+  };
 
   std::vector<std::pair<std::uint64_t, int>> reference(static_cast<std::size_t>(n));
   const auto stable_sort_seconds = [&] {
@@ -271,19 +281,40 @@ void bm_radix_sort(benchmark::State& st, sort_keys family, index_t n) {
     return std::chrono::duration<double>(clock_type::now() - start).count();
   };
   const double stable = stable_sort_seconds();
+  // The full radix sort of the same pairs, for the heads' ratio: the best of three.
+  double full = 0.0;
+  if (head >= 0) {
+    full = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto start = clock_type::now();
+      full_sort();
+      full = std::min(full, std::chrono::duration<double>(clock_type::now() - start).count());
+    }
+  }
   for (auto _ : st) {
-    sp.radix_sort_pairs(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits,
-                        scratch.data(), scratch_bytes);
+    if (head < 0)
+      full_sort();
+    else
+      sp.radix_sort_segment_heads(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits, 32,
+                                  head, scratch.data(), scratch_bytes);
     benchmark::DoNotOptimize(values_out.data());
   }
-  for (std::size_t i = 0; i < reference.size(); ++i)
+  // The whole order, or each segment's first `head` pairs.
+  std::size_t segment_begin = 0;
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    if (head >= 0) {
+      if (reference[i].first >> 32 != reference[segment_begin].first >> 32) segment_begin = i;
+      if (i - segment_begin >= std::size_t(head)) continue;
+    }
     if (values_out[i] != reference[i].second) {
-      st.SkipWithError("radix_sort_pairs disagrees with std::stable_sort");
+      st.SkipWithError("radix_sort disagrees with std::stable_sort");
       return;
     }
+  }
   st.counters["pairs_per_s"] = rate(double(n));
   st.counters["GBps"] = rate(double(n) * 12.0 * 2.0 * 1e-9);
   st.counters["vs_stable_sort"] = ratio_to(stable);
+  if (head >= 0) st.counters["vs_full_sort"] = ratio_to(full);
   st.counters["threads"] = sp.threads();
 }
 
@@ -298,6 +329,17 @@ void register_host_space_benchmarks() {
     const index_t size = std::max<index_t>(256, n / sort_scale);
     const std::string name = std::string("host/radix_sort/") + to_string(family) + "/n:" + std::to_string(size);
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_radix_sort(st, family, size); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  // Expert choice's heads at capacity factor 1: C = T/E of each expert's T proposals.
+  for (const index_t tokens : {index_t(4096), index_t(65536)}) {
+    const index_t size = std::max<index_t>(256, tokens * 256 / sort_scale), head = size / 256 / 256;
+    const std::string name = "host/radix_sort_heads/expert_choice/n:" + std::to_string(size) +
+                             "/head:" + std::to_string(head);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+      bm_radix_sort(st, sort_keys::expert_choice, size, head);
+    })
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }

@@ -658,6 +658,134 @@ TEST_CASE("host: radix_sort_pairs is a stable sort equal to std::stable_sort on 
   }
 }
 
+TEST_CASE("host: radix_sort_segment_heads orders each segment's first `head` pairs as a stable sort does") {
+  // A segment is the keys' low key_bits from segment_shift up. Families: `proposals` (expert
+  // choice's: segment i % segments, token-major, a descending probability key drawn from 50 values
+  // so that ties are everywhere), `scattered` (random segments of uneven sizes, low bits from a pool
+  // of 37 or arbitrary), `one` (every key in segment 5: the whole array is one segment). Sizes take
+  // the in-cache LSD sort (1000), the split by segment with parts selected (100003 and up; 2
+  // segment digits when segments > 256), a buffered split (300007) and chunked passes (1048583).
+  enum class family { proposals, scattered, one };
+  struct heads_case {
+    int threads;
+    moe::index_t n;
+    int key_bits, segment_shift, segments;
+  };
+  const std::vector<heads_case> cases{{2, 1000, 40, 32, 8},      {2, 100003, 40, 32, 64},  {2, 100003, 42, 32, 700},
+                                      {1, 300007, 41, 32, 256},  {2, 100003, 30, 20, 40},  {3, 100003, 64, 48, 300},
+                                      {2, 1048583, 40, 32, 256}};
+  std::mt19937_64 gen(7);
+  for (const heads_case& hc : cases) {
+    const moe::index_t n = hc.n;
+    const std::uint64_t mask = hc.key_bits == 64 ? ~0ull : (1ull << hc.key_bits) - 1;
+    const std::uint64_t low_mask = (1ull << hc.segment_shift) - 1;
+    for (const family fam : {family::proposals, family::scattered, family::one}) {
+      std::vector<std::uint64_t> probability_pool(50), pool(37);
+      std::uniform_real_distribution<float> probability(0.0f, 1.0f);
+      for (auto& p : probability_pool) p = ~moe::detail::float_bits(probability(gen)) & low_mask;
+      for (auto& p : pool) p = gen() & low_mask;
+      std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        std::uint64_t segment = 0, low = 0;
+        if (fam == family::proposals) {
+          segment = i % std::size_t(hc.segments);
+          low = probability_pool[gen() % probability_pool.size()];
+        } else if (fam == family::scattered) {
+          segment = gen() % std::uint64_t(hc.segments) % (gen() % 3 == 0 ? 7 : std::uint64_t(hc.segments));
+          low = gen() % 2 ? pool[gen() % pool.size()] : gen() & low_mask;
+        } else {
+          segment = 5;
+          low = pool[gen() % pool.size()];
+        }
+        keys[i] = (segment << hc.segment_shift) | low;
+        if (hc.key_bits < 64) keys[i] |= gen() & ~mask;  // bits the sort must ignore
+      }
+      std::vector<int> values(static_cast<std::size_t>(n));
+      std::iota(values.begin(), values.end(), 0);
+      const auto keys_copy = keys;
+      const auto values_copy = values;
+      const auto segment_of = [&](std::uint64_t k) { return (k & mask) >> hc.segment_shift; };
+      std::vector<int> order(values);
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
+        return (keys[std::size_t(x)] & mask) < (keys[std::size_t(y)] & mask);
+      });
+      for (const moe::index_t head : {moe::index_t(0), moe::index_t(1), moe::index_t(16), moe::index_t(300), n}) {
+        CAPTURE(hc.threads);
+        CAPTURE(n);
+        CAPTURE(hc.key_bits);
+        CAPTURE(hc.segment_shift);
+        CAPTURE(hc.segments);
+        CAPTURE(int(fam));
+        CAPTURE(head);
+        std::vector<std::uint64_t> first_keys;
+        std::vector<int> first_values;
+        for (const int threads : {1, hc.threads}) {
+          const moe::host h(threads);
+          std::vector<std::uint64_t> keys_out(std::size_t(n), 0xdeadull);
+          std::vector<int> values_out(std::size_t(n), -1);
+          const std::size_t scratch_bytes = moe::host::radix_sort_scratch_bytes(n);
+          void* scratch = h.allocate(scratch_bytes);
+          h.radix_sort_segment_heads(keys.data(), keys_out.data(), values.data(), values_out.data(), n, hc.key_bits,
+                                     hc.segment_shift, head, scratch, scratch_bytes);
+          h.deallocate(scratch, scratch_bytes);
+          REQUIRE(keys == keys_copy);  // inputs untouched
+          REQUIRE(values == values_copy);
+          if (threads == 1) {
+            first_keys = keys_out;
+            first_values = values_out;
+          } else {
+            CHECK(keys_out == first_keys);  // the same on any thread count
+            CHECK(values_out == first_values);
+          }
+          // Every pair once, its key with it; segments ascending, in the reference's segment sizes.
+          std::vector<int> seen(values_out);
+          std::sort(seen.begin(), seen.end());
+          REQUIRE(seen == values);
+          bool keys_travel = true, grouped = true, heads_equal = true;
+          for (std::size_t i = 0; i < std::size_t(n); ++i) {
+            keys_travel = keys_travel && keys_out[i] == keys[std::size_t(values_out[i])];
+            grouped = grouped && segment_of(keys_out[i]) == segment_of(keys[std::size_t(order[i])]);
+          }
+          // Each segment's first min(head, size) pairs are the stable sort's.
+          for (std::size_t b = 0; b < std::size_t(n);) {
+            std::size_t e = b;
+            while (e < std::size_t(n) && segment_of(keys[std::size_t(order[e])]) ==
+                                             segment_of(keys[std::size_t(order[b])]))
+              ++e;
+            for (std::size_t i = b; i < std::min(e, b + std::size_t(head)); ++i)
+              heads_equal = heads_equal && values_out[i] == order[i];
+            b = e;
+          }
+          CHECK(keys_travel);
+          CHECK(grouped);
+          CHECK(heads_equal);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("host: radix_sort_segment_heads rejects bad segment_shift, head and scratch") {
+  const moe::host h(1);
+  const moe::index_t n = 100;
+  std::vector<std::uint64_t> keys(std::size_t(n), 1), keys_out(static_cast<std::size_t>(n));
+  std::vector<int> values(std::size_t(n), 0), values_out(static_cast<std::size_t>(n));
+  const std::size_t need = moe::host::radix_sort_scratch_bytes(n);
+  void* scratch = h.allocate(need);
+  const auto call = [&](int key_bits, int segment_shift, moe::index_t head, std::size_t bytes) {
+    h.radix_sort_segment_heads(keys.data(), keys_out.data(), values.data(), values_out.data(), n, key_bits,
+                               segment_shift, head, scratch, bytes);
+  };
+  CHECK_THROWS_WITH_AS(call(40, 41, 4, need), doctest::Contains("segment_shift=41"), moe::invalid_argument);
+  CHECK_THROWS_WITH_AS(call(40, -1, 4, need), doctest::Contains("segment_shift=-1"), moe::invalid_argument);
+  CHECK_THROWS_WITH_AS(call(40, 32, -2, need), doctest::Contains("head=-2"), moe::invalid_argument);
+  CHECK_THROWS_WITH_AS(call(65, 32, 4, need), doctest::Contains("key_bits=65"), moe::invalid_argument);
+  CHECK_THROWS_WITH_AS(call(40, 32, 4, need - 1), doctest::Contains("scratch"), moe::invalid_argument);
+  CHECK_NOTHROW(call(40, 32, 4, need));
+  CHECK_NOTHROW(call(40, 40, 0, need));
+  h.deallocate(scratch, need);
+}
+
 TEST_CASE("host: radix_sort_pairs rejects too little scratch and bad key_bits") {
   const moe::host h(1);
   const moe::index_t n = 1000;

@@ -362,6 +362,51 @@ TEST_CASE("radix_sort_pairs is stable and matches the host") {
   }
 }
 
+TEST_CASE("radix_sort_segment_heads: each segment's head matches the host's") {
+  // Expert choice's keys: (segment << 32) | a probability key from 40 values (ties everywhere), 64
+  // segments of 1025 pairs, token-major. The host selects each segment's head (more than 2^14
+  // pairs, split by segment); the CUDA space sorts whole, which meets the same contract.
+  stream_holder stream;
+  const moe::cuda space(stream.s);
+  const moe::host host(2);
+  const int segments = 64, key_bits = 40, head = 16;
+  const std::size_t n = std::size_t(segments) * 1025;
+  std::mt19937_64 gen(5);
+  std::vector<std::uint32_t> pool(40);
+  for (auto& p : pool) p = std::uint32_t(gen());
+  std::vector<std::uint64_t> keys(n);
+  for (std::size_t i = 0; i < n; ++i) keys[i] = (std::uint64_t(i % segments) << 32) | pool[gen() % pool.size()];
+  std::vector<int> vals(n);
+  for (std::size_t i = 0; i < n; ++i) vals[i] = int(i);
+  std::vector<std::uint64_t> host_k(n), sorted_k(n);
+  std::vector<int> host_v(n), sorted_v(n);
+  std::vector<std::byte> host_scratch(moe::host::radix_sort_scratch_bytes(moe::index_t(n)));
+  host.radix_sort_segment_heads(keys.data(), host_k.data(), vals.data(), host_v.data(), moe::index_t(n), key_bits,
+                                32, head, host_scratch.data(), host_scratch.size());
+  host.radix_sort_pairs(keys.data(), sorted_k.data(), vals.data(), sorted_v.data(), moe::index_t(n), key_bits,
+                        host_scratch.data(), host_scratch.size());
+  device_vector<std::uint64_t> kin(keys), kout(n);
+  device_vector<int> vin(vals), vout(n);
+  device_vector<unsigned char> scratch(moe::cuda::radix_sort_scratch_bytes(moe::index_t(n)));
+  space.radix_sort_segment_heads(kin.p, kout.p, vin.p, vout.p, moe::index_t(n), key_bits, 32, head, scratch.p,
+                                 scratch.n);
+  const std::vector<std::uint64_t> device_k = kout.download();
+  const std::vector<int> device_v = vout.download();
+  CHECK(device_k == sorted_k);  // the CUDA space sorts whole
+  CHECK(device_v == sorted_v);
+  CHECK(host_v != sorted_v);  // the host did select: its segments' tails are in input order
+  bool heads_equal = true;
+  for (std::size_t seg = 0; seg < std::size_t(segments); ++seg)
+    for (std::size_t j = 0; j < std::size_t(head); ++j) {
+      const std::size_t i = seg * 1025 + j;
+      heads_equal = heads_equal && device_v[i] == host_v[i] && device_k[i] == host_k[i];
+    }
+  CHECK(heads_equal);
+  CHECK_THROWS_WITH_AS(space.radix_sort_segment_heads(kin.p, kout.p, vin.p, vout.p, moe::index_t(n), key_bits, 41,
+                                                      head, scratch.p, scratch.n),
+                       doctest::Contains("segment_shift=41"), moe::invalid_argument);
+}
+
 TEST_CASE("check_finite records the first non-finite element for synchronize") {
   stream_holder stream;
   const moe::cuda space(stream.s);

@@ -64,6 +64,8 @@ concept execution_space =
       s.check_finite(cf, n, n, "what", "row", "col");
       { S::radix_sort_scratch_bytes(n) } -> std::convertible_to<std::size_t>;
       s.radix_sort_pairs(ck, k, ci, i, n, 64, p, bytes);
+      // Only each segment's first `head` pairs in order (key bits from segment_shift up: the segment).
+      s.radix_sort_segment_heads(ck, k, ci, i, n, 64, 32, n, p, bytes);
       s.gemm(op::none, op::none, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);
       s.batched_gemm(op::none, op::none, 1, n, n, n, 1.0f, cf, n, n, cf, n, n, 0.0f, f, n, n);
       s.grouped_gemm(op::none, 1, ci, n, n, 1.0f, cf, n, cf, n, n, 0.0f, f, n);

@@ -438,6 +438,20 @@ class cuda {
                        "cub::DeviceRadixSort::SortPairs", "(n=", n, " key_bits=", key_bits, ")");
   }
 
+  // The host space's radix_sort_segment_heads contract (each segment's first min(head, size) pairs
+  // in stable order, the rest of it in any order), met here by the full sort: CUB has no segmented
+  // selection, and cutting the sort to the kept pairs would need their count on the host.
+  void radix_sort_segment_heads(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
+                                int* values_out, index_t n, int key_bits, int segment_shift, index_t head,
+                                void* scratch_mem, std::size_t scratch_bytes) const {
+    require(key_bits >= 0 && key_bits <= 64, "radix_sort_segment_heads", "key_bits=", key_bits,
+            " must be in [0, 64]");
+    require(segment_shift >= 0 && segment_shift <= key_bits, "radix_sort_segment_heads", "segment_shift=",
+            segment_shift, " must be in [0, key_bits=", key_bits, "]");
+    require(head >= 0, "radix_sort_segment_heads", "head=", head, " must be >= 0");
+    radix_sort_pairs(keys_in, keys_out, values_in, values_out, n, key_bits, scratch_mem, scratch_bytes);
+  }
+
   // Records the first non-finite element of the [rows, cols] matrix for the next synchronize() (see
   // moe/cuda/nonfinite.cuh); `what`, `row_name` and `col_name` must be string literals (or outlive
   // that report).

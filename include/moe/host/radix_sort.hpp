@@ -9,6 +9,8 @@
 // than the cache buffer their stores (radix_scatter_buffered). Expert choice sorts T·E (expert,
 // probability) keys, 1M at T 4096 and E 256: five or six 8-bit passes over the whole array before,
 // now one split and three packed passes per expert in cache (docs/benchmarks.md has the numbers).
+// Where only each segment's first `head` pairs must be in order (radix_heads: expert choice keeps C
+// of each expert's proposals), a segment is selected rather than sorted (radix_sort_head).
 //
 // Any stable sort by the low key_bits gives the same output, so how a range is split changes no bit.
 #pragma once
@@ -17,6 +19,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 
 #include "moe/core/config.hpp"
@@ -112,16 +115,47 @@ inline void radix_scatter_buffered(const std::uint64_t* keys, const int* values,
   }
 }
 
-// Turns counts into exclusive offsets from `base`; returns the total.
-inline index_t radix_offsets(index_t* counts, index_t base) {
-  index_t running = base;
-  for (int d = 0; d < radix_buckets; ++d) {
-    const index_t here = counts[d];
+// Turns the first `buckets` counts into exclusive offsets; returns the total.
+template <class Count>
+Count radix_offsets(Count* counts, int buckets = radix_buckets) {
+  Count running = 0;
+  for (int d = 0; d < buckets; ++d) {
+    const Count here = counts[d];
     counts[d] = running;
     running += here;
   }
   return running;
 }
+
+// Which pairs a sort must order: all of them (the default), or only the first `head` of each
+// segment, a segment being the pairs whose low key_bits agree from bit `segment_shift` up (the
+// rest of a segment may follow in any order). A range whose keys all lie in one segment and whose
+// head is a small enough part of it is then selected (radix_sort_head) rather than sorted.
+struct radix_heads {
+  int segment_shift = 0;
+  index_t head = std::numeric_limits<index_t>::max();
+
+  // Whether a segment of n pairs is faster selected than sorted. Measured on the development VM
+  // (2-core Xeon) with expert-choice keys, full sort time / selection time: a segment within the
+  // cache (4096 pairs) gains only with a head of at most 1/16 of it (1.5-1.7x at 1/256, 0.8-1.6x
+  // at 1/16, 1.0-1.1x at 1/8, 0.8-0.9x at 1/4), a larger one (65536) up to 1/4 (1.9-2.8x at 1/256,
+  // 1.1-1.4x at 1/4, 0.8-0.9x at 1/2). docs/benchmarks.md has the rest.
+  bool worth_selecting(index_t n) const { return head < n && head <= (n > radix_cache_pairs ? n / 4 : n / 16); }
+
+  // Whether a range of n pairs whose keys differ in `varying` (within key_bits) is one segment to
+  // cut to its head.
+  bool selects(std::uint64_t varying, index_t n) const {
+    return worth_selecting(n) && (segment_shift >= 64 || (varying >> segment_shift) == 0);
+  }
+
+  // Whether the segments of a range of n pairs (keys differing in `varying`) are likely to be cut to
+  // their heads, taking them as of equal size: where its parts should be split to (the selection's
+  // gather moves them once more).
+  bool expects_selection(std::uint64_t varying, index_t n) const {
+    if (segment_shift >= 64 || head >= n) return false;
+    return worth_selecting(n >> std::bit_width(varying >> segment_shift));
+  }
+};
 
 // The packed LSD sort of a range whose keys differ only in a window of at most 32 bits and agree
 // everywhere else (no differing bits above key_bits either): each pair becomes one 64-bit element,
@@ -148,12 +182,8 @@ inline void radix_sort_packed(std::uint64_t* x_keys, int* x_values, std::uint64_
   }
   std::uint64_t *from = y_keys, *to = x_keys;
   for (int p = 0; p < passes; ++p) {
-    std::uint32_t running = 0, *next = counts[p];
-    for (std::uint32_t d = 0; d <= digit_mask; ++d) {
-      const std::uint32_t here = next[d];
-      next[d] = running;
-      running += here;
-    }
+    std::uint32_t* next = counts[p];
+    radix_offsets(next, int(digit_mask) + 1);
     const int shift = 32 + p * width;
     for (index_t i = 0; i < n; ++i) {
       const std::uint64_t e = from[i];
@@ -172,19 +202,87 @@ inline void radix_sort_packed(std::uint64_t* x_keys, int* x_values, std::uint64_
 
 // Stable sort of the n pairs in (x_keys, x_values) by their low key_bits (the bits above travel
 // along), on the calling thread. (y_keys, y_values) has room for n pairs; both buffers may be
-// overwritten, and the sorted pairs end in y when `into_y`, in x otherwise.
+// overwritten, and the sorted pairs end in y when `into_y`, in x otherwise. With `heads`, only
+// each segment's head needs to be in order (radix_heads).
 inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t* y_keys, int* y_values, index_t n,
-                             int key_bits, bool into_y) {
+                             int key_bits, bool into_y, radix_heads heads = {});
+
+// The head of a range of n > head pairs: its `head` smallest keys (ties: the earlier pairs) in
+// stable order, then the other pairs in their input order. `shifts` are the range's `passes`
+// varying digits (lowest first) and key_and the AND of its keys. Expert choice keeps C = cf·S/E
+// of each expert's S proposals (16 of 4096 at E 256 and capacity factor 1): a selection reads the
+// range a few times in order where a sort would move every pair three or four times.
+//
+// The threshold, the head-th smallest key, is found a digit at a time from the top: the keys that
+// agree with it above the digit are counted by the digit, and the digit is the one where the
+// running count reaches what is still needed. It stops early where that digit's keys are exactly
+// what is needed. Then one pass takes the keys below the threshold and the first of those equal to
+// it, in order, and the head (a few dozen pairs) is sorted.
+inline void radix_sort_head(std::uint64_t* x_keys, int* x_values, std::uint64_t* y_keys, int* y_values, index_t n,
+                            int key_bits, const int* shifts, int passes, std::uint64_t key_and, index_t head,
+                            bool into_y) {
+  const std::uint64_t key_mask = key_bits == 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << key_bits) - 1u;
+  // Varying digits are 0 in key_and: the threshold's digits are filled in as they are found.
+  std::uint64_t threshold = key_and & key_mask;
+  index_t need = head;
+  int level = shifts[0];
+  for (int p = passes - 1; p >= 0; --p) {
+    const radix_digit digit(shifts[p], key_bits);
+    const int above = digit.shift + radix_digit_bits;  // keys must match the threshold from here up
+    const std::uint64_t match = above >= 64 ? 0 : threshold >> above;
+    index_t counts[radix_buckets] = {};
+    if (above >= 64) {
+      for (index_t i = 0; i < n; ++i) ++counts[digit(x_keys[i])];
+    } else {
+      for (index_t i = 0; i < n; ++i) {
+        const std::uint64_t key = x_keys[i] & key_mask;
+        if ((key >> above) == match) ++counts[digit(key)];
+      }
+    }
+    index_t below = 0;
+    int d = 0;
+    while (below + counts[d] < need) below += counts[d++];
+    threshold |= std::uint64_t(d) << digit.shift;
+    need -= below;
+    level = digit.shift;
+    if (counts[d] == need) break;  // every key of this digit is in the head
+  }
+  // Keys whose bits from `level` up are below the threshold's are in; of those equal to it, the
+  // first `need`.
+  const std::uint64_t bound = threshold >> level;
+  index_t taken = 0, in = 0, out = head;
+  for (index_t i = 0; i < n; ++i) {
+    const std::uint64_t high = (x_keys[i] & key_mask) >> level;
+    const index_t at = high < bound || (high == bound && taken++ < need) ? in++ : out++;
+    y_keys[at] = x_keys[i];
+    y_values[at] = x_values[i];
+  }
+  // The head, sorted where it lies in y (x's first pairs are its scratch), then all of y to x if
+  // the range must end there.
+  radix_sort_range(y_keys, y_values, x_keys, x_values, head, key_bits, /*into_y=*/false);
+  if (!into_y) {
+    std::memcpy(x_keys, y_keys, std::size_t(n) * sizeof(std::uint64_t));
+    std::memcpy(x_values, y_values, std::size_t(n) * sizeof(int));
+  }
+}
+
+inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t* y_keys, int* y_values, index_t n,
+                             int key_bits, bool into_y, radix_heads heads) {
   std::uint64_t key_or = 0, key_and = ~std::uint64_t(0);
   for (index_t i = 0; i < n; ++i) key_or |= x_keys[i], key_and &= x_keys[i];
   int shifts[radix_max_digits];
-  const int passes = radix_digits(radix_varying_bits(key_or, key_and, key_bits), key_bits, shifts);
+  const std::uint64_t varying = radix_varying_bits(key_or, key_and, key_bits);
+  const int passes = radix_digits(varying, key_bits, shifts);
   const auto move_to_y = [&] {
     std::memcpy(y_keys, x_keys, std::size_t(n) * sizeof(std::uint64_t));
     std::memcpy(y_values, x_values, std::size_t(n) * sizeof(int));
   };
   if (passes == 0) {  // already in order
     if (into_y) move_to_y();
+    return;
+  }
+  if (heads.selects(varying, n)) {
+    radix_sort_head(x_keys, x_values, y_keys, y_values, n, key_bits, shifts, passes, key_and, heads.head, into_y);
     return;
   }
   if (n > radix_cache_pairs && passes >= 2) {
@@ -194,12 +292,13 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
     index_t next[radix_buckets] = {};
     for (index_t i = 0; i < n; ++i) ++next[top(x_keys[i])];
     index_t begin[radix_buckets + 1];
-    begin[radix_buckets] = radix_offsets(next, 0);
+    begin[radix_buckets] = radix_offsets(next);
     std::copy(next, next + radix_buckets, begin);
     radix_scatter(x_keys, x_values, n, top, y_keys, y_values, next);
     for (int d = 0; d < radix_buckets; ++d) {
       const index_t b = begin[d], m = begin[d + 1] - b;
-      if (m > 0) radix_sort_range(y_keys + b, y_values + b, x_keys + b, x_values + b, m, top.shift, !into_y);
+      if (m > 0)
+        radix_sort_range(y_keys + b, y_values + b, x_keys + b, x_values + b, m, top.shift, !into_y, heads);
     }
     return;
   }
@@ -207,7 +306,6 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
   // segment: a 32-bit probability key) are packed when that saves passes (one digit: a single
   // direct pass is cheaper than packing, a pass and the gather), as long as indices and counts fit
   // 32 bits.
-  const std::uint64_t varying = radix_varying_bits(key_or, key_and, key_bits);
   const int window_low = std::countr_zero(varying), window_bits = std::bit_width(varying) - window_low;
   const bool same_above = key_bits == 64 || ((key_or ^ key_and) >> key_bits) == 0;
   if (passes >= 2 && window_bits <= 32 && same_above && n < index_t(1) << 32) {
@@ -223,7 +321,7 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
   std::uint64_t *from_k = x_keys, *to_k = y_keys;
   int *from_v = x_values, *to_v = y_values;
   for (int p = 0; p < passes; ++p) {
-    radix_offsets(counts[p], 0);
+    radix_offsets(counts[p]);
     radix_scatter(from_k, from_v, n, digits[p], to_k, to_v, counts[p]);
     std::swap(from_k, to_k);
     std::swap(from_v, to_v);

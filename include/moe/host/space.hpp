@@ -288,6 +288,35 @@ class host {
     require(key_bits >= 0 && key_bits <= 64, "radix_sort_pairs", "key_bits=", key_bits, " must be in [0, 64]");
     if (scratch_bytes < radix_sort_scratch_bytes(n))
       fail("radix_sort_pairs", "scratch of ", scratch_bytes, " bytes, ", radix_sort_scratch_bytes(n), " needed");
+    radix_sort(keys_in, keys_out, values_in, values_out, n, key_bits, scratch, detail::radix_heads{});
+  }
+
+  // radix_sort_pairs where only the head of each segment must be in order: the pairs come out
+  // grouped by segment (the low key_bits from bit segment_shift up), ascending and stable, and each
+  // segment starts with its min(head, size) smallest keys in stable order; its other pairs follow
+  // in an order left unspecified (a full sort, as the CUDA space does, meets the contract). Here: a
+  // segment split off a larger array and longer than its head is selected rather than sorted
+  // (detail::radix_sort_head), its other pairs in input order; others are sorted whole. Either way
+  // the result is the same on any thread count. Expert choice keeps C of each expert's S
+  // proposals. Same scratch as radix_sort_pairs.
+  void radix_sort_segment_heads(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
+                                int* values_out, index_t n, int key_bits, int segment_shift, index_t head,
+                                void* scratch, std::size_t scratch_bytes) const {
+    require(key_bits >= 0 && key_bits <= 64, "radix_sort_segment_heads", "key_bits=", key_bits,
+            " must be in [0, 64]");
+    require(segment_shift >= 0 && segment_shift <= key_bits, "radix_sort_segment_heads", "segment_shift=",
+            segment_shift, " must be in [0, key_bits=", key_bits, "]");
+    require(head >= 0, "radix_sort_segment_heads", "head=", head, " must be >= 0");
+    if (scratch_bytes < radix_sort_scratch_bytes(n))
+      fail("radix_sort_segment_heads", "scratch of ", scratch_bytes, " bytes, ", radix_sort_scratch_bytes(n),
+           " needed");
+    radix_sort(keys_in, keys_out, values_in, values_out, n, key_bits, scratch,
+               detail::radix_heads{segment_shift, head});
+  }
+
+ private:
+  void radix_sort(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in, int* values_out,
+                  index_t n, int key_bits, void* scratch, detail::radix_heads heads) const {
     if (n <= 0) return;
     auto* tmp_keys = static_cast<std::uint64_t*>(scratch);
     auto* tmp_vals = reinterpret_cast<int*>(static_cast<std::byte*>(scratch) +
@@ -314,10 +343,18 @@ class host {
     std::uint64_t all_or = 0, all_and = ~std::uint64_t(0);
     for (int c = 0; c < chunks; ++c) all_or |= key_or[c], all_and &= key_and[c];
     int shifts[detail::radix_max_digits];
-    const int passes = detail::radix_digits(detail::radix_varying_bits(all_or, all_and, key_bits), key_bits, shifts);
+    const std::uint64_t varying = detail::radix_varying_bits(all_or, all_and, key_bits);
+    const int passes = detail::radix_digits(varying, key_bits, shifts);
     if (passes == 0) {  // already in order: every key has the same low key_bits
       std::memcpy(keys_out, keys_in, std::size_t(n) * sizeof(std::uint64_t));
       std::memcpy(values_out, values_in, std::size_t(n) * sizeof(int));
+      return;
+    }
+    if (heads.selects(varying, n)) {  // one segment: its head, on this thread (the input is const: copied)
+      std::memcpy(tmp_keys, keys_in, std::size_t(n) * sizeof(std::uint64_t));
+      std::memcpy(tmp_vals, values_in, std::size_t(n) * sizeof(int));
+      detail::radix_sort_head(tmp_keys, tmp_vals, keys_out, values_out, n, key_bits, shifts, passes, all_and,
+                              heads.head, /*into_y=*/true);
       return;
     }
 
@@ -343,7 +380,7 @@ class host {
       if (chunks == 1) {
         index_t next[radix_buckets];
         count_chunk(0, next);
-        detail::radix_offsets(next, 0);
+        detail::radix_offsets(next);
         if (begin) std::copy(next, next + radix_buckets, begin);
         scatter_chunk(0, next);
       } else {
@@ -375,8 +412,14 @@ class host {
     if (passes >= 2 && n > detail::radix_cache_pairs) {
       // Split by the top varying digit, then sort the parts on the pool's threads, each landing in the
       // output. The split goes where the parts' own passes (passes − 1 if their keys vary as much as
-      // the whole array's) end in the output without a copy.
-      const bool split_into_out = (passes - 1) % 2 == 0;
+      // the whole array's) end in the output without a copy. Parts to be cut to their segments'
+      // heads move once per segment digit left (splits) and once more (radix_sort_head's gather).
+      int moves = passes - 1;
+      if (heads.expects_selection(varying, n)) {
+        moves = 0;
+        for (int p = 0; p < passes; ++p) moves += shifts[p] + detail::radix_digit_bits > heads.segment_shift;
+      }
+      const bool split_into_out = moves % 2 == 0;
       std::uint64_t* const split_k = split_into_out ? keys_out : tmp_keys;
       int* const split_v = split_into_out ? values_out : tmp_vals;
       std::uint64_t* const other_k = split_into_out ? tmp_keys : keys_out;
@@ -387,7 +430,8 @@ class host {
       parallel_tasks(radix_buckets, [&](index_t d) {
         const index_t b = begin[d], m = begin[d + 1] - b;
         if (m > 0)
-          detail::radix_sort_range(split_k + b, split_v + b, other_k + b, other_v + b, m, top.shift, !split_into_out);
+          detail::radix_sort_range(split_k + b, split_v + b, other_k + b, other_v + b, m, top.shift, !split_into_out,
+                                   heads);
       });
       return;
     }
@@ -405,6 +449,7 @@ class host {
     }
   }
 
+ public:
   // Raises moe::numeric_error naming the first non-finite element of the [rows, cols] matrix, e.g.
   // "router logits: non-finite value nan at token 3, expert 1".
   // Large matrices are scanned by the pool's threads, one contiguous chunk each; the first

@@ -228,7 +228,8 @@ void routing_summary(const Space& sp, const typename LossSet::config& loss_cfg, 
 // rank in group g), which within any one segment is priority order already, so the stable sort
 // keeps it. The key is then the segment's few bits rather than 32 more (at T 64K, K 2, E 64: one
 // pass of the host radix sort instead of four). Expert choice sorts (segment, probability) keys;
-// ties keep the lower pair index (the radix sort is stable).
+// ties keep the lower pair index (the radix sort is stable), and only each segment's first C need
+// their order (radix_sort_segment_heads: the host selects them rather than sorting all S).
 template <class Router, class Space, class R>
 void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order) {
   const routing_shape s = plan.shape;
@@ -274,18 +275,22 @@ void assign_slots(const Space& sp, const routing_plan<R>& plan, drop_order order
     });
   }
   const int segment_shift = Router::token_choice ? 0 : 32;
-  sp.radix_sort_pairs(keys_in, keys_out, vals_in, vals_out, P, segment_shift + bits_for(std::uint64_t(SEG)),
-                      plan.sort_scratch, plan.sort_scratch_bytes);
+  const int key_bits = segment_shift + bits_for(std::uint64_t(SEG));
+  const index_t kept = std::min<index_t>(C, S);
+  if constexpr (Router::token_choice)
+    sp.radix_sort_pairs(keys_in, keys_out, vals_in, vals_out, P, key_bits, plan.sort_scratch, plan.sort_scratch_bytes);
+  else  // only the first C of a segment are kept: the rest need no order
+    sp.radix_sort_segment_heads(keys_in, keys_out, vals_in, vals_out, P, key_bits, segment_shift, kept,
+                                plan.sort_scratch, plan.sort_scratch_bytes);
   sp.histogram(pair_segment, P, plan.segment_count, SEG);
   sp.offsets_from_counts(plan.segment_count, plan.segment_offsets, SEG);
   const int* seg_offsets = plan.segment_offsets;
   int* pair_slot = plan.pair_slot;
-  if (!Router::token_choice) {
+  if constexpr (!Router::token_choice) {
     // Expert choice keeps at most C of a segment's S proposals (C = cf·S/E): every pair starts
     // dropped, then the first C of each segment in sorted order get their slots. SEG·C writes
     // where a walk over the sorted order would write all T·E slots, each at a random pair.
     sp.parallel_for(P, [=] MOE_LAMBDA(index_t p) { pair_slot[p] = -1; });
-    const index_t kept = std::min<index_t>(C, S);
     sp.parallel_for(index_t(SEG) * kept, [=] MOE_LAMBDA(index_t j) {
       const index_t seg = j / kept, slot = j - seg * kept, i = seg_offsets[seg] + slot;
       if (i < seg_offsets[seg + 1]) pair_slot[vals_out[i]] = int(slot);
