@@ -117,7 +117,7 @@ inline void radix_scatter_buffered(const std::uint64_t* keys, const int* values,
 
 // Turns the first `buckets` counts into exclusive offsets; returns the total.
 template <class Count>
-Count radix_offsets(Count* counts, int buckets = radix_buckets) {
+Count radix_offsets(Count* counts, int buckets) {
   Count running = 0;
   for (int d = 0; d < buckets; ++d) {
     const Count here = counts[d];
@@ -292,7 +292,7 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
     index_t next[radix_buckets] = {};
     for (index_t i = 0; i < n; ++i) ++next[top(x_keys[i])];
     index_t begin[radix_buckets + 1];
-    begin[radix_buckets] = radix_offsets(next);
+    begin[radix_buckets] = radix_offsets(next, radix_buckets);
     std::copy(next, next + radix_buckets, begin);
     radix_scatter(x_keys, x_values, n, top, y_keys, y_values, next);
     for (int d = 0; d < radix_buckets; ++d) {
@@ -321,7 +321,7 @@ inline void radix_sort_range(std::uint64_t* x_keys, int* x_values, std::uint64_t
   std::uint64_t *from_k = x_keys, *to_k = y_keys;
   int *from_v = x_values, *to_v = y_values;
   for (int p = 0; p < passes; ++p) {
-    radix_offsets(counts[p]);
+    radix_offsets(counts[p], radix_buckets);
     radix_scatter(from_k, from_v, n, digits[p], to_k, to_v, counts[p]);
     std::swap(from_k, to_k);
     std::swap(from_v, to_v);

@@ -295,10 +295,11 @@ class host {
   // grouped by segment (the low key_bits from bit segment_shift up), ascending and stable, and each
   // segment starts with its min(head, size) smallest keys in stable order; its other pairs follow
   // in an order left unspecified (a full sort, as the CUDA space does, meets the contract). Here: a
-  // segment split off a larger array and longer than its head is selected rather than sorted
-  // (detail::radix_sort_head), its other pairs in input order; others are sorted whole. Either way
-  // the result is the same on any thread count. Expert choice keeps C of each expert's S
-  // proposals. Same scratch as radix_sort_pairs.
+  // segment whose head is a small enough part of it (detail::radix_heads::worth_selecting) is
+  // selected rather than sorted (detail::radix_sort_head), its other pairs in input order; other
+  // segments, and arrays small enough for the in-cache sort, are sorted whole. Either way the
+  // result is the same on any thread count. Expert choice keeps C of each expert's S proposals.
+  // Same scratch as radix_sort_pairs.
   void radix_sort_segment_heads(const std::uint64_t* keys_in, std::uint64_t* keys_out, const int* values_in,
                                 int* values_out, index_t n, int key_bits, int segment_shift, index_t head,
                                 void* scratch, std::size_t scratch_bytes) const {
@@ -380,7 +381,7 @@ class host {
       if (chunks == 1) {
         index_t next[radix_buckets];
         count_chunk(0, next);
-        detail::radix_offsets(next);
+        detail::radix_offsets(next, radix_buckets);
         if (begin) std::copy(next, next + radix_buckets, begin);
         scatter_chunk(0, next);
       } else {
