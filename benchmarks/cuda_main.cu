@@ -8,10 +8,11 @@
 //   copy/d2d/MB:<n>                   cudaMemcpyAsync device to device: the bandwidth ceiling
 //   dense/<relu|geglu>/<dtype>/f:<w>/<fwd|fwd_bwd>/T:<T>
 //                                     the dense FFN baseline (cuBLAS GEMMs + one element-wise pass)
-//   layer/<preset>/<dtype>/<fwd|fwd_bwd>/E:<E>/T:<T>/skew:<s>
+//   layer/<preset>/<dtype>/<fwd|fwd_bwd>/E:<E>/T:<T>/skew:<s>[/grouped_gemm:cublas]
 //                                     the full layer on moe::cuda, with vs_dense = time of the dense FFN
 //                                     of equal active FLOPs (measured in the same benchmark, just
-//                                     before) / layer time
+//                                     before) / layer time; grouped_gemm:cublas: the space's expert
+//                                     GEMMs through cuBLAS per expert (cuda_grouped_gemm::cublas_per_group)
 //   router/<top1|top2|expert_choice>/<dtype>/E:<E>/T:<T>
 //                                     the routing stages on their own (E ∈ {8, 64, 256}, T ∈ {4k,
 //                                     64k}): GBps and vs_copy for the one read of x
@@ -22,7 +23,8 @@
 //                                     counted)
 //   expert_gemm/<grouped|loop|padded>/<dtype>/E:<E>/T:<T>/skew:<s>
 //                                     the first expert projection over top-2 rows: grouped GEMM,
-//                                     one cuBLAS GEMM per expert, or one strided-batched GEMM over
+//                                     one cuBLAS GEMM per expert (offsets read on the host every
+//                                     call), or one strided-batched GEMM over
 //                                     E·C padded rows; TFLOPps and useful_TFLOPps
 //   ep/<preset>/<dtype>/R:<R>/T:<T>/skew:<s>
 //                                     expert parallelism over NCCL on R of the visible GPUs
@@ -157,12 +159,13 @@ void bm_dense(benchmark::State& st, index_t f, bool gated, bool backward) {
 
 // ---- full layers ---------------------------------------------------------------------------------
 template <class Preset, class Act>
-void bm_layer(benchmark::State& st, int k, bool gated, bool backward, skew s) {
+void bm_layer(benchmark::State& st, int k, bool gated, bool backward, skew s,
+              moe::cuda_grouped_gemm grouped = moe::cuda_grouped_gemm::device_offsets) {
   using Layer = typename Preset::layer;
   using T = typename Layer::element_type;
   const cuda_sizes& z = cuda_size();
   stream_holder stream;
-  const moe::cuda sp(stream.s);
+  const moe::cuda sp(stream.s, {.grouped_gemm = grouped});
   const int T_ = z.tokens, d = z.d_model, E = z.experts;
   const auto cfg = Preset::make_config(d, z.d_ff, E, 1);
   Layer layer(cfg, sp);
@@ -444,8 +447,9 @@ void bm_device_router(benchmark::State& st, typename Router::config rcfg, double
 // expert, top-2 routing (the loads of the dispatch family's inputs: T·K rows, K = 2):
 //   grouped  moe::cuda::grouped_gemm over the T·K packed rows, offsets in device memory (sorted
 //            dropless dispatch)
-//   loop     one moe::cuda::gemm (cuBLAS) per expert over the same rows; the offsets are read on
-//            the host once, in setup (a layer would copy the counts to the host every call)
+//   loop     moe::cuda::grouped_gemm under cuda_grouped_gemm::cublas_per_group: the offsets copied
+//            to the host (a stream synchronisation, as in a layer, every call), then one cuBLAS GEMM
+//            per expert over the same rows
 //   padded   one moe::cuda::batched_gemm (cuBLAS strided-batched) over E·C rows, C per expert
 //            whatever its load, C = ⌊1.25·T·K/E⌋ (capacity factor 1.25 of the pairs); an expert
 //            keeps min(load, C) real rows, the rest are zero rows
@@ -461,7 +465,8 @@ void bm_device_expert_gemm(benchmark::State& st, grouping how, int E, int T_, sk
   using moe::op;
   const cuda_sizes& z = cuda_size();
   stream_holder stream;
-  const moe::cuda sp(stream.s);
+  const moe::cuda sp(stream.s, {.grouped_gemm = how == grouping::loop ? moe::cuda_grouped_gemm::cublas_per_group
+                                                                      : moe::cuda_grouped_gemm::device_offsets});
   const index_t d = z.d_model, f = z.d_ff;
   constexpr int K = 2;
   const std::vector<int> load = expert_loads(cached_routed_inputs(T_, int(d), E, s).in);
@@ -502,14 +507,8 @@ void bm_device_expert_gemm(benchmark::State& st, grouping how, int E, int T_, sk
     const T* a = as[step++ & 1u];
     switch (how) {
       case grouping::grouped:
+      case grouping::loop:  // the space's option picks the path
         sp.grouped_gemm(op::none, E, dev_offsets.p, f, d, 1.0f, a, d, w.p, d * f, f, 0.0f, out.p, f);
-        break;
-      case grouping::loop:
-        for (int e = 0; e < E; ++e) {
-          const index_t r0 = offsets[std::size_t(e)], n = offsets[std::size_t(e) + 1] - r0;
-          if (n > 0)
-            sp.gemm(op::none, op::none, n, f, d, 1.0f, a + r0 * d, d, w.p + e * d * f, f, 0.0f, out.p + r0 * f, f);
-        }
         break;
       case grouping::padded:
         sp.batched_gemm(op::none, op::none, E, index_t(C), f, d, 1.0f, a, d, index_t(C) * d, w.p, f, d * f, 0.0f,
@@ -561,6 +560,21 @@ void register_all() {
       });
       reg("layer/st_moe/" + dt + tail, [=](benchmark::State& st) {
         bm_layer<moe::presets::st_moe<T, moe::cuda>, moe::activation::gelu>(st, 2, true, bwd, sk);
+      });
+      // The expert GEMMs through cuBLAS per expert, the offsets read on the host every call
+      // (cuda_grouped_gemm::cublas_per_group); --smoke: GLaM's forward + backward only.
+      if (z.smoke && !bwd) continue;
+      constexpr auto blas = moe::cuda_grouped_gemm::cublas_per_group;
+      if (!z.smoke) {
+        reg("layer/switch_transformer/" + dt + tail + "/grouped_gemm:cublas", [=](benchmark::State& st) {
+          bm_layer<moe::presets::switch_transformer<T, moe::cuda>, moe::activation::relu>(st, 1, false, bwd, sk, blas);
+        });
+        reg("layer/st_moe/" + dt + tail + "/grouped_gemm:cublas", [=](benchmark::State& st) {
+          bm_layer<moe::presets::st_moe<T, moe::cuda>, moe::activation::gelu>(st, 2, true, bwd, sk, blas);
+        });
+      }
+      reg("layer/glam/" + dt + tail + "/grouped_gemm:cublas", [=](benchmark::State& st) {
+        bm_layer<moe::presets::glam<T, moe::cuda>, moe::activation::gelu>(st, 2, true, bwd, sk, blas);
       });
     }
   }

@@ -43,7 +43,7 @@ int train_cuda(const options& o) {
   owned_stream stream;
   int code = 0;
   {
-    const moe::cuda space(stream.s);
+    const moe::cuda space(stream.s, space_options(o));
     code = o.precision != "fp32"
                ? train_cuda_low_precision(o, space)  // moe_train_cuda_lowp.cu
                : with_preset<float, moe::cuda>(

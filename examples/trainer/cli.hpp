@@ -22,6 +22,9 @@ namespace trainer {
 struct options {
   preset kind = preset::switch_transformer;
   std::string device = "host";
+  // --device cuda: how the MoE layers' expert GEMMs run ("device": the library's kernels, offsets on
+  // the device; "cublas": cuBLAS per expert, offsets read on the host each call; moe::cuda_grouped_gemm).
+  std::string grouped_gemm = "device";
   // Storage type of the MoE layers (activations and expert weights): "fp32", "bf16" or "fp16". With
   // 16 bits the optimiser keeps float32 master weights and rounds them into the layers after every
   // update (fp16 also scales the loss dynamically); attention, embeddings, norms and dense FFNs stay
@@ -78,6 +81,9 @@ inline const char* usage_text =
     "  --preset dense|switch|glam|st-moe   model (default switch)\n"
     "  --device host|cuda                  execution space (default host; cuda: in builds with CUDA;\n"
     "                                      exit code 4 when no GPU is usable)\n"
+    "  --grouped-gemm device|cublas        cuda: the experts' GEMMs by the library's kernels, offsets on the\n"
+    "                                      device (default), or by cuBLAS per expert, offsets read on the\n"
+    "                                      host at every call (a stream synchronisation each)\n"
     "  --precision fp32|bf16|fp16          storage of the MoE layers (16-bit: float32 master weights in the\n"
     "                                      optimiser; fp16 adds dynamic loss scaling; the rest of the\n"
     "                                      model stays float32)\n"
@@ -137,7 +143,7 @@ inline double parse_double(std::string_view flag, const std::string& v, double l
 // Parses argv; throws usage_error with a one-line message on any problem.
 inline options parse_options(int argc, char** argv) {
   options o;
-  bool lr_given = false, warmup_given = false, loss_scale_given = false;
+  bool lr_given = false, warmup_given = false, loss_scale_given = false, grouped_gemm_given = false;
   std::vector<std::string> args(argv + 1, argv + argc);
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string flag = args[i], value;
@@ -183,6 +189,11 @@ inline options parse_options(int argc, char** argv) {
       o.device = take();
       if (o.device != "host" && o.device != "cuda")
         throw usage_error("--device: '" + o.device + "' is not one of host, cuda");
+    } else if (flag == "--grouped-gemm") {
+      o.grouped_gemm = take();
+      if (o.grouped_gemm != "device" && o.grouped_gemm != "cublas")
+        throw usage_error("--grouped-gemm: '" + o.grouped_gemm + "' is not one of device, cublas");
+      grouped_gemm_given = true;
     } else if (flag == "--steps") {
       o.steps = parse_int(flag, take(), 1, 100000000);
     } else if (flag == "--batch") {
@@ -316,6 +327,11 @@ inline options parse_options(int argc, char** argv) {
   if (o.kind != preset::dense && o.experts % o.ranks != 0)
     throw usage_error("--ranks: " + std::to_string(o.ranks) + " does not divide --experts " +
                       std::to_string(o.experts) + " (each rank holds an equal share of the experts)");
+  if (grouped_gemm_given && o.device != "cuda")
+    throw usage_error("--grouped-gemm: it chooses how --device cuda runs the expert GEMMs (this run has --device " +
+                      o.device + ")");
+  if (grouped_gemm_given && o.kind == preset::dense)
+    throw usage_error("--grouped-gemm: it applies to the MoE layers, and the dense preset has none");
   if (loss_scale_given && o.precision != "fp16")
     throw usage_error("--loss-scale: only fp16 scales the loss (this run has --precision " + o.precision + ")");
   if (o.precision != "fp32" && o.kind == preset::dense)

@@ -309,6 +309,10 @@ int run_rank(const options& opt, const Space& space, const RankContext& rc,
       std::printf("  gemm     %s\n", blas.library.c_str());  // OpenBLAS: its configuration names the kernels
       // In the header, not on stderr: stderr carries the one line of an error (tests/trainer counts it).
       if (!blas.advice.empty()) std::printf("  warning  %s\n", blas.advice.c_str());
+    } else if (opt.kind != preset::dense) {
+      std::printf("  gemm     experts: %s\n", opt.grouped_gemm == "cublas"
+                                                    ? "cuBLAS per expert, offsets read on the host (--grouped-gemm cublas)"
+                                                    : "the library's grouped kernels, offsets on the device");
     }
     std::printf("  model    d_model %d, %d layers, %d heads, seq %d, vocab %d", opt.d_model, opt.layers, opt.heads,
                 opt.seq, mc.vocab);

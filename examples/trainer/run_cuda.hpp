@@ -8,6 +8,12 @@
 
 namespace trainer {
 
+// The space's settings from the flags: --grouped-gemm.
+inline moe::cuda_options space_options(const options& o) {
+  return {.grouped_gemm = o.grouped_gemm == "cublas" ? moe::cuda_grouped_gemm::cublas_per_group
+                                                     : moe::cuda_grouped_gemm::device_offsets};
+}
+
 template <class Preset, class DenseFFN>
 int run_on(const options& o, const moe::cuda& space) {
   return run_rank<model<float, moe::cuda, Preset, DenseFFN>>(o, space, rank_context<moe::in_process_communicator, moe::cuda>{});

@@ -29,7 +29,7 @@ int run_ranks(const options& o, const std::vector<moe::nccl_communicator>& comms
     threads.emplace_back([&, r] {
       try {
         moe::cuda_detail::check(cudaSetDevice(r), "cudaSetDevice");
-        const moe::cuda space(streams[std::size_t(r)]);
+        const moe::cuda space(streams[std::size_t(r)], space_options(o));
         moe::nccl_communicator comm = comms[std::size_t(r)];
         rank_context<moe::nccl_communicator, moe::cuda> rc{r, o.ranks, &comm, &space};
         typename model_t::moe_factory make = [&comm, space](const typename parallel_layer::config& c) {

@@ -277,7 +277,7 @@ void row_kernels_case(moe::index_t d, moe::index_t base_offset, double rtol) {
         g.push_back(v);
         want.push_back(w);
       }
-    INFO("gather_rows ", moe::type_name<T>(), " d=", d, " offset=", base_offset, " scaled=", scaled);
+    INFO("gather_rows ", std::string(moe::type_name<T>()), " d=", d, " offset=", base_offset, " scaled=", scaled);
     check_close(g, want, 1e-6, "gather_rows");
   }
   // combine into T (gate-weighted) and into R (unweighted: the permute backward)
@@ -302,7 +302,7 @@ void row_kernels_case(moe::index_t d, moe::index_t base_offset, double rtol) {
       ga.push_back(double(acc[std::size_t(t * d + j)]));
       wa.push_back(sa);
     }
-  INFO("combine_rows ", moe::type_name<T>(), " d=", d, " offset=", base_offset);
+  INFO("combine_rows ", std::string(moe::type_name<T>()), " d=", d, " offset=", base_offset);
   check_close(gy, wy, rtol, "combine_rows (gated, stored as T)");
   check_close(ga, wa, 1e-5, "combine_rows (unweighted, accumulator type)");
   // gate-gradient dot products; dropped pairs get 0
@@ -441,8 +441,8 @@ void gemm_case(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::in
   using Acc = moe::acc_t<TC>;
   host.gemm(opa, opb, m, n, k, Acc(0.75), a.data(), lda, b.data(), ldb, Acc(beta), c.data(), ldc);
   space.gemm(opa, opb, m, n, k, Acc(0.75), da.p, lda, db.p, ldb, Acc(beta), dc.p, ldc);
-  INFO("gemm ", moe::type_name<TA>(), "·", moe::type_name<TB>(), "→", moe::type_name<TC>(), " opa=", int(opa),
-       " opb=", int(opb), " m=", m, " n=", n, " k=", k, " beta=", beta);
+  const std::string types = std::string(moe::type_name<TA>()) + "·" + moe::type_name<TB>() + "→" + moe::type_name<TC>();
+  INFO("gemm ", types, " opa=", int(opa), " opb=", int(opb), " m=", m, " n=", n, " k=", k, " beta=", beta);
   check_close(widened(dc.download()), widened(c), rtol, "gemm");
 }
 
@@ -450,11 +450,14 @@ void gemm_case(moe::op opa, moe::op opb, moe::index_t m, moe::index_t n, moe::in
 // stages row-major operands in 16-byte pieces; otherwise odd ones (element by element).
 // min_largest_group: the offsets drawn must give some group more rows than this (a case about
 // several row tiles states it rather than trusting the draw).
+// path: the space's grouped GEMMs (the tiled kernels, or cuBLAS per group with the offsets read on
+// the host).
 template <class T, class TC>
 void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, double rtol, double beta,
-                  bool aligned = false, int min_largest_group = 0) {
+                  bool aligned = false, int min_largest_group = 0,
+                  moe::cuda_grouped_gemm path = moe::cuda_grouped_gemm::device_offsets) {
   stream_holder stream;
-  const moe::cuda space(stream.s);
+  const moe::cuda space(stream.s, {.grouped_gemm = path});
   const moe::host host(1);
   const std::vector<int> off = random_offsets(groups, std::uint64_t(groups * 7 + n));
   int largest = 0;
@@ -473,8 +476,8 @@ void grouped_case(moe::op opb, int groups, moe::index_t n, moe::index_t k, doubl
   host.grouped_gemm(opb, groups, off.data(), n, k, Acc(1.25), a.data(), lda, b.data(), b_stride, ldb, Acc(beta),
                     c.data(), ldc);
   space.grouped_gemm(opb, groups, doff.p, n, k, Acc(1.25), da.p, lda, db.p, b_stride, ldb, Acc(beta), dc.p, ldc);
-  INFO("grouped_gemm ", moe::type_name<T>(), " groups=", groups, " rows=", rows, " n=", n, " k=", k,
-       " opb=", int(opb), " beta=", beta, " aligned=", aligned);
+  INFO("grouped_gemm ", std::string(moe::type_name<T>()), " groups=", groups, " rows=", rows, " n=", n, " k=", k,
+       " opb=", int(opb), " beta=", beta, " aligned=", aligned, " path=", int(path));
   check_close(widened(dc.download()), widened(c), rtol, "grouped_gemm");
 
   // Weight gradients: C_g[k, n] = A_gᵀ · B_g over the rows of g (B: [rows, n]); empty groups keep
@@ -510,8 +513,8 @@ void batched_case(moe::op opa, moe::op opb, int batch, moe::index_t m, moe::inde
                     c.data(), ldc, c_stride);
   space.batched_gemm(opa, opb, batch, m, n, k, Acc(0.75), da.p, lda, a_stride, db.p, ldb, b_stride, Acc(beta), dc.p,
                      ldc, c_stride);
-  INFO("batched_gemm ", moe::type_name<TA>(), "·", moe::type_name<TB>(), "→", moe::type_name<TC>(), " opa=", int(opa),
-       " opb=", int(opb), " batch=", batch, " m=", m, " n=", n, " k=", k, " beta=", beta);
+  const std::string types = std::string(moe::type_name<TA>()) + "·" + moe::type_name<TB>() + "→" + moe::type_name<TC>();
+  INFO("batched_gemm ", types, " opa=", int(opa), " opb=", int(opb), " batch=", batch, " m=", m, " n=", n, " k=", k, " beta=", beta);
   check_close(widened(dc.download()), widened(c), rtol, "batched_gemm");
 }
 
@@ -554,6 +557,43 @@ TEST_CASE("grouped GEMMs read the device offsets, including empty groups") {
     grouped_case<moe::float16, moe::float16>(opb, 5, 40, 65, 2e-2, 1.0);
   }
   grouped_case<float, float>(op::none, 1, 16, 16, 1e-5, 0.0);  // one group, which is empty
+}
+
+TEST_CASE("grouped GEMMs through cuBLAS per group (cuda_grouped_gemm::cublas_per_group) match the host") {
+  // The same cases as the tiled kernels' (empty first, last and every third group); beta 0.5 takes
+  // the scaling of the empty groups' weight gradients, beta 0 their zeroing over random values.
+  using moe::op;
+  constexpr auto blas = moe::cuda_grouped_gemm::cublas_per_group;
+  for (op opb : {op::none, op::transpose}) {
+    grouped_case<float, float>(opb, 9, 70, 45, 1e-5, 0.0, false, 0, blas);
+    grouped_case<float, float>(opb, 4, 129, 64, 1e-5, 0.5, false, 0, blas);
+    grouped_case<double, double>(opb, 6, 33, 20, 1e-12, 1.0, false, 0, blas);
+    grouped_case<moe::bfloat16, moe::bfloat16>(opb, 9, 70, 45, 2e-2, 0.0, true, 0, blas);
+    grouped_case<moe::float16, float>(opb, 5, 40, 65, 1e-5, 0.5, false, 0, blas);
+    grouped_case<float, moe::bfloat16>(opb, 5, 40, 65, 2e-2, 1.0, true, 0, blas);
+  }
+  grouped_case<float, float>(op::none, 1, 16, 16, 1e-5, 0.0, false, 0, blas);  // one group, which is empty
+}
+
+TEST_CASE("cuda_grouped_gemm::cublas_per_group: bad offsets and a captured stream are refused by name") {
+  stream_holder stream;
+  const moe::cuda space(stream.s, {.grouped_gemm = moe::cuda_grouped_gemm::cublas_per_group});
+  CHECK(space.options().grouped_gemm == moe::cuda_grouped_gemm::cublas_per_group);
+  const auto a = moe_test::random_vector<float>(64, 1), b = moe_test::random_vector<float>(2 * 64, 2);
+  device_vector<float> da(a), db(b), dc(b);  // C: two groups' 8 x 8 weight gradients
+  device_vector<int> descending(std::vector<int>{0, 5, 3});
+  CHECK_THROWS_WITH_AS(space.grouped_gemm(moe::op::none, 2, descending.p, 8, 8, 1.0f, da.p, 8, db.p, 64, 8, 0.0f,
+                                          dc.p, 8),
+                       "grouped_gemm: group offsets must ascend from 0 or more: offsets[1]=5, offsets[2]=3",
+                       moe::invalid_argument);
+  device_vector<int> offsets(std::vector<int>{0, 3, 8});
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  CHECK_THROWS_WITH_AS(space.grouped_gemm_tn(2, offsets.p, 8, 8, 1.0f, da.p, 8, db.p, 8, 0.0f, dc.p, 64, 8),
+                       doctest::Contains("cuda_grouped_gemm::cublas_per_group reads the group offsets on the host"),
+                       moe::invalid_argument);
+  REQUIRE(cudaStreamEndCapture(stream.s, &graph) == cudaSuccess);
+  if (graph) cudaGraphDestroy(graph);
 }
 
 TEST_CASE("tensor-core grouped GEMMs over several 128 x 128 tiles, 16-byte staging and edges") {

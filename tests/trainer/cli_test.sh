@@ -35,6 +35,9 @@ expect 2 "--device: 'gpu' is not one of host, cuda" --device gpu
 expect 2 "--precision: 'fp8' is not one of fp32, bf16, fp16" --precision fp8
 expect 2 "--loss-scale: '3' is not a power of two" --precision fp16 --loss-scale 3
 expect 2 '--loss-scale: only fp16 scales the loss \(this run has --precision bf16\)' --precision bf16 --loss-scale 1024
+expect 2 "--grouped-gemm: 'cutlass' is not one of device, cublas" --device cuda --grouped-gemm cutlass
+expect 2 '--grouped-gemm: it chooses how --device cuda runs the expert GEMMs \(this run has --device host\)' --grouped-gemm cublas
+expect 2 '--grouped-gemm: it applies to the MoE layers, and the dense preset has none' --preset dense --device cuda --grouped-gemm cublas
 expect 2 '--precision bf16: it applies to the MoE layers, and the dense preset has none' --preset dense --precision bf16
 expect 2 "--lr: '-1' is not a number" --lr -1
 expect 2 '--heads: 5 does not divide --d-model 96' --heads 5 --d-model 96

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# moe-train --device cuda against --device host: each preset (and glam in bf16, st-moe in fp16) trains
-# 20 steps with the same seed on both; the first step's loss (same initial weights, same batch) must
+# moe-train --device cuda against --device host: each preset (and glam in bf16, st-moe in fp16; glam
+# in both also with --grouped-gemm cublas) trains 20 steps with the same seed on both; the first step's loss (same initial weights, same batch) must
 # agree to 1e-4 relative, every later step within 0.02 nats (the runs drift apart through summation order and Adam's
 # normalisation of tiny gradients), and the CUDA run's loss must fall like the host's.
 # Skipped (77) when the CUDA run finds no GPU (moe-train exits 4). With MOE_CUDA_TEST_EMULATED=1 the
@@ -77,6 +77,17 @@ for name in dense switch glam st-moe glam/bf16 st-moe/fp16; do
   "$bin" --preset "$preset" --device host "${args[@]}" "${extra[@]}" --log "$tmp/$preset.host.jsonl" >"$tmp/$preset.host.out" 2>&1 ||
     { cat "$tmp/$preset.host.out"; echo "FAIL: $name --device host"; exit 1; }
   compare_to_host "$name" "$tmp/$preset.host.jsonl" "$tmp/$preset.cuda.jsonl" "$step1" "$limit" || exit 1
+  # The expert GEMMs through cuBLAS per expert, offsets read on the host (--grouped-gemm cublas):
+  # the same training within the same limits.
+  if [[ $preset == glam ]]; then
+    "$bin" --preset "$preset" --device cuda --grouped-gemm cublas "${args[@]}" "${extra[@]}" \
+      --log "$tmp/$preset.cublas.jsonl" >"$tmp/$preset.cublas.out" 2>&1 ||
+      { cat "$tmp/$preset.cublas.out"; echo "FAIL: $name --grouped-gemm cublas"; exit 1; }
+    grep -q "experts: cuBLAS per expert" "$tmp/$preset.cublas.out" ||
+      { cat "$tmp/$preset.cublas.out"; echo "FAIL: $name --grouped-gemm cublas: the header names another path"; exit 1; }
+    compare_to_host "$name --grouped-gemm cublas" "$tmp/$preset.host.jsonl" "$tmp/$preset.cublas.jsonl" "$step1" \
+      "$limit" || exit 1
+  fi
 done
 
 # Fine-tuning on cuda: the parameters of a host-pretrained Switch checkpoint, on other data, with

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "moe/core/config.hpp"
 #include "moe/core/error.hpp"
@@ -55,6 +56,24 @@
 #include "moe/cuda/tiles.cuh"
 
 namespace moe {
+
+// How moe::cuda runs grouped GEMMs (grouped_gemm, grouped_gemm_tn: the expert FFNs of the sorted
+// dispatcher, and expert parallelism's local experts).
+enum class cuda_grouped_gemm {
+  // The library's tiled kernels (grouped_gemm.cuh) read the group offsets in device memory: no host
+  // synchronisation, so a step can be captured in a CUDA graph. The default.
+  device_offsets,
+  // Each call copies the offsets to the host (one stream synchronisation) and runs one cuBLAS GEMM
+  // per non-empty group: cuBLAS's kernels, for few experts with many rows each. Refused while the
+  // stream is being captured. Deterministic run to run; the sums are ordered differently from the
+  // tiled kernels', so results agree with them within rounding, not bit for bit.
+  cublas_per_group,
+};
+
+// Settings of a moe::cuda space, fixed when it is created (shared by its copies).
+struct cuda_options {
+  cuda_grouped_gemm grouped_gemm = cuda_grouped_gemm::device_offsets;
+};
 
 namespace cuda_detail {
 
@@ -80,9 +99,23 @@ inline constexpr std::size_t blas_workspace_bytes = std::size_t(32) << 20;
 // Elements the scratch block is reserved for up front.
 inline constexpr index_t reserved_elements = index_t(1) << 24;
 
+// C[i / n, i % n] = beta · C (row stride ldc); beta == 0 writes zeros without reading C (BLAS rule).
+template <class TC>
+struct scale_matrix {
+  TC* c;
+  index_t ldc, n;
+  acc_t<TC> beta;
+  MOE_HOST_DEVICE void operator()(index_t i) const {
+    TC& v = c[(i / n) * ldc + i % n];
+    v = beta == acc_t<TC>(0) ? TC(0.0f) : convert<TC>(beta * convert<acc_t<TC>>(v));
+  }
+};
+
 // The shared state of a space and its copies.
 struct cuda_state {
   cudaStream_t stream = nullptr;
+  cuda_options options;
+  std::vector<int> host_offsets;  // cuda_grouped_gemm::cublas_per_group: the last call's offsets
   int device = 0;
   int sm_count = 1;
   cublasHandle_t blas = nullptr;
@@ -92,7 +125,7 @@ struct cuda_state {
   nonfinite_record* record = nullptr;    // device
   unsigned long long* probe = nullptr;   // device: the current check's lowest non-finite index
 
-  explicit cuda_state(cudaStream_t s) : stream(s) {
+  cuda_state(cudaStream_t s, cuda_options o) : stream(s), options(o) {
     try {
       check(cudaGetDevice(&device), "cudaGetDevice");
       check(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -142,11 +175,13 @@ class cuda {
   cuda() = default;
   // `stream` (not owned: destroy the space and every layer using it before the stream). Creates the
   // state (cuBLAS handle, workspace, scratch) on the current device.
-  explicit cuda(cudaStream_t stream) : state_(std::make_shared<cuda_detail::cuda_state>(stream)) {
+  explicit cuda(cudaStream_t stream, cuda_options options = {})
+      : state_(std::make_shared<cuda_detail::cuda_state>(stream, options)) {
     reserve_default_scratch();
   }
 
   cudaStream_t stream() const { return state().stream; }
+  const cuda_options& options() const { return state().options; }
   int multiprocessors() const { return state().sm_count; }
   cublasHandle_t blas_handle() const { return state().blas; }
 
@@ -515,12 +550,22 @@ class cuda {
       gemm(opa, opb, m, n, k, alpha, a + i * a_stride, lda, b + i * b_stride, ldb, beta, c + i * c_stride, ldc);
   }
 
-  // Expert-contiguous grouped GEMM (see moe::host::grouped_gemm); `offsets` ([groups + 1]) stays in
-  // device memory and is read by the kernel (grouped_gemm.cuh).
+  // Expert-contiguous grouped GEMM (see moe::host::grouped_gemm); `offsets` ([groups + 1]) is
+  // device memory, read by the kernel (grouped_gemm.cuh), or by the host under
+  // cuda_grouped_gemm::cublas_per_group.
   template <class TA, class TB, class TC>
   void grouped_gemm(op opb, int groups, const int* offsets, index_t n, index_t k, acc_t<TC> alpha, const TA* a,
                     index_t lda, const TB* b, index_t b_stride, index_t ldb, acc_t<TC> beta, TC* c,
                     index_t ldc) const {
+    if (groups > 0 && n > 0 && options().grouped_gemm == cuda_grouped_gemm::cublas_per_group) {
+      const int* off = host_group_offsets("grouped_gemm", groups, offsets);
+      for (int g = 0; g < groups; ++g) {
+        const index_t r0 = off[g], rows = off[g + 1] - r0;
+        if (rows > 0)
+          gemm(op::none, opb, rows, n, k, alpha, a + r0 * lda, lda, b + g * b_stride, ldb, beta, c + r0 * ldc, ldc);
+      }
+      return;
+    }
     using Acc = acc_t<TC>;
     const cuda_detail::tile_job<TA, TB, TC, Acc> job{
         a, lda, false, b, ldb, opb == op::transpose, c, ldc, 0, n, k, alpha, beta};
@@ -533,6 +578,18 @@ class cuda {
   void grouped_gemm_tn(int groups, const int* offsets, index_t m, index_t n, acc_t<TC> alpha, const TA* a,
                        index_t lda, const TB* b, index_t ldb, acc_t<TC> beta, TC* c, index_t c_stride,
                        index_t ldc) const {
+    if (groups > 0 && m > 0 && n > 0 && options().grouped_gemm == cuda_grouped_gemm::cublas_per_group) {
+      const int* off = host_group_offsets("grouped_gemm_tn", groups, offsets);
+      for (int g = 0; g < groups; ++g) {
+        const index_t r0 = off[g], rows = off[g + 1] - r0;
+        TC* cg = c + g * c_stride;
+        if (rows > 0)
+          gemm(op::transpose, op::none, m, n, rows, alpha, a + r0 * lda, lda, b + r0 * ldb, ldb, beta, cg, ldc);
+        else if (beta != acc_t<TC>(1))  // no rows: C_g = beta · C_g, without a depth-0 cuBLAS call
+          parallel_for(m * n, cuda_detail::scale_matrix<TC>{cg, ldc, n, beta});
+      }
+      return;
+    }
     using Acc = acc_t<TC>;
     const cuda_detail::tile_job<TA, TB, TC, Acc> job{a, lda, true, b, ldb, false, c, ldc, m, n, 0, alpha, beta};
     cuda_detail::launch_grouped_gemm_tn(stream(), job, groups, offsets, c_stride);
@@ -548,6 +605,25 @@ class cuda {
     require(n <= index_t(2147483647), what, "n=", n, " exceeds 2^31 - 1 elements");
   }
 
+  // cuda_grouped_gemm::cublas_per_group: the offsets copied to the host (waits for the stream) and
+  // checked, since a host loop trusts them for its pointers.
+  const int* host_group_offsets(const char* what, int groups, const int* offsets) const {
+    cuda_detail::cuda_state& st = state();
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    cuda_detail::check(cudaStreamIsCapturing(st.stream, &capture), "cudaStreamIsCapturing");
+    if (capture != cudaStreamCaptureStatusNone)
+      fail(what, "cuda_grouped_gemm::cublas_per_group reads the group offsets on the host, which a stream being "
+                 "captured cannot do; capture with cuda_grouped_gemm::device_offsets (the default)");
+    st.host_offsets.resize(std::size_t(groups) + 1);
+    copy_to_host(st.host_offsets.data(), offsets, sizeof(int) * (std::size_t(groups) + 1));
+    const int* off = st.host_offsets.data();
+    for (int g = 0; g < groups; ++g)
+      if (off[g] < 0 || off[g + 1] < off[g])
+        fail(what, "group offsets must ascend from 0 or more: offsets[", g, "]=", off[g], ", offsets[", g + 1,
+             "]=", off[g + 1]);
+    return off;
+  }
+
   // The grid-stride kernels need no more blocks than fill the device a few times over.
   index_t max_grid_blocks() const { return index_t(state().sm_count) * 32; }
 
@@ -559,7 +635,7 @@ class cuda {
   // and cuBLAS must not be called then.
   static cuda_detail::cuda_state& default_state() {
     static cuda_detail::cuda_state* const st = [] {
-      auto* s = new cuda_detail::cuda_state(cudaStream_t(nullptr));
+      auto* s = new cuda_detail::cuda_state(cudaStream_t(nullptr), cuda_options{});
       reserve_defaults(*s);
       return s;
     }();
