@@ -11,8 +11,9 @@
 // order by one owner):
 //   - bf16/fp16 operands with float accumulation: tensor cores through WMMA (16×16×16 bf16/fp16
 //     MMAs, float accumulators), 128 × 128 tiles of C, 32-deep panels staged in shared memory in
-//     the operand type (row-major operands with 16-byte loads where aligned); each of the 8 warps
-//     owns a 64 × 32 block of the tile.
+//     the operand type and in the orientation they are stored in (16-byte loads where aligned;
+//     transposed operands are loaded as column-major fragments); each of the 8 warps owns a
+//     64 × 32 block of the tile.
 //   - everything else (float, double, mixed inputs): a 64 × 64 SIMT tile, TK-deep panels widened to
 //     the accumulation type, each output element owned by one thread and summed in ascending k.
 //     Also the dense fallback for type combinations cuBLAS does not take.
@@ -116,26 +117,50 @@ struct wmma_operand<float16> {
 template <class TA, class TB, class Acc>
 inline constexpr bool tensor_core_operands = std::is_same_v<TA, TB> && is_half_v<TA> && std::is_same_v<Acc, float>;
 
+// The shared memory of the tensor-core tile, declared once per kernel (gemm_tile_tc) and viewed by
+// each orientation: static __shared__ arrays of the four instantiations would each take their own.
+template <class W>
+struct tc_shared {
+  // An operand panel as stored: [128][32 + pad] (op none) or [32][128 + pad] (transposed), 16-bit.
+  static constexpr int panel = (tc_tm * (tc_tk + tc_pad) > tc_tk * (tc_tm + tc_pad) ? tc_tm * (tc_tk + tc_pad)
+                                                                                    : tc_tk * (tc_tm + tc_pad));
+  W* a;
+  W* b;
+  float (*c)[16][16 + 4];  // one accumulator tile per warp
+};
+
 // Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with
-// tensor cores. All threads of the block must call it (it synchronises the block).
-template <class T, class TC>
-__device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // No bf16 WMMA before sm_80: the SIMT tile, four times.
-  for (int dr = 0; dr < tc_tm; dr += gemm_tm)
-    for (int dc = 0; dc < tc_tn; dc += gemm_tn) gemm_tile(job, row0 + dr, col0 + dc);
-#else
+// tensor cores, for one orientation of the operands. All threads of the block must call it (it
+// synchronises the block).
+//
+// Each operand is staged in the orientation it is stored in, so that consecutive threads read
+// consecutive addresses and write consecutive shared-memory words, in 16-byte pieces wherever the
+// pointer and leading dimension allow, and the fragments are loaded row- or column-major to match (a
+// transposed operand is a column-major one). ATrans: op(A)[i, p] = a[p·lda + i], staged as [p][i];
+// BTrans: op(B)[p, j] = b[j·ldb + p], staged as [j][p]. Until 2026-12 transposed operands were
+// transposed while staging, one 2-byte load per element: the input-gradient and weight-gradient
+// products, two thirds of a step's expert GEMMs.
+template <bool ATrans, bool BTrans, class T, class TC>
+__device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0,
+                                      tc_shared<typename wmma_operand<T>::type> sh) {
   namespace wmma = nvcuda::wmma;
   using W = typename wmma_operand<T>::type;
-  __shared__ __align__(32) W as[tc_tm][tc_tk + tc_pad];  // op(A)[row0 + i, p0 + p] at as[i][p]
-  __shared__ __align__(32) W bs[tc_tk][tc_tn + tc_pad];  // op(B)[p0 + p, col0 + j] at bs[p][j]
-  __shared__ __align__(32) float cs[tc_threads / 32][16][16 + 4];  // one accumulator tile per warp
+  using a_layout = std::conditional_t<ATrans, wmma::col_major, wmma::row_major>;
+  using b_layout = std::conditional_t<BTrans, wmma::col_major, wmma::row_major>;
+  constexpr int a_rows = ATrans ? tc_tk : tc_tm, a_cols = ATrans ? tc_tm : tc_tk, a_ld = a_cols + tc_pad;
+  constexpr int b_rows = BTrans ? tc_tn : tc_tk, b_cols = BTrans ? tc_tk : tc_tn, b_ld = b_cols + tc_pad;
+  static_assert(a_rows * a_ld <= tc_shared<W>::panel && b_rows * b_ld <= tc_shared<W>::panel);
+  W (*as)[a_ld] = reinterpret_cast<W (*)[a_ld]>(sh.a);
+  W (*bs)[b_ld] = reinterpret_cast<W (*)[b_ld]>(sh.b);
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int wm = warp / 4, wn = warp % 4;  // the warp's 64 × 32 block: rows wm·64, columns wn·32
   const W zero = wmma_operand<T>::from(T(0.0f));
   // Uniform over the block (the job's pointers and strides), so the staging branches do not diverge.
-  const bool a_pieces = !job.a_trans && pieces_aligned<tc_piece>(job.a, job.lda);
-  const bool b_pieces = !job.b_trans && pieces_aligned<tc_piece>(job.b, job.ldb);
+  // Block origins are multiples of 8 elements (tile origins and panel depths are), so the pointer and
+  // the stride alone decide whether the 16-byte pieces are aligned.
+  const bool a_pieces = pieces_aligned<tc_piece>(job.a, job.lda);
+  const bool b_pieces = pieces_aligned<tc_piece>(job.b, job.ldb);
+  const auto to_operand = [](T v) { return wmma_operand<T>::from(v); };
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
   // Fragments are indexed with compile-time constants only (unrolled loops), or they go to local memory.
@@ -145,29 +170,39 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
   for (index_t p0 = 0; p0 < job.k; p0 += tc_tk) {
-    const auto to_operand = [](T v) { return wmma_operand<T>::from(v); };
-    // Row-major operands (op none) in 16-byte pieces where aligned; transposed ones element by element.
+    // The stored blocks: A rows row0.. × depth p0.. (depth × rows when transposed); B depth p0.. ×
+    // columns col0.. (columns × depth when transposed).
+    const index_t ar0 = ATrans ? p0 : row0, a_extent_r = ATrans ? job.k : job.m;
+    const index_t ac0 = ATrans ? row0 : p0, a_extent_c = ATrans ? job.m : job.k;
+    const index_t br0 = BTrans ? col0 : p0, b_extent_r = BTrans ? job.n : job.k;
+    const index_t bc0 = BTrans ? p0 : col0, b_extent_c = BTrans ? job.k : job.n;
     if (a_pieces)
-      stage_tile_pieces<tc_tm, tc_tk, tc_tk + tc_pad, tc_piece>(as, job.a, job.lda, row0, job.m, p0, job.k, zero,
-                                                                to_operand, tid, tc_threads);
+      stage_tile_pieces<a_rows, a_cols, a_ld, tc_piece>(as, job.a, job.lda, ar0, a_extent_r, ac0, a_extent_c, zero,
+                                                        to_operand, tid, tc_threads);
     else
-      stage_tile<tc_tm, tc_tk, tc_tk + tc_pad>(as, job.a, job.lda, job.a_trans, row0, job.m, p0, job.k, zero,
-                                               to_operand, tid, tc_threads);
+      stage_tile<a_rows, a_cols, a_ld>(as, job.a, job.lda, false, ar0, a_extent_r, ac0, a_extent_c, zero, to_operand,
+                                       tid, tc_threads);
     if (b_pieces)
-      stage_tile_pieces<tc_tk, tc_tn, tc_tn + tc_pad, tc_piece>(bs, job.b, job.ldb, p0, job.k, col0, job.n, zero,
-                                                                to_operand, tid, tc_threads);
+      stage_tile_pieces<b_rows, b_cols, b_ld, tc_piece>(bs, job.b, job.ldb, br0, b_extent_r, bc0, b_extent_c, zero,
+                                                        to_operand, tid, tc_threads);
     else
-      stage_tile<tc_tk, tc_tn, tc_tn + tc_pad>(bs, job.b, job.ldb, job.b_trans, p0, job.k, col0, job.n, zero,
-                                               to_operand, tid, tc_threads);
+      stage_tile<b_rows, b_cols, b_ld>(bs, job.b, job.ldb, false, br0, b_extent_r, bc0, b_extent_c, zero, to_operand,
+                                       tid, tc_threads);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < tc_tk; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> af[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> bf[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, W, a_layout> af[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, b_layout> bf[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(af[i], &as[wm * 64 + i * 16][kk], tc_tk + tc_pad);
+      for (int i = 0; i < 4; ++i) {
+        const int r = wm * 64 + i * 16;  // op(A) rows r.., depth kk..
+        wmma::load_matrix_sync(af[i], ATrans ? &as[kk][r] : &as[r][kk], a_ld);
+      }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], &bs[kk][wn * 32 + j * 16], tc_tn + tc_pad);
+      for (int j = 0; j < 2; ++j) {
+        const int c = wn * 32 + j * 16;  // op(B) depth kk.., columns c..
+        wmma::load_matrix_sync(bf[j], BTrans ? &bs[c][kk] : &bs[kk][c], b_ld);
+      }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -181,7 +216,7 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(&cs[warp][0][0], acc[i][j], 16 + 4, wmma::mem_row_major);
+      wmma::store_matrix_sync(&sh.c[warp][0][0], acc[i][j], 16 + 4, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int r = e / 16, c = e % 16;
@@ -189,10 +224,36 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
         if (gi >= job.m || gj >= job.n) continue;
         TC* cp = job.c + gi * job.ldc + gj;
         const float prior = job.beta == 0.0f ? 0.0f : job.beta * convert<float>(*cp);
-        *cp = convert<TC>(job.alpha * cs[warp][r][c] + prior);
+        *cp = convert<TC>(job.alpha * sh.c[warp][r][c] + prior);
       }
       __syncwarp();
     }
+}
+
+// Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with
+// tensor cores. All threads of the block must call it (it synchronises the block).
+template <class T, class TC>
+__device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // No bf16 WMMA before sm_80: the SIMT tile, four times.
+  for (int dr = 0; dr < tc_tm; dr += gemm_tm)
+    for (int dc = 0; dc < tc_tn; dc += gemm_tn) gemm_tile(job, row0 + dr, col0 + dc);
+#else
+  using W = typename wmma_operand<T>::type;
+  __shared__ __align__(32) W a_panel[tc_shared<W>::panel];
+  __shared__ __align__(32) W b_panel[tc_shared<W>::panel];
+  __shared__ __align__(32) float c_tiles[tc_threads / 32][16][16 + 4];
+  const tc_shared<W> sh{a_panel, b_panel, c_tiles};
+  // Uniform over the block. The grouped GEMMs take three of the four: forward (none, none), input
+  // gradients (none, transposed) and weight gradients (transposed, none).
+  if (!job.a_trans && !job.b_trans)
+    gemm_tile_tc_oriented<false, false>(job, row0, col0, sh);
+  else if (!job.a_trans)
+    gemm_tile_tc_oriented<false, true>(job, row0, col0, sh);
+  else if (!job.b_trans)
+    gemm_tile_tc_oriented<true, false>(job, row0, col0, sh);
+  else
+    gemm_tile_tc_oriented<true, true>(job, row0, col0, sh);
 #endif
 }
 
