@@ -27,6 +27,7 @@
 #include <thread>
 #include <utility>
 
+#include <moe/cuda/async_copy.cuh>
 #include <moe/parallel/nccl.cuh>
 
 namespace {
@@ -107,6 +108,41 @@ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
   wmma::load_matrix_sync(bf, b, 16);
   wmma::mma_sync(acc, af, bf, acc);
   wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
+}
+
+// cp.async (moe/cuda/async_copy.cuh): each of 64 threads copies 16 bytes (four ints) into one
+// shared array and zero-fills 16 in another, in two groups, and records what its shared memory held
+// before any wait (the markers), after waiting for the first group, and after the second and a barrier
+// (a neighbour's pieces).
+void async_copy_kernel(const int* in, int* out) {
+  namespace cd = moe::cuda_detail;
+  __shared__ __align__(16) int s[2][64 * 4];
+  const int t = int(threadIdx.x), next = (t + 1) % 64;
+  s[0][4 * t] = s[0][4 * t + 3] = s[1][4 * t] = -1;
+  cd::async_copy_16(&s[0][4 * t], in + 4 * t, 16);
+  cd::async_copy_commit();
+  cd::async_copy_16(&s[1][4 * t], in, 0);
+  cd::async_copy_commit();
+  out[4 * t] = s[0][4 * t];  // no wait yet: the marker
+  cd::async_copy_wait<1>();
+  out[4 * t + 1] = s[0][4 * t + 3];  // the first group has landed
+  out[4 * t + 2] = s[1][4 * t];      // the second has not: the marker
+  cd::async_copy_wait<0>();
+  __syncthreads();
+  out[4 * t + 3] = s[1][4 * next + 2] + s[0][4 * next + 1];  // zeros + the neighbour's copy
+}
+void async_unwaited_kernel(const int* in) {
+  __shared__ __align__(16) int s[4];
+  if (threadIdx.x == 0) {
+    moe::cuda_detail::async_copy_16(s, in, 16);
+    moe::cuda_detail::async_copy_commit();
+  }
+}
+void async_misaligned_kernel(const int* in) {
+  __shared__ __align__(16) int s[4];
+  moe::cuda_detail::async_copy_16(s, in + 1, 16);
+  moe::cuda_detail::async_copy_commit();
+  moe::cuda_detail::async_copy_wait<0>();
 }
 
 void two_barriers_kernel() {
@@ -265,6 +301,25 @@ TEST_CASE("WMMA: a 16x16x16 bf16 product with float accumulation, row- and colum
   cudaFree(da);
   cudaFree(db);
   cudaFree(dc);
+}
+
+TEST_CASE("cp.async: a copy lands when its thread waits for its group, zero-filled where nothing is read") {
+  std::vector<int> in(256);
+  for (int i = 0; i < 256; ++i) in[std::size_t(i)] = 3 * i + 7;
+  int* din = device_alloc<int>(256);
+  int* dout = device_alloc<int>(256);
+  REQUIRE(cudaMemcpy(din, in.data(), sizeof(int) * 256, cudaMemcpyHostToDevice) == cudaSuccess);
+  moe_emu::launch("async_copy_kernel", 1, 64, nullptr, async_copy_kernel)(din, dout);
+  const auto out = to_host(dout, 256);
+  for (int t = 0; t < 64; ++t) {
+    const std::size_t o = std::size_t(4 * t);
+    CHECK(out[o] == -1);
+    CHECK(out[o + 1] == in[o + 3]);
+    CHECK(out[o + 2] == -1);
+    CHECK(out[o + 3] == in[std::size_t(4 * ((t + 1) % 64) + 1)]);
+  }
+  cudaFree(din);
+  cudaFree(dout);
 }
 
 TEST_CASE("the runtime: work is asynchronous until the host synchronises") {
@@ -524,6 +579,9 @@ TEST_CASE("emulator child") {
   if (s == "misaligned") moe_emu::launch("misaligned_wmma_kernel", 1, 32, nullptr, misaligned_wmma_kernel)(h);
   if (s == "bad_ldm") moe_emu::launch("bad_ldm_wmma_kernel", 1, 32, nullptr, bad_ldm_wmma_kernel)(h);
   if (s == "divergent") moe_emu::launch("divergent_wmma_kernel", 1, 32, nullptr, divergent_wmma_kernel)(h);
+  if (s == "async_unwaited") moe_emu::launch("async_unwaited_kernel", 1, 32, nullptr, async_unwaited_kernel)(d);
+  if (s == "async_misaligned")
+    moe_emu::launch("async_misaligned_kernel", 1, 32, nullptr, async_misaligned_kernel)(d);
   if (s == "racy_block") moe_emu::launch("racy_block_kernel", 1, 64, nullptr, racy_block_kernel)(d);
   if (s == "racy_warp") moe_emu::launch("racy_warp_kernel", 1, 32, nullptr, racy_warp_kernel)(d);
   if (s == "racy_shuffle") moe_emu::launch("racy_shuffle_kernel", 1, 32, nullptr, racy_shuffle_kernel)(d);
@@ -563,6 +621,11 @@ TEST_CASE("emulator child") {
 TEST_CASE("misuse is reported: barriers") {
   check_aborts_with("two_barriers", "reached __syncthreads at");
   check_aborts_with("early_exit", "deadlocked");
+}
+
+TEST_CASE("misuse is reported: cp.async never waited for, or misaligned") {
+  check_aborts_with("async_unwaited", "exited with 1 cp.async copies it never waited for");
+  check_aborts_with("async_misaligned", "not 16-byte aligned");
 }
 
 TEST_CASE("misuse is reported: warp collectives") {

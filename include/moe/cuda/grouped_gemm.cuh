@@ -29,6 +29,7 @@
 #include "moe/core/config.hpp"
 #include "moe/core/numeric.hpp"
 #include "moe/core/op.hpp"
+#include "moe/cuda/async_copy.cuh"
 #include "moe/cuda/error.cuh"
 #include "moe/cuda/launch.cuh"
 #include "moe/cuda/tiles.cuh"
@@ -119,39 +120,74 @@ inline constexpr bool tensor_core_operands = std::is_same_v<TA, TB> && is_half_v
 
 // The shared memory of the tensor-core tile, declared once per kernel (gemm_tile_tc) and viewed by
 // each orientation: static __shared__ arrays of the four instantiations would each take their own.
+// Two stages of each operand's panel (the next one is copied in while the tensor cores work on the
+// current one); the epilogue's accumulator tiles reuse A's stages once the panels are consumed, so
+// the whole stays within the 48 KiB of static shared memory (40 KiB).
 template <class W>
 struct tc_shared {
   // An operand panel as stored: [128][32 + pad] (op none) or [32][128 + pad] (transposed), 16-bit.
   static constexpr int panel = (tc_tm * (tc_tk + tc_pad) > tc_tk * (tc_tm + tc_pad) ? tc_tm * (tc_tk + tc_pad)
                                                                                     : tc_tk * (tc_tm + tc_pad));
-  W* a;
-  W* b;
-  float (*c)[16][16 + 4];  // one accumulator tile per warp
+  static constexpr int stages = 2;
+  using c_tiles = float[tc_threads / 32][16][16 + 4];  // one accumulator tile per warp
+  static_assert(sizeof(c_tiles) <= sizeof(W) * panel * stages, "the accumulator tiles fit in A's stages");
+  W* a;  // stages × panel
+  W* b;  // stages × panel
 };
+
+// stage_tile_pieces (tiles.cuh) with asynchronous copies (async_copy.cuh), for the pipelined
+// tensor-core tile: a 16-byte piece inside [0, rows) × [0, cols) is one copy of the operand's bits
+// (T and W are the same 16 bits), a piece wholly outside is zero-filled by the copy, and a piece cut
+// by the last column is written element by element. The caller guarantees the alignment
+// stage_tile_pieces asks for (pieces_aligned).
+template <int R, int C, int LD, class W, class T, class Conv>
+__device__ void stage_tile_async(W (*dst)[LD], const T* src, index_t ld, index_t r0, index_t rows, index_t c0,
+                                 index_t cols, W zero, Conv conv, int tid, int threads) {
+  constexpr int V = int(16 / sizeof(T));
+  static_assert(sizeof(W) == sizeof(T) && C % V == 0 && LD * sizeof(W) % 16 == 0,
+                "stage_tile_async: 16-byte pieces of 16-bit elements, rows of whole pieces");
+  constexpr int per_row = C / V;
+  for (int e = tid; e < R * per_row; e += threads) {
+    const int r = e / per_row, c = (e - r * per_row) * V;
+    const index_t gr = r0 + r, gc = c0 + c;
+    if (gr < rows && gc + V <= cols) {
+      async_copy_16(&dst[r][c], src + gr * ld + gc, 16);
+    } else if (gr >= rows || gc >= cols) {
+      async_copy_16(&dst[r][c], src, 0);  // nothing read: zeros
+    } else {
+      for (int j = 0; j < V; ++j) dst[r][c + j] = gc + j < cols ? conv(src[gr * ld + gc + j]) : zero;
+    }
+  }
+}
 
 // Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with
 // tensor cores, for one orientation of the operands. All threads of the block must call it (it
 // synchronises the block).
 //
 // Each operand is staged in the orientation it is stored in, so that consecutive threads read
-// consecutive addresses and write consecutive shared-memory words, in 16-byte pieces wherever the
-// pointer and leading dimension allow, and the fragments are loaded row- or column-major to match (a
-// transposed operand is a column-major one). ATrans: op(A)[i, p] = a[p·lda + i], staged as [p][i];
-// BTrans: op(B)[p, j] = b[j·ldb + p], staged as [j][p]. Until 2026-12 transposed operands were
-// transposed while staging, one 2-byte load per element: the input-gradient and weight-gradient
-// products, two thirds of a step's expert GEMMs.
+// consecutive addresses and write consecutive shared-memory words, and the fragments are loaded
+// row- or column-major to match (a transposed operand is a column-major one). ATrans: op(A)[i, p] =
+// a[p·lda + i], staged as [p][i]; BTrans: op(B)[p, j] = b[j·ldb + p], staged as [j][p]. Until 2026-12
+// transposed operands were transposed while staging, one 2-byte load per element: the
+// input-gradient and weight-gradient products, two thirds of a step's expert GEMMs.
+//
+// Two stages: while the tensor cores multiply panel t, the copies of panel t + 1 are in flight
+// (cp.async, 16-byte pieces, where the pointer and stride are 16-byte aligned; otherwise ordinary
+// loads and stores into the other stage). Per panel: issue the next panel's copies, wait for this
+// panel's own, barrier, multiply, barrier (the next iteration refills the stage just read).
 template <bool ATrans, bool BTrans, class T, class TC>
 __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, index_t row0, index_t col0,
                                       tc_shared<typename wmma_operand<T>::type> sh) {
   namespace wmma = nvcuda::wmma;
   using W = typename wmma_operand<T>::type;
+  using S = tc_shared<W>;
   using a_layout = std::conditional_t<ATrans, wmma::col_major, wmma::row_major>;
   using b_layout = std::conditional_t<BTrans, wmma::col_major, wmma::row_major>;
   constexpr int a_rows = ATrans ? tc_tk : tc_tm, a_cols = ATrans ? tc_tm : tc_tk, a_ld = a_cols + tc_pad;
   constexpr int b_rows = BTrans ? tc_tn : tc_tk, b_cols = BTrans ? tc_tk : tc_tn, b_ld = b_cols + tc_pad;
-  static_assert(a_rows * a_ld <= tc_shared<W>::panel && b_rows * b_ld <= tc_shared<W>::panel);
-  W (*as)[a_ld] = reinterpret_cast<W (*)[a_ld]>(sh.a);
-  W (*bs)[b_ld] = reinterpret_cast<W (*)[b_ld]>(sh.b);
+  static_assert(a_rows * a_ld <= S::panel && b_rows * b_ld <= S::panel);
+  const auto a_stage = [&](int s) { return reinterpret_cast<W (*)[a_ld]>(sh.a + s * S::panel); };
+  const auto b_stage = [&](int s) { return reinterpret_cast<W (*)[b_ld]>(sh.b + s * S::panel); };
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int wm = warp / 4, wn = warp % 4;  // the warp's 64 × 32 block: rows wm·64, columns wn·32
   const W zero = wmma_operand<T>::from(T(0.0f));
@@ -162,6 +198,29 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
   const bool b_pieces = pieces_aligned<tc_piece>(job.b, job.ldb);
   const auto to_operand = [](T v) { return wmma_operand<T>::from(v); };
 
+  // Copies panel p0.. of both operands into stage s and commits them as one group. The stored
+  // blocks: A rows row0.. × depth p0.. (depth × rows when transposed); B depth p0.. × columns col0..
+  // (columns × depth when transposed).
+  const auto stage = [&](index_t p0, int s) {
+    const index_t ar0 = ATrans ? p0 : row0, a_extent_r = ATrans ? job.k : job.m;
+    const index_t ac0 = ATrans ? row0 : p0, a_extent_c = ATrans ? job.m : job.k;
+    const index_t br0 = BTrans ? col0 : p0, b_extent_r = BTrans ? job.n : job.k;
+    const index_t bc0 = BTrans ? p0 : col0, b_extent_c = BTrans ? job.k : job.n;
+    if (a_pieces)
+      stage_tile_async<a_rows, a_cols, a_ld>(a_stage(s), job.a, job.lda, ar0, a_extent_r, ac0, a_extent_c, zero,
+                                             to_operand, tid, tc_threads);
+    else
+      stage_tile<a_rows, a_cols, a_ld>(a_stage(s), job.a, job.lda, false, ar0, a_extent_r, ac0, a_extent_c, zero,
+                                       to_operand, tid, tc_threads);
+    if (b_pieces)
+      stage_tile_async<b_rows, b_cols, b_ld>(b_stage(s), job.b, job.ldb, br0, b_extent_r, bc0, b_extent_c, zero,
+                                             to_operand, tid, tc_threads);
+    else
+      stage_tile<b_rows, b_cols, b_ld>(b_stage(s), job.b, job.ldb, false, br0, b_extent_r, bc0, b_extent_c, zero,
+                                       to_operand, tid, tc_threads);
+    async_copy_commit();
+  };
+
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
   // Fragments are indexed with compile-time constants only (unrolled loops), or they go to local memory.
 #pragma unroll
@@ -169,26 +228,18 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  for (index_t p0 = 0; p0 < job.k; p0 += tc_tk) {
-    // The stored blocks: A rows row0.. × depth p0.. (depth × rows when transposed); B depth p0.. ×
-    // columns col0.. (columns × depth when transposed).
-    const index_t ar0 = ATrans ? p0 : row0, a_extent_r = ATrans ? job.k : job.m;
-    const index_t ac0 = ATrans ? row0 : p0, a_extent_c = ATrans ? job.m : job.k;
-    const index_t br0 = BTrans ? col0 : p0, b_extent_r = BTrans ? job.n : job.k;
-    const index_t bc0 = BTrans ? p0 : col0, b_extent_c = BTrans ? job.k : job.n;
-    if (a_pieces)
-      stage_tile_pieces<a_rows, a_cols, a_ld, tc_piece>(as, job.a, job.lda, ar0, a_extent_r, ac0, a_extent_c, zero,
-                                                        to_operand, tid, tc_threads);
+  const index_t panels = tiles_of(job.k, tc_tk);
+  if (panels > 0) stage(0, 0);
+  for (index_t t = 0; t < panels; ++t) {
+    const int s = int(t & 1);
+    if (t + 1 < panels)
+      stage((t + 1) * tc_tk, 1 - s);
     else
-      stage_tile<a_rows, a_cols, a_ld>(as, job.a, job.lda, false, ar0, a_extent_r, ac0, a_extent_c, zero, to_operand,
-                                       tid, tc_threads);
-    if (b_pieces)
-      stage_tile_pieces<b_rows, b_cols, b_ld, tc_piece>(bs, job.b, job.ldb, br0, b_extent_r, bc0, b_extent_c, zero,
-                                                        to_operand, tid, tc_threads);
-    else
-      stage_tile<b_rows, b_cols, b_ld>(bs, job.b, job.ldb, false, br0, b_extent_r, bc0, b_extent_c, zero, to_operand,
-                                       tid, tc_threads);
-    __syncthreads();
+      async_copy_commit();  // an empty group: "all but the newest" below is then panel t in every iteration
+    async_copy_wait<1>();   // this thread's copies of panel t have landed
+    __syncthreads();        // ... and every thread's
+    W (*as)[a_ld] = a_stage(s);
+    W (*bs)[b_ld] = b_stage(s);
 #pragma unroll
     for (int kk = 0; kk < tc_tk; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, W, a_layout> af[4];
@@ -208,15 +259,18 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
     }
-    __syncthreads();
+    __syncthreads();  // stage s is refilled by the next iteration's copies
   }
-  // Epilogue, one 16 × 16 accumulator at a time through the warp's shared tile: alpha, beta, the
-  // bounds and the conversion to TC.
+  async_copy_wait<0>();  // the last, empty group: nothing is left in flight into shared memory
+
+  // Epilogue, one 16 × 16 accumulator at a time through the warp's shared tile (in A's stages, read
+  // by no one after the last barrier): alpha, beta, the bounds and the conversion to TC.
+  float (*cs)[16][16 + 4] = reinterpret_cast<float (*)[16][16 + 4]>(sh.a);
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(&sh.c[warp][0][0], acc[i][j], 16 + 4, wmma::mem_row_major);
+      wmma::store_matrix_sync(&cs[warp][0][0], acc[i][j], 16 + 4, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int r = e / 16, c = e % 16;
@@ -224,7 +278,7 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
         if (gi >= job.m || gj >= job.n) continue;
         TC* cp = job.c + gi * job.ldc + gj;
         const float prior = job.beta == 0.0f ? 0.0f : job.beta * convert<float>(*cp);
-        *cp = convert<TC>(job.alpha * sh.c[warp][r][c] + prior);
+        *cp = convert<TC>(job.alpha * cs[warp][r][c] + prior);
       }
       __syncwarp();
     }
@@ -240,10 +294,9 @@ __device__ void gemm_tile_tc(const tile_job<T, T, TC, float>& job, index_t row0,
     for (int dc = 0; dc < tc_tn; dc += gemm_tn) gemm_tile(job, row0 + dr, col0 + dc);
 #else
   using W = typename wmma_operand<T>::type;
-  __shared__ __align__(32) W a_panel[tc_shared<W>::panel];
-  __shared__ __align__(32) W b_panel[tc_shared<W>::panel];
-  __shared__ __align__(32) float c_tiles[tc_threads / 32][16][16 + 4];
-  const tc_shared<W> sh{a_panel, b_panel, c_tiles};
+  __shared__ __align__(128) W a_stages[tc_shared<W>::stages * tc_shared<W>::panel];
+  __shared__ __align__(128) W b_stages[tc_shared<W>::stages * tc_shared<W>::panel];
+  const tc_shared<W> sh{a_stages, b_stages};
   // Uniform over the block. The grouped GEMMs take three of the four: forward (none, none), input
   // gradients (none, transposed) and weight gradients (transposed, none).
   if (!job.a_trans && !job.b_trans)

@@ -11,6 +11,8 @@
 //     warp reach the same call with a full mask; WMMA pointers and leading dimensions are uniform
 //     over the warp and aligned as the PTX ISA requires (256-bit pointers, 16-byte ldm);
 //   - a block whose threads can no longer all proceed (a deadlock) is reported with where each waits;
+//   - cp.async: a copy lands only when its thread waits for its group; a thread that exits with
+//     copies it never waited for, or a copy that is not 16-byte aligned, is reported;
 //   - under AddressSanitizer, every global and __shared__ access of a kernel is bounds-checked (the
 //     fiber switches are annotated for ASan);
 //   - under ThreadSanitizer, every CUDA thread is a TSan fiber and __syncthreads and __syncwarp are
@@ -153,6 +155,14 @@ MOE_EMU_INTERNAL inline void switch_context(context& from, context& to) { swapco
 
 enum class fiber_state { runnable, block_wait, warp_wait, done };
 
+// One cp.async copy of a thread: its bytes are read at issue and written to shared memory only when
+// the thread waits for its group (async_wait), never sooner.
+struct async_copy {
+  void* dst;
+  int bytes;
+  unsigned char data[16];
+};
+
 struct fiber {
   moe_emu::context context;
   uint3 tid;
@@ -160,6 +170,8 @@ struct fiber {
   fiber_state state = fiber_state::runnable;
   std::source_location site;  // where it waits
   const char* waits_in = "";  // which collective
+  std::vector<async_copy> open_copies;                 // issued, not yet committed
+  std::vector<std::vector<async_copy>> copy_groups;  // committed, oldest first, not yet waited for
 };
 
 struct warp_state {
@@ -274,6 +286,11 @@ MOE_EMU_INTERNAL inline void fiber_main() {
     die(b.who() + ": an exception escaped the kernel");
   }
   fiber& f = *b.current;
+  std::size_t pending = f.open_copies.size();
+  for (const auto& g : f.copy_groups) pending += g.size();
+  if (pending > 0)
+    die(b.who() + " exited with " + std::to_string(pending) +
+        " cp.async copies it never waited for (cp.async.wait_group): undefined on a GPU");
   f.state = fiber_state::done;
   --b.live;
   warp_state& w = b.warps[std::size_t(f.linear / 32)];
@@ -371,6 +388,35 @@ MOE_EMU_INTERNAL inline unsigned char* deposit(const void* p, std::size_t bytes)
   unsigned char* s = w.slot[lane_id()];
   std::memcpy(s, p, bytes);
   return s;
+}
+
+// ---- cp.async: copies from global to shared memory that land when the thread waits ------------------------
+// Issue (cp.async.cg.shared.global, 16 bytes, `src_bytes` of them read and the rest zero-filled),
+// commit the thread's open copies as a group (cp.async.commit_group), wait until at most `newest`
+// groups are still pending (cp.async.wait_group). The copies of a group land in the waiting thread,
+// in issue order, when it waits for them: a kernel that reads a stage before waiting reads stale
+// data, as it may on a GPU, and other threads see the data only after a barrier (TSan reports the
+// access otherwise). Alignment as the PTX ISA requires: 16-byte source and destination.
+MOE_EMU_INTERNAL inline void async_copy_16(void* dst, const void* src, int src_bytes, std::source_location loc) {
+  block_run& b = this_block();
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0)
+    die(b.who() + ": cp.async at " + where(loc) + " with a source or destination not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) die(b.who() + ": cp.async at " + where(loc) + " reads more than 16 bytes");
+  async_copy c{dst, 16, {}};
+  if (src_bytes > 0) std::memcpy(c.data, src, std::size_t(src_bytes));
+  b.current->open_copies.push_back(c);
+}
+MOE_EMU_INTERNAL inline void async_commit() {
+  fiber& f = *this_block().current;
+  f.copy_groups.push_back(std::move(f.open_copies));
+  f.open_copies.clear();
+}
+MOE_EMU_INTERNAL inline void async_wait(int newest) {
+  fiber& f = *this_block().current;
+  while (f.copy_groups.size() > std::size_t(newest)) {
+    for (const async_copy& c : f.copy_groups.front()) std::memcpy(c.dst, c.data, std::size_t(c.bytes));
+    f.copy_groups.erase(f.copy_groups.begin());
+  }
 }
 
 // ---- running a grid ------------------------------------------------------------------------------------
