@@ -282,6 +282,9 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
       }
       __syncwarp();
     }
+  // A persistent block goes on to its next tile, whose first copies refill A's stages, where other
+  // warps may still be reading their accumulator tiles.
+  __syncthreads();
 }
 
 // Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with

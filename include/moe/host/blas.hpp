@@ -260,7 +260,8 @@ void cblas_grouped_tiled(thread_pool* pool, int groups, T alpha, T beta, const O
 
 // host_gemm's checks of a product's sizes, shared with the grouped products (whose tiles reach the
 // CBLAS without passing through host_gemm).
-inline void require_gemm_sizes(index_t m, index_t n, index_t k, index_t lda, index_t ldb, index_t ldc) {
+inline void require_gemm_sizes(index_t m, index_t n, index_t k, [[maybe_unused]] index_t lda,
+                               [[maybe_unused]] index_t ldb, [[maybe_unused]] index_t ldc) {
   if (m < 0 || n < 0 || k < 0) fail("gemm", "negative size m=", m, " n=", n, " k=", k);
 #if defined(MOE_HAVE_CBLAS)
   constexpr index_t int_max = 2147483647;
