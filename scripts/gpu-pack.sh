@@ -22,4 +22,12 @@ strip --strip-unneeded -o "$dir/bin/libmoe-train-cuda.so" "$build/examples/libmo
 for lib in $(ldd "$dir/bin/moe_bench_cuda" | awk '/libbenchmark/ {print $3}'); do cp -L "$lib" "$dir/lib/"; done
 mkdir -p .git/info
 grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >>.git/info/exclude
-du -sh "$dir"
+# The device tool carries at most 64 MiB: the working tree (tracked and untracked-not-ignored files)
+# plus this folder. 2026-12-08: 51 MiB of binaries (libmoe-train-cuda.so 19 MiB) beside a 2 MiB tree.
+pack_kib=$(du -sk "$dir" | cut -f1)
+tree_kib=$(git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
+echo "$dir: $((pack_kib / 1024)) MiB; with the working tree $(((pack_kib + tree_kib) / 1024)) MiB of the 64 a device call carries"
+if ((pack_kib + tree_kib > 60 * 1024)); then
+  echo "warning: near or over the device tool's 64 MiB: carry a compressed copy instead (tar -C $dir -czf .gpu.tar.gz . is" \
+       "about a third the size; unpack it first in the device command), or leave moe-train out of the targets" >&2
+fi
