@@ -160,6 +160,17 @@ __device__ void stage_tile_async(W (*dst)[LD], const T* src, index_t ld, index_t
   }
 }
 
+// One operand's panel of the tensor-core tile, as stored: asynchronous 16-byte copies where the
+// operand allows them (`pieces`: pieces_aligned), else ordinary loads and stores, element by element.
+template <int R, int C, int LD, class W, class T, class Conv>
+__device__ void stage_panel_tc(W (*dst)[LD], const T* src, index_t ld, bool pieces, index_t r0, index_t rows,
+                               index_t c0, index_t cols, W zero, Conv conv, int tid) {
+  if (pieces)
+    stage_tile_async<R, C, LD>(dst, src, ld, r0, rows, c0, cols, zero, conv, tid, tc_threads);
+  else
+    stage_tile<R, C, LD>(dst, src, ld, false, r0, rows, c0, cols, zero, conv, tid, tc_threads);
+}
+
 // Computes rows [row0, row0 + 128) ∩ [0, m) and columns [col0, col0 + 128) ∩ [0, n) of a job with
 // tensor cores, for one orientation of the operands. All threads of the block must call it (it
 // synchronises the block).
@@ -206,18 +217,10 @@ __device__ void gemm_tile_tc_oriented(const tile_job<T, T, TC, float>& job, inde
     const index_t ac0 = ATrans ? row0 : p0, a_extent_c = ATrans ? job.m : job.k;
     const index_t br0 = BTrans ? col0 : p0, b_extent_r = BTrans ? job.n : job.k;
     const index_t bc0 = BTrans ? p0 : col0, b_extent_c = BTrans ? job.k : job.n;
-    if (a_pieces)
-      stage_tile_async<a_rows, a_cols, a_ld>(a_stage(s), job.a, job.lda, ar0, a_extent_r, ac0, a_extent_c, zero,
-                                             to_operand, tid, tc_threads);
-    else
-      stage_tile<a_rows, a_cols, a_ld>(a_stage(s), job.a, job.lda, false, ar0, a_extent_r, ac0, a_extent_c, zero,
-                                       to_operand, tid, tc_threads);
-    if (b_pieces)
-      stage_tile_async<b_rows, b_cols, b_ld>(b_stage(s), job.b, job.ldb, br0, b_extent_r, bc0, b_extent_c, zero,
-                                             to_operand, tid, tc_threads);
-    else
-      stage_tile<b_rows, b_cols, b_ld>(b_stage(s), job.b, job.ldb, false, br0, b_extent_r, bc0, b_extent_c, zero,
-                                       to_operand, tid, tc_threads);
+    stage_panel_tc<a_rows, a_cols, a_ld>(a_stage(s), job.a, job.lda, a_pieces, ar0, a_extent_r, ac0, a_extent_c, zero,
+                                         to_operand, tid);
+    stage_panel_tc<b_rows, b_cols, b_ld>(b_stage(s), job.b, job.ldb, b_pieces, br0, b_extent_r, bc0, b_extent_c, zero,
+                                         to_operand, tid);
     async_copy_commit();
   };
 
