@@ -201,6 +201,27 @@ TEST_CASE("stage_tile_pieces: 8-element loads inside the operand, element by ele
       cd::stage_tile<R, C, LD>(ref, src, ld, false, r0, rows, c0, cols, 0.0f, [](float v) { return 2.0f * v; }, tid, 64);
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < LD; ++c) REQUIRE(dst[r][c] == ref[r][c]);
+
+    // With a copier of its own (the pipelined tensor-core GEMM's is an asynchronous copy): it gets
+    // every whole piece and every piece wholly outside (null source), and the tile comes out the same.
+    int whole = 0, outside = 0;
+    const auto copier = [&](float* d, const float* p) {
+      ++(p ? whole : outside);
+      for (int j = 0; j < V; ++j) d[j] = p ? 2.0f * p[j] : 0.0f;
+    };
+    float via[R][LD];
+    for (auto& row : via)
+      for (float& v : row) v = -1.0f;
+    for (int tid = 0; tid < 64; ++tid)
+      cd::stage_tile_pieces<R, C, LD, V>(via, src, ld, r0, rows, c0, cols, 0.0f, [](float v) { return 2.0f * v; },
+                                         tid, 64, copier);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < LD; ++c) REQUIRE(via[r][c] == ref[r][c]);
+    // Pieces: R · C/V in all; the cut ones (columns past `cols` in rows inside) go element by element.
+    const int rows_in = int(std::clamp<moe::index_t>(rows - r0, 0, R));
+    const int cut = (c0 + C > cols && cols > c0 && (cols - c0) % V != 0) ? rows_in : 0;
+    CHECK(whole + outside + cut == R * C / V);
+    CHECK(whole == rows_in * int(std::clamp<moe::index_t>((cols - c0) / V, 0, C / V)));
   }
 }
 

@@ -98,7 +98,7 @@ __device__ void gemm_tile(const tile_job<TA, TB, TC, Acc>& job, index_t row0, in
 inline constexpr int tc_tm = 128, tc_tn = 128, tc_tk = 32;
 inline constexpr int tc_threads = 256;  // 8 warps: 2 (rows) × 4 (columns), 64 × 32 of C each
 inline constexpr int tc_pad = 8;        // row padding of the panels: 16 bytes, keeps ldm a multiple of 8
-inline constexpr int tc_piece = 8;      // 16-bit elements per 16-byte load when staging row-major operands
+inline constexpr int tc_piece = 8;      // 16-bit elements per 16-byte piece when staging operands
 
 // The CUDA type the WMMA fragments take for a 16-bit storage type (same bits).
 template <class T>
@@ -135,38 +135,19 @@ struct tc_shared {
   W* b;  // stages × panel
 };
 
-// stage_tile_pieces (tiles.cuh) with asynchronous copies (async_copy.cuh), for the pipelined
-// tensor-core tile: a 16-byte piece inside [0, rows) × [0, cols) is one copy of the operand's bits
-// (T and W are the same 16 bits), a piece wholly outside is zero-filled by the copy, and a piece cut
-// by the last column is written element by element. The caller guarantees the alignment
-// stage_tile_pieces asks for (pieces_aligned).
-template <int R, int C, int LD, class W, class T, class Conv>
-__device__ void stage_tile_async(W (*dst)[LD], const T* src, index_t ld, index_t r0, index_t rows, index_t c0,
-                                 index_t cols, W zero, Conv conv, int tid, int threads) {
-  constexpr int V = int(16 / sizeof(T));
-  static_assert(sizeof(W) == sizeof(T) && C % V == 0 && LD * sizeof(W) % 16 == 0,
-                "stage_tile_async: 16-byte pieces of 16-bit elements, rows of whole pieces");
-  constexpr int per_row = C / V;
-  for (int e = tid; e < R * per_row; e += threads) {
-    const int r = e / per_row, c = (e - r * per_row) * V;
-    const index_t gr = r0 + r, gc = c0 + c;
-    if (gr < rows && gc + V <= cols) {
-      async_copy_16(&dst[r][c], src + gr * ld + gc, 16);
-    } else if (gr >= rows || gc >= cols) {
-      async_copy_16(&dst[r][c], src, 0);  // nothing read: zeros
-    } else {
-      for (int j = 0; j < V; ++j) dst[r][c + j] = gc + j < cols ? conv(src[gr * ld + gc + j]) : zero;
-    }
-  }
-}
-
-// One operand's panel of the tensor-core tile, as stored: asynchronous 16-byte copies where the
-// operand allows them (`pieces`: pieces_aligned), else ordinary loads and stores, element by element.
+// One operand's panel of the tensor-core tile, as stored: where the operand allows 16-byte pieces
+// (`pieces`: pieces_aligned), each piece inside it is one asynchronous copy of its bits (T and W are
+// the same 16 bits), each piece wholly outside a zero-filling copy (nothing read: `src` only gives
+// it a valid address), and a piece cut by the last column is written element by element; otherwise
+// ordinary loads and stores, element by element.
 template <int R, int C, int LD, class W, class T, class Conv>
 __device__ void stage_panel_tc(W (*dst)[LD], const T* src, index_t ld, bool pieces, index_t r0, index_t rows,
                                index_t c0, index_t cols, W zero, Conv conv, int tid) {
+  static_assert(sizeof(W) == sizeof(T) && tc_piece * sizeof(T) == 16 && LD * sizeof(W) % 16 == 0,
+                "stage_panel_tc: 16-byte pieces of 16-bit elements, rows of whole pieces");
+  const auto async_piece = [src](W* d, const T* s) { async_copy_16(d, s ? s : src, s ? 16 : 0); };
   if (pieces)
-    stage_tile_async<R, C, LD>(dst, src, ld, r0, rows, c0, cols, zero, conv, tid, tc_threads);
+    stage_tile_pieces<R, C, LD, tc_piece>(dst, src, ld, r0, rows, c0, cols, zero, conv, tid, tc_threads, async_piece);
   else
     stage_tile<R, C, LD>(dst, src, ld, false, r0, rows, c0, cols, zero, conv, tid, tc_threads);
 }

@@ -118,24 +118,49 @@ MOE_HOST_DEVICE void stage_tile(Dst (*dst)[LD], const T* src, index_t ld, bool t
 }
 
 // stage_tile for a row-major source (element (x, y) at src[x·ld + y]) in pieces of V consecutive
-// columns: one V-element load per piece wherever the piece lies inside [0, rows) × [0, cols), element
-// by element with zeros at the edges. The caller guarantees that src, ld and c0 keep every piece
-// aligned to V elements (src aligned to V·sizeof(T) bytes, ld and c0 multiples of V).
-template <int R, int C, int LD, int V, class Dst, class T, class Conv>
+// columns: every piece inside [0, rows) × [0, cols) is handed to copy_piece(dst_piece, src_piece), every
+// piece wholly outside to copy_piece(dst_piece, nullptr) (zeros), and a piece cut by the last column
+// is written element by element (zeros past the edge). The caller guarantees that src, ld and c0 keep
+// every piece aligned to V elements (src aligned to V·sizeof(T) bytes, ld and c0 multiples of V).
+// The copier is what differs between callers: one V-element load here (load_piece), an asynchronous
+// copy in the pipelined tensor-core GEMM (grouped_gemm.cuh).
+template <int R, int C, int LD, int V, class Dst, class T, class Conv, class CopyPiece>
 MOE_HOST_DEVICE void stage_tile_pieces(Dst (*dst)[LD], const T* src, index_t ld, index_t r0, index_t rows, index_t c0,
-                                       index_t cols, Dst zero, Conv conv, int tid, int threads) {
+                                       index_t cols, Dst zero, Conv conv, int tid, int threads, CopyPiece copy_piece) {
   static_assert(C % V == 0 && LD >= C, "stage_tile_pieces: a row of the tile is whole pieces");
   constexpr int per_row = C / V;
   for (int e = tid; e < R * per_row; e += threads) {
     const int r = e / per_row, c = (e - r * per_row) * V;
     const index_t gr = r0 + r, gc = c0 + c;
     if (gr < rows && gc + V <= cols) {
-      const row_piece<T, V> piece = *reinterpret_cast<const row_piece<T, V>*>(src + gr * ld + gc);
-      for (int j = 0; j < V; ++j) dst[r][c + j] = conv(piece.v[j]);
+      copy_piece(&dst[r][c], src + gr * ld + gc);
+    } else if (gr >= rows || gc >= cols) {
+      copy_piece(&dst[r][c], static_cast<const T*>(nullptr));
     } else {
-      for (int j = 0; j < V; ++j) dst[r][c + j] = gr < rows && gc + j < cols ? conv(src[gr * ld + gc + j]) : zero;
+      for (int j = 0; j < V; ++j) dst[r][c + j] = gc + j < cols ? conv(src[gr * ld + gc + j]) : zero;
     }
   }
+}
+// The synchronous copier: one V-element load (LDG.128 for 16 bytes) converted element by element,
+// or V zeros.
+template <int V, class Dst, class T, class Conv>
+struct load_piece {
+  Dst zero;
+  Conv conv;
+  MOE_HOST_DEVICE void operator()(Dst* d, const T* s) const {
+    if (!s) {
+      for (int j = 0; j < V; ++j) d[j] = zero;
+      return;
+    }
+    const row_piece<T, V> piece = *reinterpret_cast<const row_piece<T, V>*>(s);
+    for (int j = 0; j < V; ++j) d[j] = conv(piece.v[j]);
+  }
+};
+template <int R, int C, int LD, int V, class Dst, class T, class Conv>
+MOE_HOST_DEVICE void stage_tile_pieces(Dst (*dst)[LD], const T* src, index_t ld, index_t r0, index_t rows, index_t c0,
+                                       index_t cols, Dst zero, Conv conv, int tid, int threads) {
+  stage_tile_pieces<R, C, LD, V>(dst, src, ld, r0, rows, c0, cols, zero, conv, tid, threads,
+                                 load_piece<V, Dst, T, Conv>{zero, conv});
 }
 // Whether stage_tile_pieces may read a row-major operand at `src` with row stride `ld` in pieces of V.
 template <int V, class T>
